@@ -1,0 +1,50 @@
+"""`tsloc`: the console entry point. One subcommand per pipeline stage (what dvc.yaml runs), plus tools.
+
+Bad input ends with one clear line on stderr and exit status 2, not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import DataError
+from .params import ParamsError
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tsloc", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("ingest", help="read the data set named by data.source into data/metadata.csv")
+    sub.add_parser("split", help="split data/metadata.csv into train/valid/test (data/split.csv)")
+    gen = sub.add_parser("synthetic", help="write the synthetic data set in the official layout to a folder")
+    gen.add_argument("out")
+    gen.add_argument("--size", type=int, default=1800)
+    gen.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from . import pipeline  # imported here so that `tsloc --help` stays fast
+
+    try:
+        if args.command == "ingest":
+            _print(pipeline.run_ingest(args.params))
+        elif args.command == "split":
+            _print(pipeline.run_split(args.params))
+        elif args.command == "synthetic":
+            from pathlib import Path
+
+            from .data.synthetic import generate
+            generate(Path(args.out), size=args.size, seed=args.seed)
+    except (DataError, ParamsError) as exc:
+        print(f"tsloc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

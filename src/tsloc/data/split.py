@@ -1,0 +1,118 @@
+"""Train/valid/test splits, and the check that no physical sign (class + pole) lands on two sides.
+
+`pole-grouped` (default): the official Testing set is the test set (comparable with published
+results); validation is carved from Training, per class (stratified) and by whole signs (grouped),
+always leaving a class at least one sign in train. Signs that the official sets already share are
+kept in train, so the split adds no shared sign to the ones the official sets have.
+
+`notebook`: the notebook's split, replayed: all of Training is train; Testing's rows (duplicates
+included, in the notebook's order) are shuffled with NumPy's legacy seed 42, the first 57% are
+validation and the rest test. An image whose duplicate rows fall on both sides goes to validation.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+
+NOTEBOOK_VALID_SHARE = 0.57
+NOTEBOOK_SEED = 42
+SUBSETS = ("train", "valid", "test")
+
+
+def sign_ids(df: pd.DataFrame) -> pd.Series:
+    return df["class_id"].astype(str) + "/" + df["pole"].astype(str)
+
+
+def official_shared_signs(meta: pd.DataFrame) -> list[str]:
+    """Physical signs with views in both official sets (6 in the real data)."""
+    signs = sign_ids(meta)
+    both = set(signs[meta["split"] == "Training"]) & set(signs[meta["split"] == "Testing"])
+    return sorted(both)
+
+
+def pole_grouped(meta: pd.DataFrame, valid_fraction: float, seed: int) -> pd.Series:
+    """Subset per image: valid carved by whole signs from each class of Training."""
+    rng = np.random.default_rng(seed)
+    subset = pd.Series(np.where(meta["split"] == "Training", "train", "test"), index=meta.index)
+    keep_in_train = set(official_shared_signs(meta))
+    train = meta[meta["split"] == "Training"]
+    signs = sign_ids(train)
+    for class_id in sorted(train["class_id"].unique()):
+        in_class = train["class_id"] == class_id
+        sizes = signs[in_class].value_counts().sort_index()
+        order = [s for s in rng.permutation(sizes.index.to_numpy()) if s not in keep_in_train]
+        target = valid_fraction * in_class.sum()
+        chosen, taken = [], 0
+        for s in order[:max(0, len(sizes) - 1)]:  # never the class's last sign
+            if taken >= target or abs(taken + sizes[s] - target) > abs(taken - target):
+                break
+            chosen.append(s)
+            taken += sizes[s]
+        subset[train.index[signs.isin(chosen) & in_class]] = "valid"
+    return subset
+
+
+def notebook(meta: pd.DataFrame) -> tuple[pd.Series, dict]:
+    """The notebook's split over Testing's rows, duplicates included; see the module docstring."""
+    subset = pd.Series("train", index=meta.index)
+    test = meta[meta["split"] == "Testing"]
+    row_ids = test["row_ids"].astype(str).str.split()
+    n_rows = int(row_ids.map(len).sum())
+    order = np.arange(n_rows)
+    np.random.RandomState(NOTEBOOK_SEED).shuffle(order)  # = np.random.seed(42); np.random.shuffle
+    n_valid = int(np.floor(NOTEBOOK_VALID_SHARE * n_rows))
+    valid_rows = set(order[:n_valid].tolist())
+    sides = row_ids.map(lambda ids: {int(i) in valid_rows for i in ids})
+    subset[test.index] = np.where(sides.map(lambda s: True in s), "valid", "test")
+    both = int(sides.map(len).eq(2).sum())
+    info = {"rows": n_rows, "valid_rows": n_valid, "test_rows": n_rows - n_valid,
+            "images_with_rows_on_both_sides": both}
+    return subset, info
+
+
+def check_no_leak(meta: pd.DataFrame, subset: pd.Series, strict: bool = True) -> dict:
+    """Count signs on two sides; raise (if `strict`) for any beyond those the official sets share."""
+    signs = sign_ids(meta)
+    sides = {s: set(signs[subset == s]) for s in SUBSETS}
+    official = set(official_shared_signs(meta))
+    report = {}
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        shared = sides[a] & sides[b]
+        added = sorted(shared - official)
+        report[f"{a}_{b}"] = len(shared)
+        if added and strict:
+            raise DataError(f"split: {len(added)} physical sign(s) (class/pole) on both {a} and {b} "
+                            f"beyond the official sets' own: {added[:10]}")
+    return report
+
+
+def make_split(meta: pd.DataFrame, strategy: str, valid_fraction: float, seed: int) -> tuple[pd.DataFrame, dict]:
+    """The split table (metadata + `subset`) and its report."""
+    info = {}
+    if strategy == "notebook":
+        subset, info = notebook(meta)
+    else:
+        subset = pole_grouped(meta, valid_fraction, seed)
+    # The notebook's split leaks by design (views of one sign on both sides): reported, not refused.
+    leaks = check_no_leak(meta, subset, strict=strategy != "notebook")
+    out = meta.assign(subset=subset.to_numpy())
+    counts = out["subset"].value_counts()
+    report = {
+        "strategy": strategy,
+        "images": {s: int(counts.get(s, 0)) for s in SUBSETS},
+        "classes": {s: int(out.loc[out["subset"] == s, "class_id"].nunique()) for s in SUBSETS},
+        "official_shared_signs": official_shared_signs(meta),
+        "shared_signs": leaks,
+        **({"notebook": info} if info else {}),
+    }
+    return out, report
+
+
+def class_frequencies(split: pd.DataFrame, num_classes: int) -> pd.DataFrame:
+    """Images per class id and subset (long format, every class listed): the data behind the bar charts."""
+    counts = split.groupby(["subset", "class_id"]).size()
+    rows = [{"subset": s, "class_id": c, "count": int(counts.get((s, c), 0))}
+            for s in SUBSETS for c in range(num_classes)]
+    return pd.DataFrame(rows)

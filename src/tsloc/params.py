@@ -1,0 +1,149 @@
+"""Typed, validated parameters from params.yaml: one place for defaults and errors.
+
+Stages receive a `Tracked` view of the parameters, which records every key the code reads.
+The tests compare those records with each stage's `params:` in dvc.yaml, so a key read but not
+declared (an experiment that would not rerun the stage) or declared but unused fails a test.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A value in params.yaml is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    size: int = 1800
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = "synthetic"
+    path: str | None = None
+    base_url: str = "https://btsd.ethz.ch/shareddata/BelgiumTSC/"
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    strategy: str = "pole-grouped"
+    valid_fraction: float = 0.2
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    split: SplitParams = field(default_factory=SplitParams)
+
+
+def _build(cls, raw, where: str):
+    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: '{where}' must be a mapping, got {raw!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown key(s) {sorted(unknown)} under '{where}'")
+    values = {}
+    for name, f in known.items():
+        key = f"{where}.{name}" if where else name
+        if name not in raw:
+            continue
+        value = raw[name]
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            value = _build(type(default), value, key)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ParamsError(f"params.yaml: '{key}' must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ParamsError(f"params.yaml: '{key}' must be an integer, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ParamsError(f"params.yaml: '{key}' must be a number, got {value!r}")
+            value = float(value)
+        elif value is not None and not isinstance(value, str):
+            raise ParamsError(f"params.yaml: '{key}' must be a string, got {value!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def _check(p: Params) -> None:
+    if p.data.source not in ("synthetic", "download", "local"):
+        raise ParamsError(f"params.yaml: data.source must be synthetic, download or local, got {p.data.source!r}")
+    if p.data.source == "local" and not p.data.path:
+        raise ParamsError("params.yaml: data.source is 'local' but data.path is empty")
+    if p.data.synthetic.size < 62 * 2:
+        raise ParamsError(f"params.yaml: data.synthetic.size must be at least 124 (2 per class), got {p.data.synthetic.size}")
+    if p.split.strategy not in ("pole-grouped", "notebook"):
+        raise ParamsError(f"params.yaml: split.strategy must be pole-grouped or notebook, got {p.split.strategy!r}")
+    if not 0.0 < p.split.valid_fraction < 1.0:
+        raise ParamsError(f"params.yaml: split.valid_fraction must be in (0, 1), got {p.split.valid_fraction}")
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate params.yaml; a missing key takes the default above."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: not found (run from the repository root)")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    params = _build(Params, raw, "")
+    _check(params)
+    return params
+
+
+class Tracked:
+    """Read-only view of a params dataclass that records each leaf key read, as 'data.source'."""
+
+    def __init__(self, obj, prefix: str = "", log: set | None = None):
+        object.__setattr__(self, "_obj", obj)
+        object.__setattr__(self, "_prefix", prefix)
+        object.__setattr__(self, "_log", set() if log is None else log)
+
+    def __getattr__(self, name):
+        value = getattr(self._obj, name)
+        key = f"{self._prefix}{name}"
+        if dataclasses.is_dataclass(value):
+            return Tracked(value, key + ".", self._log)
+        self._log.add(key)
+        return value
+
+    def __setattr__(self, name, value):
+        raise AttributeError("parameters are read-only")
+
+    @property
+    def keys_read(self) -> set:
+        return set(self._log)
+
+
+def record_keys(stage: str, tracked: Tracked) -> None:
+    """Append the keys a stage read to $TSLOC_PARAMS_LOG (set by the tests), one JSON line."""
+    log = os.environ.get("TSLOC_PARAMS_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"stage": stage, "keys": sorted(tracked.keys_read)}) + "\n")
+
+
+def leaf_keys(raw: dict, prefix: str = "") -> set:
+    """All dotted leaf keys of a nested dict (to expand a group key declared in dvc.yaml)."""
+    out = set()
+    for k, v in raw.items():
+        if isinstance(v, dict):
+            out |= leaf_keys(v, f"{prefix}{k}.")
+        else:
+            out.add(f"{prefix}{k}")
+    return out

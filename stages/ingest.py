@@ -1,0 +1,6 @@
+"""DVC stage `ingest`: parameters from params.yaml, the work in tsloc.pipeline.run_ingest."""
+import sys
+
+from tsloc.cli import main
+
+sys.exit(main(["ingest"]))

@@ -1,0 +1,6 @@
+"""DVC stage `split`: parameters from params.yaml, the work in tsloc.pipeline.run_split."""
+import sys
+
+from tsloc.cli import main
+
+sys.exit(main(["split"]))
