@@ -1,0 +1,94 @@
+"""`dvc repro` of the pipeline on a small synthetic set, in a temporary copy of the repository."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from tsloc.params import leaf_keys
+
+BIN = Path(sys.executable).parent
+
+
+def _run(args, cwd, env=None, check=True):
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A copy of the working tree (what git would commit), its own git and DVC cache, a small data set."""
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    dst = tmp_path_factory.mktemp("repo")
+    files = _run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], REPO).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(".dvc/cache"):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    params["data"]["synthetic"]["size"] = 250
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "TSLOC_PARAMS_LOG": str(dst / ".params-read.jsonl"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
+    (dst / ".git-info-exclude").write_text("")
+    _run(["git", "init", "-q", "-b", "main"], dst)
+    (dst / ".git" / "info" / "exclude").write_text(".params-read.jsonl\n.git-info-exclude\n")
+    _run(["git", "add", "-A"], dst)
+    _run(["git", "commit", "-qm", "copy"], dst, env)
+    first = _run([BIN / "dvc", "repro"], dst, env)
+    return dst, env, first
+
+
+def test_repro_runs_every_stage_then_nothing(repo):
+    dst, env, first = repo
+    stages = list(yaml.safe_load((dst / "dvc.yaml").read_text())["stages"])
+    for stage in stages:
+        assert f"Running stage '{stage}'" in first.stdout
+    second = _run([BIN / "dvc", "repro"], dst, env)
+    assert "Running stage" not in second.stdout
+    assert "Data and pipelines are up to date" in _run([BIN / "dvc", "status"], dst, env).stdout
+    status = _run(["git", "status", "--porcelain"], dst).stdout.splitlines()
+    assert not [line for line in status if line.startswith("??")], status  # outputs are ignored or tracked
+    assert json.loads((dst / "metrics" / "split.json").read_text())["shared_signs"]["train_valid"] == 0
+
+
+def test_declared_params_match_the_keys_read(repo):
+    dst, env, _ = repo
+    dvc_yaml = yaml.safe_load((dst / "dvc.yaml").read_text())
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    read = {}
+    for line in (dst / ".params-read.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        read.setdefault(rec["stage"], set()).update(rec["keys"])
+    for stage, spec in dvc_yaml["stages"].items():
+        declared = set()
+        for key in spec.get("params", []):
+            value = params
+            for part in key.split("."):
+                value = value[part]
+            declared |= leaf_keys(value, key + ".") if isinstance(value, dict) else {key}
+        # data.path only matters for data.source=local; it is declared so that changing it reruns ingest.
+        optional = {"data.path", "data.base_url"} if stage == "ingest" else set()
+        assert read[stage] <= declared, f"{stage} reads undeclared {read[stage] - declared}"
+        assert declared - optional <= read[stage], f"{stage} declares unread {declared - read[stage]}"
+
+
+def test_changed_split_seed_reruns_only_split(repo):
+    dst, env, _ = repo
+    proc = _run([BIN / "dvc", "exp", "run", "-S", "split.seed=7"], dst, env)
+    assert "Running stage 'split'" in proc.stdout
+    assert "Running stage 'ingest'" not in proc.stdout
+    diff = _run([BIN / "dvc", "metrics", "diff", "--json"], dst, env).stdout
+    assert "metrics/split.json" in json.loads(diff)
