@@ -9,7 +9,10 @@ import json
 import sys
 
 from .errors import DataError
+from .model import ModelFileError, WeightsError
 from .params import ParamsError
+
+STAGES = ("ingest", "split", "features", "train", "evaluate", "visualize")
 
 
 def _print(obj) -> None:
@@ -22,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("ingest", help="read the data set named by data.source into data/metadata.csv")
     sub.add_parser("split", help="split data/metadata.csv into train/valid/test (data/split.csv)")
+    sub.add_parser("features", help="decode images once into data/features/ and compute backbone features")
+    sub.add_parser("train", help="train the heads; best validation checkpoint to models/model.pt")
+    sub.add_parser("evaluate", help="metrics/evaluate.json, per-class table, confusion data")
+    sub.add_parser("visualize", help="history, training gallery and prediction gallery under plots/")
     gen = sub.add_parser("synthetic", help="write the synthetic data set in the official layout to a folder")
     gen.add_argument("out")
     gen.add_argument("--size", type=int, default=1800)
@@ -31,16 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     from . import pipeline  # imported here so that `tsloc --help` stays fast
 
     try:
-        if args.command == "ingest":
-            _print(pipeline.run_ingest(args.params))
-        elif args.command == "split":
-            _print(pipeline.run_split(args.params))
+        if args.command in STAGES:
+            _print(getattr(pipeline, f"run_{args.command}")(args.params))
         elif args.command == "synthetic":
             from pathlib import Path
 
             from .data.synthetic import generate
             generate(Path(args.out), size=args.size, seed=args.seed)
-    except (DataError, ParamsError) as exc:
+    except (DataError, ParamsError, WeightsError, ModelFileError) as exc:
         print(f"tsloc {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

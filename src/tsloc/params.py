@@ -31,6 +31,29 @@ class DataParams:
     path: str | None = None
     base_url: str = "https://btsd.ethz.ch/shareddata/BelgiumTSC/"
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    image_size: int = 128
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    backbone: str = "mobilenet_v2"
+    weights: str = "imagenet"     # imagenet | none | path to a state dict
+    dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    lr: float = 0.001
+    epochs: int = 20
+    batch_size: int = 32
+    seed: int = 42
+    device: str = "auto"          # auto | cpu | cuda
+    eval_test_each_epoch: bool = False
+
+
+@dataclass(frozen=True)
+class VisualizeParams:
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,9 @@ class SplitParams:
 class Params:
     data: DataParams = field(default_factory=DataParams)
     split: SplitParams = field(default_factory=SplitParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    visualize: VisualizeParams = field(default_factory=VisualizeParams)
 
 
 def _build(cls, raw, where: str):
@@ -92,6 +118,18 @@ def _check(p: Params) -> None:
         raise ParamsError(f"params.yaml: split.strategy must be pole-grouped or notebook, got {p.split.strategy!r}")
     if not 0.0 < p.split.valid_fraction < 1.0:
         raise ParamsError(f"params.yaml: split.valid_fraction must be in (0, 1), got {p.split.valid_fraction}")
+
+
+    if p.data.image_size < 32:
+        raise ParamsError(f"params.yaml: data.image_size must be at least 32, got {p.data.image_size}")
+    if p.model.backbone not in ("mobilenet_v2", "resnet18"):
+        raise ParamsError(f"params.yaml: model.backbone must be mobilenet_v2 or resnet18, got {p.model.backbone!r}")
+    if not 0.0 <= p.model.dropout < 1.0:
+        raise ParamsError(f"params.yaml: model.dropout must be in [0, 1), got {p.model.dropout}")
+    if p.train.lr <= 0 or p.train.epochs < 1 or p.train.batch_size < 2:
+        raise ParamsError("params.yaml: train.lr must be > 0, train.epochs >= 1 and train.batch_size >= 2")
+    if p.train.device not in ("auto", "cpu", "cuda") and not p.train.device.startswith("cuda:"):
+        raise ParamsError(f"params.yaml: train.device must be auto, cpu or cuda, got {p.train.device!r}")
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:

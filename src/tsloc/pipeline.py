@@ -4,16 +4,50 @@ The scripts in stages/ and the `tsloc` command both call these, so a user and DV
 """
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
+from importlib.resources import files
+from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from . import plots
 from .data.ingest import ingest, load_metadata
 from .data.split import SUBSETS, class_frequencies, make_split
-from .io import write_csv, write_figure, write_json
+from .data.store import build_store
+from .errors import DataError
+from .evaluation import class_table, class_table_markdown, evaluate_subset, predict_images, relative_boxes
+from .io import atomic_path, write_csv, write_figure, write_json
+from .model import backbone_features, build_model, load_model
 from .params import Tracked, load_params, record_keys
-from .plots import class_frequency
+from .training import Batches, checkpoint, compute_features, features_source, fit, select_device
 
 NUM_CLASSES = 62
-SPLIT_TABLE = "data/split.csv"
+SPLIT_TABLE = Path("data/split.csv")
+FEATURES = Path("data/features")
+MODEL = Path("models/model.pt")
+LIVE = Path("dvclive")
+PREDICTIONS = Path("data/predictions_test.csv")
+
+
+def class_names() -> list[str]:
+    """English names of the 62 BelgiumTSC classes (checked against the images; see classes.csv)."""
+    table = pd.read_csv(files("tsloc") / "classes.csv")
+    return table.sort_values("class_id")["name"].tolist()
+
+
+def _load(path: Path, what: str):
+    if not path.exists():
+        raise DataError(f"{path}: not found (run the {what} stage first: dvc repro {what})")
+    if path.suffix == ".npy":
+        return np.load(path, mmap_mode="r")
+    return pd.read_csv(path, dtype={"row_ids": str})
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _params(params_file: str) -> Tracked:
@@ -35,10 +69,154 @@ def run_split(params_file: str = "params.yaml") -> dict:
     for subset in SUBSETS:
         counts = freq[freq["subset"] == subset]
         write_csv(f"plots/split/class_frequency_{subset}.csv", counts[["class_id", "count"]])
-        fig = class_frequency(counts, f"{subset}: {counts['count'].sum()} images")
+        fig = plots.class_frequency(counts, f"{subset}: {counts['count'].sum()} images")
         write_figure(f"plots/class_frequency_{subset}.png", fig)
         plt.close(fig)
     write_csv(SPLIT_TABLE, table)
     write_json("metrics/split.json", report)
     record_keys("split", p)
     return report
+
+
+def run_features(params_file: str = "params.yaml") -> dict:
+    """Decode every image once into the array store and run the frozen backbone once per image."""
+    p = _params(params_file)
+    meta = load_metadata()
+    store = build_store(meta, p.data.image_size)
+    body, _ = backbone_features(p.model.backbone, p.model.weights)
+    pooled = compute_features(body, store, select_device(p.train.device))
+    _save_npy(FEATURES / "images.npy", store)
+    _save_npy(FEATURES / "pooled.npy", pooled)
+    record_keys("features", p)
+    return {"images": int(len(store)), "store_shape": list(store.shape), "features": list(pooled.shape)}
+
+
+def _subset_rows(split: pd.DataFrame, subset: str) -> np.ndarray:
+    return np.flatnonzero(split["subset"].to_numpy() == subset)
+
+
+def run_train(params_file: str = "params.yaml") -> dict:
+    from dvclive import Live
+
+    p = _params(params_file)
+    split = _load(SPLIT_TABLE, "split")
+    pooled = _load(FEATURES / "pooled.npy", "features")
+    if len(pooled) != len(split):
+        raise DataError(f"{FEATURES / 'pooled.npy'}: {len(pooled)} rows but {SPLIT_TABLE} has {len(split)}; "
+                        f"run dvc repro")
+    device = select_device(p.train.device)
+    model = build_model(p.model.backbone, p.model.weights, NUM_CLASSES, p.model.dropout).to(device)
+    eval_subsets = ("valid", "test") if p.train.eval_test_each_epoch else ("valid",)
+    subsets = {}
+    for s in ("train",) + eval_subsets:
+        rows = _subset_rows(split, s)
+        part = split.iloc[rows]
+        subsets[s] = Batches(features_source(np.array(pooled[rows]), device),
+                             torch.as_tensor(part["class_id"].to_numpy(copy=True)), relative_boxes(part))
+    with Live(str(LIVE), dvcyaml=False, save_dvc_exp=False) as live:
+        def log(epoch, row):
+            for subset, metrics in row.items():
+                for name, value in metrics.items():
+                    live.log_metric(f"{subset}/{name}", value)
+            live.log_metric("loss_weight", model.loss_weight.item())
+            live.next_step()
+
+        best = fit(model, subsets, lr=p.train.lr, epochs=p.train.epochs, batch_size=p.train.batch_size,
+                   seed=p.train.seed, image_size=p.data.image_size, num_classes=NUM_CLASSES, log=log,
+                   eval_subsets=eval_subsets)
+    ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
+                      image_size=p.data.image_size, class_names=class_names(), epoch=best["epoch"])
+    with atomic_path(MODEL) as tmp:
+        torch.save(ckpt, tmp)
+    record_keys("train", p)
+    return {"best_epoch": best["epoch"], "best_valid_loss": best["loss"], "loss_weight": ckpt["loss_weight"]}
+
+
+def run_evaluate(params_file: str = "params.yaml") -> dict:
+    p = _params(params_file)
+    split = _load(SPLIT_TABLE, "split")
+    store = _load(FEATURES / "images.npy", "features")
+    model, ckpt = load_model(MODEL)
+    device = select_device(p.train.device)
+    train = split[split["subset"] == "train"]
+    constant_box = relative_boxes(train).mean(0, keepdim=True)
+    report, rows = {}, {}
+    for s in ("valid", "test"):
+        idx = _subset_rows(split, s)
+        pred = predict_images(model, np.array(store[idx]), device)
+        report[s], rows[s] = evaluate_subset(pred, split.iloc[idx], constant_box)
+    report["loss_weight"] = ckpt["loss_weight"]
+    report["best_epoch"] = ckpt["epoch"]
+    report["constant_box"] = [round(v, 4) for v in constant_box[0].tolist()]
+    table = class_table(rows["test"], train["class_id"].to_numpy(), ckpt["class_names"])
+    write_csv("metrics/class_accuracy.csv", table, float_format="%.4f")
+    with atomic_path("metrics/class_accuracy.md") as tmp:
+        tmp.write_text(class_table_markdown(table))
+    write_csv("plots/evaluate/confusion_test.csv", rows["test"][["actual", "predicted"]])
+    write_csv("plots/evaluate/class_accuracy_test.csv",
+              table.loc[table["test_images"] > 0, ["class_id", "accuracy"]], float_format="%.4f")
+    write_csv(PREDICTIONS, rows["test"], float_format="%.5f")
+    write_json("metrics/evaluate.json", report)
+    record_keys("evaluate", p)
+    return report
+
+
+def _history() -> pd.DataFrame:
+    """Per-epoch figures from DVCLive's files (dvclive/plots/metrics/<subset>/<name>.tsv)."""
+    frames = []
+    for tsv in sorted((LIVE / "plots" / "metrics").rglob("*.tsv")):
+        key = tsv.relative_to(LIVE / "plots" / "metrics").with_suffix("").as_posix()
+        df = pd.read_csv(tsv, sep="\t")
+        frames.append(df.set_index("step")[df.columns[-1]].rename(key))
+    if not frames:
+        raise DataError(f"{LIVE}: no training history (run the train stage first: dvc repro train)")
+    hist = pd.concat(frames, axis=1).reset_index()
+    hist["epoch"] = hist["step"] + 1
+    return hist
+
+
+def _image(path: str) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def run_visualize(params_file: str = "params.yaml") -> dict:
+    p = _params(params_file)
+    rng = np.random.default_rng(p.visualize.seed)
+    split = _load(SPLIT_TABLE, "split")
+    preds = _load(PREDICTIONS, "evaluate")
+    names = class_names()
+    fig = plots.history(_history())
+    write_figure("plots/history.png", fig)
+    plt.close(fig)
+
+    train = split[split["subset"] == "train"]
+    items = []
+    for r in train.iloc[rng.choice(len(train), size=min(10, len(train)), replace=False)].itertuples():
+        items.append({"image": _image(r.path), "title": f"{r.class_id}: {names[r.class_id][:24]}",
+                      "boxes": [((r.left, r.top, r.right, r.bottom), "lime", "-")]})
+    fig = plots.gallery(items)
+    write_figure("plots/train_gallery.png", fig)
+    plt.close(fig)
+
+    test = split[split["subset"] == "test"].set_index("path")
+    right = np.flatnonzero(preds["actual"] == preds["predicted"])
+    wrong = np.flatnonzero(preds["actual"] != preds["predicted"])
+    chosen = [*rng.choice(right, size=min(5, len(right)), replace=False),
+              *rng.choice(wrong, size=min(5, len(wrong)), replace=False)]
+    items = []
+    for i in chosen:
+        r = preds.iloc[i]
+        t = test.loc[r.path]
+        w, h = t.width, t.height
+        pred_box = (r.pred_left * w, r.pred_top * h, r.pred_right * w, r.pred_bottom * h)
+        items.append({"image": _image(r.path),
+                      "title": f"Label: {r.actual}\nPrediction: {r.predicted} ({100 * r.probability:.2f}%)",
+                      "title_color": "green" if r.actual == r.predicted else "red",
+                      "boxes": [((t.left, t.top, t.right, t.bottom), "lime", "-"), (pred_box, "red", "--")]})
+    fig = plots.gallery(items)
+    write_figure("plots/predictions.png", fig)
+    plt.close(fig)
+    record_keys("visualize", p)
+    return {"right_shown": int(min(5, len(right))), "wrong_shown": int(min(5, len(wrong)))}

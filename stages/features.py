@@ -1,0 +1,6 @@
+"""DVC stage `features`: parameters from params.yaml, the work in tsloc.pipeline.run_features."""
+import sys
+
+from tsloc.cli import main
+
+sys.exit(main(["features"]))
