@@ -38,6 +38,8 @@ def repo(tmp_path_factory):
             shutil.copy2(src, dst / rel)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["data"]["synthetic"]["size"] = 250
+    params["data"]["image_size"] = 64
+    params["train"]["epochs"] = 3
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "TSLOC_PARAMS_LOG": str(dst / ".params-read.jsonl"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
@@ -92,3 +94,41 @@ def test_changed_split_seed_reruns_only_split(repo):
     assert "Running stage 'ingest'" not in proc.stdout
     diff = _run([BIN / "dvc", "metrics", "diff", "--json"], dst, env).stdout
     assert "metrics/split.json" in json.loads(diff)
+
+
+def test_checkpoint_and_metrics(repo):
+    import torch
+    dst, _, _ = repo
+    ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
+    assert ckpt["backbone"] == "mobilenet_v2" and ckpt["image_size"] == 64 and len(ckpt["class_names"]) == 62
+    assert {"state_dict", "mean", "std", "class_ids", "versions"} <= set(ckpt)
+    metrics = json.loads((dst / "metrics" / "evaluate.json").read_text())
+    for subset in ("valid", "test"):
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "mean_iou", "iou_at_0.5", "iou_at_0.75",
+                    "mean_box_iou"):
+            assert 0.0 <= metrics[subset][key] <= 1.0
+    assert metrics["loss_weight"] > 0
+    table = (dst / "metrics" / "class_accuracy.csv").read_text().splitlines()
+    assert table[0] == "class_id,class_name,train_share,test_images,correct,accuracy,precision,recall"
+    assert len(table) == 63
+    for png in ("history", "train_gallery", "predictions", "class_frequency_train"):
+        assert (dst / "plots" / f"{png}.png").stat().st_size > 10_000
+
+
+def test_exp_run_lr_reruns_train_evaluate_visualize(repo):
+    dst, env, _ = repo
+    _run(["git", "add", "-A"], dst)
+    _run(["git", "commit", "-qm", "baseline"], dst, env)
+    proc = _run([BIN / "dvc", "exp", "run", "-S", "train.lr=0.0005"], dst, env)
+    ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train", "evaluate", "visualize"}
+    diff = json.loads(_run([BIN / "dvc", "metrics", "diff", "--json"], dst, env).stdout)
+    assert "metrics/evaluate.json" in diff and "test.accuracy" in diff["metrics/evaluate.json"] \
+        or "loss_weight" in diff["metrics/evaluate.json"]
+    show = _run([BIN / "dvc", "exp", "show", "--csv"], dst, env).stdout
+    assert "0.0005" in show
+    out = dst / "plots_html"
+    _run([BIN / "dvc", "plots", "show", "-o", str(out)], dst, env)
+    html = (out / "index.html").read_text()
+    for title in ("Confusion matrix (test)", "Loss", "Accuracy per class (test)", "predictions.png"):
+        assert title in html

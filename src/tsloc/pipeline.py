@@ -113,6 +113,7 @@ def run_train(params_file: str = "params.yaml") -> dict:
         part = split.iloc[rows]
         subsets[s] = Batches(features_source(np.array(pooled[rows]), device),
                              torch.as_tensor(part["class_id"].to_numpy(copy=True)), relative_boxes(part))
+    model.start_boxes_at(subsets["train"].boxes.mean(0))
     with Live(str(LIVE), dvcyaml=False, save_dvc_exp=False) as live:
         def log(epoch, row):
             for subset, metrics in row.items():

