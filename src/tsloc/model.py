@@ -1,7 +1,6 @@
 """Backbones through torchvision's weights API, offline weight resolution, and the two-headed model."""
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import os
 import shutil
@@ -10,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision import models
+
+from .io import sha256_file
 
 BACKBONES = {  # name -> (ImageNet weights, pooled feature size)
     "mobilenet_v2": (models.MobileNet_V2_Weights.IMAGENET1K_V1, 1280),
@@ -25,13 +26,6 @@ OFFLINE_SHA256 = {"mobilenet_v2-b0353104.pth": "b03531047ffacf1e2488318dcd2aba11
 class WeightsError(RuntimeError):
     """No way to get the requested weights; the message says what to do."""
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _packaged_file(name: str) -> Path | None:
@@ -53,7 +47,7 @@ def imagenet_state_dict(backbone: str, hub_dir: str | None = None, allow_downloa
     if not cached.is_file():
         packaged = _packaged_file(name)
         if packaged is not None:
-            if _sha256(packaged) != OFFLINE_SHA256[name]:
+            if sha256_file(packaged) != OFFLINE_SHA256[name]:
                 raise WeightsError(f"{packaged}: sha256 does not match torchvision's {name}; reinstall "
                                    f"{OFFLINE_PACKAGE.replace('_', '-')}")
             cache.mkdir(parents=True, exist_ok=True)

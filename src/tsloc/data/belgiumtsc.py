@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import DataError
+from ..io import sha256_file
 
 SPLITS = ("Training", "Testing")
 COLUMNS = ["Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId"]
@@ -172,13 +173,6 @@ def read_dataset(root: Path) -> tuple[pd.DataFrame, dict]:
     return pd.concat(tables, ignore_index=True), summary
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def folder_digest(root: Path, split: str) -> dict:
     """The digest of `root/split` as the shared README defines it ("Checking a download").
@@ -190,6 +184,6 @@ def folder_digest(root: Path, split: str) -> dict:
     files = sorted((p for p in (root / split).rglob("*") if p.is_file()),
                    key=lambda p: p.relative_to(root).as_posix().encode())
     with ThreadPoolExecutor(4) as pool:
-        digests = list(pool.map(_sha256, files))
+        digests = list(pool.map(sha256_file, files))
     text = "".join(f"{d}  {p.relative_to(root).as_posix()}\n" for d, p in zip(digests, files))
     return {"files": len(files), "digest": hashlib.sha256(text.encode()).hexdigest()}
