@@ -98,8 +98,13 @@ class SignNet(nn.Module):
     weight between the two losses (initialised at 100)."""
 
     def __init__(self, backbone: nn.Module, features: int, num_classes: int = 62, dropout: float = 0.2,
-                 loss_weight: float = 100.0):
+                 loss_weight: float = 100.0, image_size: int = 128):
         super().__init__()
+        # The box head regresses pixels of the input, as the notebook's did, and its output is
+        # divided by the input size: boxes leave the model relative, yet Adam's steps (about lr per
+        # weight, whatever the loss scale) stay small against the target's range. Regressing
+        # relative numbers directly makes Adam's box steps image_size times too large.
+        self.register_buffer("box_scale", torch.tensor(float(image_size)))
         self.backbone = backbone
         for p in self.backbone.parameters():
             p.requires_grad = False
@@ -114,7 +119,7 @@ class SignNet(nn.Module):
         as bias. Training then learns deviations from the constant-box baseline; with the default
         init the head starts at noise of about 0.6 image widths (1280 standardised features)."""
         self.box[1].weight.zero_()
-        self.box[1].bias.copy_(box.reshape(4))
+        self.box[1].bias.copy_(box.reshape(4) * self.box_scale)
 
     def train(self, mode: bool = True):
         """Frozen means frozen: the backbone stays in eval mode (no BatchNorm statistics updates),
@@ -125,7 +130,7 @@ class SignNet(nn.Module):
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.relu(self.dropout(features))
-        return self.classifier(x), self.box(x)
+        return self.classifier(x), self.box(x) / self.box_scale
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
@@ -133,9 +138,10 @@ class SignNet(nn.Module):
         return self.heads(features)
 
 
-def build_model(backbone: str, weights: str, num_classes: int = 62, dropout: float = 0.2) -> SignNet:
+def build_model(backbone: str, weights: str, num_classes: int = 62, dropout: float = 0.2,
+                image_size: int = 128) -> SignNet:
     body, features = backbone_features(backbone, weights)
-    return SignNet(body, features, num_classes, dropout)
+    return SignNet(body, features, num_classes, dropout, image_size=image_size)
 
 
 class ModelFileError(RuntimeError):
@@ -150,7 +156,7 @@ def load_model(path) -> tuple[SignNet, dict]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         body, features = backbone_features(ckpt["backbone"], "none")
-        model = SignNet(body, features, ckpt["num_classes"], ckpt["dropout"])
+        model = SignNet(body, features, ckpt["num_classes"], ckpt["dropout"], image_size=ckpt["image_size"])
         model.load_state_dict(ckpt["state_dict"])
     except Exception as exc:  # unpickling errors, missing keys, shape mismatches
         raise ModelFileError(f"{path}: not a compatible tsloc model ({type(exc).__name__}: {exc})") from exc

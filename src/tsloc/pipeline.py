@@ -105,7 +105,8 @@ def run_train(params_file: str = "params.yaml") -> dict:
         raise DataError(f"{FEATURES / 'pooled.npy'}: {len(pooled)} rows but {SPLIT_TABLE} has {len(split)}; "
                         f"run dvc repro")
     device = select_device(p.train.device)
-    model = build_model(p.model.backbone, p.model.weights, NUM_CLASSES, p.model.dropout).to(device)
+    model = build_model(p.model.backbone, p.model.weights, NUM_CLASSES, p.model.dropout,
+                        image_size=p.data.image_size).to(device)
     eval_subsets = ("valid", "test") if p.train.eval_test_each_epoch else ("valid",)
     subsets = {}
     for s in ("train",) + eval_subsets:
