@@ -9,6 +9,7 @@ import json
 import sys
 
 from .errors import DataError
+from .export import ExportError
 from .model import ModelFileError, WeightsError
 from .params import ParamsError
 
@@ -29,6 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("train", help="train the heads; best validation checkpoint to models/model.pt")
     sub.add_parser("evaluate", help="metrics/evaluate.json, per-class table, confusion data")
     sub.add_parser("visualize", help="history, training gallery and prediction gallery under plots/")
+    pred = sub.add_parser("predict", help="classes and boxes for image files and folders (recursively)")
+    pred.add_argument("paths", nargs="+", metavar="PATH")
+    pred.add_argument("--model", default="models/model.pt")
+    pred.add_argument("--top-k", type=int, default=5)
+    pred.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    pred.add_argument("--draw", metavar="DIR", help="also write each image with its box and label to DIR")
+    pred.add_argument("--batch-size", type=int, default=32)
+    pred.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    exp = sub.add_parser("export", help="write a self-contained model (ONNX or torch.export .pt2)")
+    exp.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    exp.add_argument("--model", default="models/model.pt")
+    exp.add_argument("--out", help="output file (default: models/model.onnx or models/model.pt2)")
     gen = sub.add_parser("synthetic", help="write the synthetic data set in the official layout to a folder")
     gen.add_argument("out")
     gen.add_argument("--size", type=int, default=1800)
@@ -40,12 +53,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in STAGES:
             _print(getattr(pipeline, f"run_{args.command}")(args.params))
+        elif args.command == "predict":
+            from .model import load_model
+            from .predict import predict_files
+            from .training import select_device
+            if args.top_k < 1 or args.batch_size < 1:
+                raise DataError("--top-k and --batch-size must be at least 1")
+            model, ckpt = load_model(args.model)
+            failed = predict_files(model, ckpt, args.paths, top_k=args.top_k, fmt=args.format,
+                                   draw_dir=args.draw, batch_size=args.batch_size,
+                                   device=select_device(args.device))
+            if failed:
+                print(f"tsloc predict: {failed} file(s) could not be read", file=sys.stderr)
+                return 1
+        elif args.command == "export":
+            from .export import export
+            from .model import load_model
+            model, ckpt = load_model(args.model)
+            print(export(model, ckpt, args.format, args.out))
         elif args.command == "synthetic":
             from pathlib import Path
 
             from .data.synthetic import generate
             generate(Path(args.out), size=args.size, seed=args.seed)
-    except (DataError, ParamsError, WeightsError, ModelFileError) as exc:
+    except (DataError, ParamsError, WeightsError, ModelFileError, ExportError) as exc:
         print(f"tsloc {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -4,6 +4,7 @@ The scripts in stages/ and the `tsloc` command both call these, so a user and DV
 """
 from __future__ import annotations
 
+import json
 from importlib.resources import files
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .errors import DataError
 from .evaluation import class_table, class_table_markdown, evaluate_subset, predict_images, relative_boxes
 from .io import atomic_path, write_csv, write_figure, write_json
 from .model import backbone_features, build_model, load_model
+from .model_card import model_card
 from .params import Tracked, load_params, record_keys
 from .training import Batches, checkpoint, compute_features, features_source, fit, select_device
 
@@ -128,6 +130,9 @@ def run_train(params_file: str = "params.yaml") -> dict:
                    eval_subsets=eval_subsets)
     ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
                       image_size=p.data.image_size, class_names=class_names(), epoch=best["epoch"])
+    ckpt["weights"] = p.model.weights
+    ckpt["train"] = {"lr": p.train.lr, "epochs": p.train.epochs, "batch_size": p.train.batch_size,
+                     "seed": p.train.seed}
     with atomic_path(MODEL) as tmp:
         torch.save(ckpt, tmp)
     record_keys("train", p)
@@ -159,6 +164,10 @@ def run_evaluate(params_file: str = "params.yaml") -> dict:
               table.loc[table["test_images"] > 0, ["class_id", "accuracy"]], float_format="%.4f")
     write_csv(PREDICTIONS, rows["test"], float_format="%.5f")
     write_json("metrics/evaluate.json", report)
+    card = model_card(ckpt, json.loads(Path("metrics/ingest.json").read_text()),
+                      json.loads(Path("metrics/split.json").read_text()), report, table)
+    with atomic_path(MODEL.parent / "MODEL_CARD.md") as tmp:
+        tmp.write_text(card)
     record_keys("evaluate", p)
     return report
 

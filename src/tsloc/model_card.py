@@ -1,0 +1,79 @@
+"""models/MODEL_CARD.md: what the model is, what it was trained and tested on, how well it does,
+where it is weak, and what it is for."""
+from __future__ import annotations
+
+import pandas as pd
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.DataFrame) -> str:
+    t, v = metrics["test"], metrics["valid"]
+    tested = table[table["test_images"] > 0].sort_values(["accuracy", "test_images"], ascending=[True, False])
+    worst = tested.head(5)
+    train = ckpt.get("train", {})
+    lines = [
+        "# Model card: traffic-sign classifier and localiser (BelgiumTSC)",
+        "",
+        "Written by the `evaluate` stage; figures are this model's, on the data named below.",
+        "",
+        "## Model",
+        f"- Backbone: torchvision `{ckpt['backbone']}`, ImageNet weights ({ckpt.get('weights', 'imagenet')}), "
+        f"frozen; dropout {ckpt['dropout']} and ReLU on the pooled features; two heads (BatchNorm1d + Linear): "
+        f"{ckpt['num_classes']} classes and a box.",
+        f"- Input: RGB resized (squashed) to {ckpt['image_size']}x{ckpt['image_size']} px, normalised with mean "
+        f"{ckpt['mean']} and std {ckpt['std']}.",
+        f"- Output: class probabilities and one box ({ckpt['box_format']}).",
+        f"- Training: Adam, lr {train.get('lr')}, {train.get('epochs')} epochs, batch {train.get('batch_size')}, "
+        f"seed {train.get('seed')}; class-weighted cross-entropy plus L1 box loss over a learned weight "
+        f"(ends at {ckpt['loss_weight']:.2f}); checkpoint of the best validation loss (epoch {ckpt['epoch']}).",
+        f"- Versions: torch {ckpt['versions']['torch']}, torchvision {ckpt['versions']['torchvision']}.",
+        "",
+        "## Data",
+        f"- Source: `{ingest.get('source')}` — Training {ingest['Training']['images']} images "
+        f"({ingest['Training']['classes']} classes), Testing {ingest['Testing']['images']} images "
+        f"({ingest['Testing']['classes']} classes); list digests {ingest['Training']['fingerprint']['digest'][:12]}… "
+        f"and {ingest['Testing']['fingerprint']['digest'][:12]}…"
+        + (" (the official BelgiumTSC release)." if ingest['Training']['fingerprint']['digest'].startswith("e3f2108c")
+           else " (not the official release: synthetic or modified data)."),
+        f"- Split `{split['strategy']}`: train {split['images']['train']}, valid {split['images']['valid']}, "
+        f"test {split['images']['test']} images.",
+        "",
+        "## Results",
+        "| subset | images | accuracy | balanced accuracy | macro F1 | mean IoU | constant-box IoU | IoU >= 0.5 | IoU >= 0.75 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in (("test", t), ("valid", v)):
+        lines.append(f"| {name} | {m['images']} | {_pct(m['accuracy'])} | {_pct(m['balanced_accuracy'])} | "
+                     f"{_pct(m['macro_f1'])} | {_pct(m['mean_iou'])} | {_pct(m['mean_box_iou'])} | "
+                     f"{_pct(m['iou_at_0.5'])} | {_pct(m['iou_at_0.75'])} |")
+    beats = "beats" if t["mean_iou"] > t["mean_box_iou"] else "does NOT beat"
+    lines += [
+        "",
+        f"The constant box is the mean training box predicted for every image: on the test set the localiser "
+        f"{beats} it ({_pct(t['mean_iou'])} against {_pct(t['mean_box_iou'])}).",
+        "",
+        "## Weak spots: the five classes with the lowest test accuracy",
+        "| class | name | test images | accuracy | share of training data |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
+    for r in worst.itertuples():
+        lines.append(f"| {r.class_id} | {r.class_name} | {r.test_images} | {_pct(r.accuracy)} | {_pct(r.train_share)} |")
+    lines += [
+        "",
+        "Full per-class table: `metrics/class_accuracy.md`.",
+        "",
+        "## Intended use and limits",
+        "- For: naming a Belgian traffic sign and boxing it in an image that holds one sign with some margin "
+        "around it (a crop from a detector or a person), as in BelgiumTSC. Not a detector: it does not find "
+        "signs in street scenes and always answers with one of its 62 classes and one box.",
+        "- Classes with few training images are the least reliable (see above); several classes mix variants "
+        "(speed limits of several values in one class), so the model does not read numbers.",
+        "- Trained on Belgian signs in daylight photographs; other countries' designs, night, heavy occlusion or "
+        "unusual viewpoints are outside what it has seen. Probabilities are not calibrated.",
+        "- Not for safety-critical use (driving decisions) without a proper evaluation in that setting.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""Inference on image files: classes and boxes in the pixels of each original image.
+
+The input domain is BelgiumTSC's: one sign with some margin around it (a crop from a detector or
+a person), not a whole street scene. Images are prepared exactly as for training (RGB, squashed to
+the model's square input size), so boxes map back to the original by scaling alone.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .data.store import normalise
+
+IMAGE_SUFFIXES = {".ppm", ".pgm", ".pbm", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def collect(paths: list[str]) -> list[tuple[Path, Path]]:
+    """(file, name for --draw) for files given as such and image files found in folders, recursively."""
+    out = []
+    for arg in map(Path, paths):
+        if arg.is_dir():
+            for f in sorted(p for p in arg.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+                out.append((f, f.relative_to(arg)))
+        else:
+            out.append((arg, Path(arg.name)))
+    return out
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Any image PIL reads, as RGB: greyscale is repeated, palette and alpha images are flattened
+    onto white (a transparent background is not black)."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode in ("P", "PA", "LA", "RGBA", "La") or "transparency" in img.info:
+            rgba = img.convert("RGBA")
+            flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            flat.alpha_composite(rgba)
+            return flat.convert("RGB")
+        return img.convert("RGB")
+
+
+def prepare(img: Image.Image, size: int) -> np.ndarray:
+    return np.asarray(img.resize((size, size), Image.BILINEAR))
+
+
+@torch.no_grad()
+def predict_batch(model, images: list[Image.Image], size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities (N, C) and relative boxes (N, 4) for PIL images."""
+    from .boxes import make_valid
+    x = normalise(np.stack([prepare(img, size) for img in images])).to(device)
+    logits, boxes = model(x)
+    return torch.softmax(logits.float(), 1).cpu(), make_valid(boxes.float()).cpu()
+
+
+def record(path: Path, img: Image.Image, probs: torch.Tensor, box: torch.Tensor, names: list[str], top_k: int) -> dict:
+    p, ids = probs.topk(min(top_k, len(probs)))
+    w, h = img.size
+    left, top, right, bottom = (box * torch.tensor([w, h, w, h])).tolist()
+    return {
+        "path": str(path),
+        "class_id": int(ids[0]),
+        "class_name": names[int(ids[0])],
+        "probability": round(float(p[0]), 6),
+        "top_k": [{"class_id": int(i), "class_name": names[int(i)], "probability": round(float(q), 6)}
+                  for q, i in zip(p, ids)],
+        "box": [round(v, 2) for v in (left, top, right, bottom)],
+    }
+
+
+def draw(img: Image.Image, rec: dict, out: Path) -> None:
+    img = img.copy()
+    d = ImageDraw.Draw(img)
+    width = max(1, round(min(img.size) / 60))
+    d.rectangle(rec["box"], outline=(255, 0, 0), width=width)
+    label = f"{rec['class_id']} {rec['class_name']} {100 * rec['probability']:.1f}%"
+    d.text((2, 2), label, fill=(255, 255, 0), stroke_width=1, stroke_fill=(0, 0, 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+
+
+CSV_FIELDS = ["path", "class_id", "class_name", "probability", "left", "top", "right", "bottom",
+              "top_k_ids", "top_k_names", "top_k_probabilities"]
+
+
+class Writer:
+    """jsonl: one JSON object per line; csv: a header, then one row per image."""
+
+    def __init__(self, fmt: str, stream=sys.stdout):
+        self.fmt, self.stream = fmt, stream
+        if fmt == "csv":
+            self.csv = csv.DictWriter(stream, CSV_FIELDS)
+            self.csv.writeheader()
+
+    def write(self, rec: dict) -> None:
+        if self.fmt == "jsonl":
+            self.stream.write(json.dumps(rec) + "\n")
+            return
+        left, top, right, bottom = rec["box"]
+        self.csv.writerow({
+            "path": rec["path"], "class_id": rec["class_id"], "class_name": rec["class_name"],
+            "probability": rec["probability"], "left": left, "top": top, "right": right, "bottom": bottom,
+            "top_k_ids": "|".join(str(t["class_id"]) for t in rec["top_k"]),
+            "top_k_names": "|".join(t["class_name"] for t in rec["top_k"]),
+            "top_k_probabilities": "|".join(str(t["probability"]) for t in rec["top_k"]),
+        })
+
+
+def predict_files(model, ckpt: dict, paths: list[str], *, top_k: int = 5, fmt: str = "jsonl",
+                  draw_dir: str | None = None, batch_size: int = 32, device="cpu", out=sys.stdout,
+                  err=sys.stderr) -> int:
+    """Predict every image; unreadable files are reported on `err` and skipped. Returns how many failed."""
+    model = model.eval().to(device)
+    writer = Writer(fmt, out)
+    files = collect(paths)
+    failed = 0
+    for start in range(0, len(files), batch_size):
+        batch = []
+        for path, name in files[start:start + batch_size]:
+            try:
+                batch.append((path, name, load_rgb(path)))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                print(f"tsloc predict: error: {path}: cannot read image ({exc})", file=err)
+                failed += 1
+        if not batch:
+            continue
+        probs, boxes = predict_batch(model, [b[2] for b in batch], ckpt["image_size"], device)
+        for (path, name, img), p, b in zip(batch, probs, boxes):
+            rec = record(path, img, p, b, ckpt["class_names"], top_k)
+            writer.write(rec)
+            if draw_dir:
+                draw(img, rec, Path(draw_dir) / name.with_suffix(".png"))
+    return failed
