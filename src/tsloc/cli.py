@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ParamsError, WeightsError, ModelFileError, ExportError) as exc:
         print(f"tsloc {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tsloc predict ... | head`: the reader left; not an error of ours
+        sys.stdout = None
+        return 0
     return 0
 
 

@@ -1,0 +1,147 @@
+"""`tsloc predict` and `tsloc export` with a stub model of known output."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tsloc.model import build_model, load_model
+from tsloc.training import checkpoint
+
+BOX = (0.1, 0.2, 0.6, 0.9)
+NAMES = [f"class {i}" for i in range(62)]
+
+
+def _stub(path, image_size=64, winner=3):
+    """A real checkpoint whose heads ignore the image: class `winner` first, class i+1 next, and BOX."""
+    net = build_model("mobilenet_v2", "none", image_size=image_size).eval()
+    with torch.no_grad():
+        net.classifier[1].weight.zero_()
+        net.classifier[1].bias.copy_(-torch.arange(62, dtype=torch.float32) * 0.1)
+        net.classifier[1].bias[winner] = 5.0
+        net.start_boxes_at(torch.tensor(BOX))
+    torch.save(checkpoint(net, net.state_dict(), backbone="mobilenet_v2", image_size=image_size,
+                          class_names=NAMES, epoch=1), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    rgb = lambda w, h: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)  # noqa: E731
+    Image.fromarray(rgb(40, 30)).save(root / "a.ppm")
+    Image.fromarray(rgb(25, 50)[:, :, 0]).save(root / "grey.png")               # L
+    Image.fromarray(np.dstack([rgb(33, 21), rgb(33, 21)[:, :, :1]])).save(root / "alpha.png")  # RGBA
+    Image.fromarray(rgb(44, 36)).convert("P").save(root / "palette.png")        # P
+    (root / "sub").mkdir()
+    Image.fromarray(rgb(60, 45)).save(root / "sub" / "c.jpg")
+    (root / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
+    (root / "notes.txt").write_text("not an image, and not picked from a folder")
+    return root
+
+
+def _predict(*args, model):
+    return subprocess.run([sys.executable, "-m", "tsloc.cli", "predict", *map(str, args), "--model", str(model)],
+                          capture_output=True, text=True)
+
+
+SIZES = {"a.ppm": (40, 30), "grey.png": (25, 50), "alpha.png": (33, 21), "palette.png": (44, 36), "c.jpg": (60, 45)}
+
+
+def test_predict_folder_jsonl_boxes_in_original_pixels(images, tmp_path):
+    model = _stub(tmp_path / "stub.pt")
+    proc = _predict(images, "--top-k", "3", "--draw", tmp_path / "drawn", "--batch-size", "2", model=model)
+    assert proc.returncode == 1  # one file failed
+    assert "broken.png: cannot read image" in proc.stderr and "Traceback" not in proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in records) == sorted(SIZES)
+    for r in records:
+        w, h = SIZES[r["path"].rsplit("/", 1)[1]]
+        assert r["box"] == pytest.approx([BOX[0] * w, BOX[1] * h, BOX[2] * w, BOX[3] * h], abs=0.02)
+        assert r["class_id"] == 3 and r["class_name"] == "class 3"
+        assert [t["class_id"] for t in r["top_k"]] == [3, 0, 1]
+        assert r["probability"] == r["top_k"][0]["probability"] > r["top_k"][1]["probability"]
+        assert set(r) == {"path", "class_id", "class_name", "probability", "top_k", "box"}
+    drawn = sorted(p.relative_to(tmp_path / "drawn").as_posix() for p in (tmp_path / "drawn").rglob("*.png"))
+    assert drawn == ["a.png", "alpha.png", "grey.png", "palette.png", "sub/c.png"]
+    assert Image.open(tmp_path / "drawn" / "sub" / "c.png").size == (60, 45)
+
+
+def test_predict_files_csv(images, tmp_path):
+    model = _stub(tmp_path / "stub.pt", winner=7)
+    proc = _predict(images / "a.ppm", images / "grey.png", "--format", "csv", "--top-k", "2", model=model)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert [r["class_id"] for r in rows] == ["7", "7"]
+    assert rows[1]["top_k_ids"] == "7|0"
+    assert float(rows[1]["right"]) == pytest.approx(0.6 * 25, abs=0.02)
+    assert float(rows[1]["bottom"]) == pytest.approx(0.9 * 50, abs=0.02)
+
+
+def test_non_image_given_explicitly_fails_but_others_run(images, tmp_path):
+    proc = _predict(images / "notes.txt", images / "a.ppm", model=_stub(tmp_path / "stub.pt"))
+    assert proc.returncode == 1 and "notes.txt: cannot read image" in proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+
+
+def test_missing_and_incompatible_model(images, tmp_path):
+    proc = _predict(images / "a.ppm", model=tmp_path / "none.pt")
+    assert proc.returncode == 2 and "none.pt: model file not found" in proc.stderr
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    proc = _predict(images / "a.ppm", model=tmp_path / "junk.pt")
+    assert proc.returncode == 2 and "junk.pt: not a compatible tsloc model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _random_model(tmp_path):
+    torch.manual_seed(0)
+    net = build_model("mobilenet_v2", "none", image_size=64).eval()
+    with torch.no_grad():  # non-trivial heads
+        net.box[1].weight.normal_(0, 0.05)
+        net.box[1].bias.copy_(torch.tensor([10.0, 12.0, 50.0, 55.0]))
+    path = tmp_path / "m.pt"
+    torch.save(checkpoint(net, net.state_dict(), backbone="mobilenet_v2", image_size=64, class_names=NAMES,
+                          epoch=1), path)
+    return load_model(path)
+
+
+def _reference(model, ckpt, x):
+    from tsloc.boxes import make_valid
+    mean = torch.tensor(ckpt["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(ckpt["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits, boxes = model((x - mean) / std)
+    return torch.softmax(logits, 1), make_valid(boxes)
+
+
+def test_export_pt2_matches_pytorch(tmp_path):
+    from tsloc.export import export
+    model, ckpt = _random_model(tmp_path)
+    path = export(model, ckpt, "pt2", tmp_path / "m.pt2")
+    program = torch.export.load(str(path)).module()
+    x = torch.rand(3, 3, 64, 64)
+    probs, boxes = program(x)
+    ref_p, ref_b = _reference(model, ckpt, x)
+    assert torch.equal(probs.argmax(1), ref_p.argmax(1))
+    assert torch.allclose(probs, ref_p, atol=1e-5) and torch.allclose(boxes, ref_b, atol=1e-5)
+
+
+def test_export_onnx_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from tsloc.export import export
+    model, ckpt = _random_model(tmp_path)
+    path = export(model, ckpt, "onnx", tmp_path / "m.onnx")
+    x = torch.rand(5, 3, 64, 64)
+    probs, boxes = ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})
+    ref_p, ref_b = _reference(model, ckpt, x)
+    assert (probs.argmax(1) == ref_p.argmax(1).numpy()).all()
+    assert np.allclose(probs, ref_p.numpy(), atol=1e-4) and np.allclose(boxes, ref_b.numpy(), atol=1e-4)
