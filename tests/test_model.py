@@ -12,7 +12,8 @@ from torchvision.ops import box_iou
 from tsloc import model as model_mod
 from tsloc.boxes import make_valid, paired_iou, to_pixels, to_relative
 from tsloc.model import SignNet, WeightsError, backbone_features, build_model, imagenet_state_dict
-from tsloc.training import Batches, class_weights, compute_features, features_source, fit, images_source, losses
+from tsloc.training import (Batches, LossConfig, OptimConfig, class_weights, make_optimizer, compute_features, features_source, fit,
+                            images_source, losses)
 
 
 def test_shapes_and_frozen_backbone():
@@ -45,11 +46,29 @@ def test_losses_weighting():
     boxes = torch.tensor([[0.1, 0.1, 0.9, 0.9], [0.0, 0.0, 0.5, 0.5]])
     target = torch.tensor([[0.1, 0.2, 0.9, 0.9], [0.0, 0.0, 0.5, 0.5]])
     weights = torch.tensor([0.25, 0.75])
-    total, cls, l1 = losses(logits, boxes, y, target, weights, torch.tensor(100.0), image_size=200)
+    net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 8, num_classes=2)
+    total, cls, l1 = losses(logits, boxes, y, target, weights, net, LossConfig(image_size=200))
     ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
     assert cls.item() == pytest.approx((0.25 * ce[0] + 0.75 * ce[1]).item())
     assert l1.item() == pytest.approx(0.25 * 0.1 * 200)  # 0.1 of a 200-px image, weighted
     assert total.item() == pytest.approx(cls.item() + l1.item() / 100)
+    # The notebook's learned weight can only grow: d total / d w = -box / w^2 < 0.
+    total.backward()
+    assert net.loss_weight.grad < 0
+    # Kendall et al.: exp(-s) L + s per task, s learned.
+    with torch.no_grad():
+        net.uncertainty.copy_(torch.tensor([0.5, 1.0]))
+    total, cls, box = losses(logits, boxes, y, target, weights, net, LossConfig(200, balance="uncertainty"))
+    expected = np.exp(-0.5) * cls.item() + 0.5 + np.exp(-1.0) * box.item() + 1.0
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    # GIoU, in pixels of the input: zero for a perfect box.
+    _, _, g = losses(logits, target, y, target, weights, net, LossConfig(200, box="giou"))
+    assert g.item() == pytest.approx(0.0, abs=1e-3)
+    _, _, g = losses(logits, boxes, y, target, weights, net, LossConfig(200, box="giou"))
+    assert g.item() > 0
+    # Label smoothing raises the loss of a confident right answer.
+    _, smooth, _ = losses(logits, boxes, y, target, weights, net, LossConfig(200, label_smoothing=0.2))
+    assert smooth.item() > cls.item()
 
 
 def test_box_round_trip_and_clamping():
@@ -81,7 +100,7 @@ def _fit(net, sources, labels, boxes, seed=5):
     subsets = {"train": Batches(sources[0], labels[:30], boxes[:30]),
                "valid": Batches(sources[1], labels[30:], boxes[30:])}
     history = []
-    best = fit(net, subsets, lr=1e-3, epochs=3, batch_size=8, seed=seed, image_size=48, num_classes=3,
+    best = fit(net, subsets, epochs=3, batch_size=8, seed=seed, num_classes=3, loss_cfg=LossConfig(48),
                log=lambda e, row: history.append(row))
     return best, history
 
@@ -89,14 +108,14 @@ def _fit(net, sources, labels, boxes, seed=5):
 def test_cached_features_train_like_the_plain_loop():
     images, labels, boxes = _tiny()
     torch.manual_seed(0)
-    plain = build_model("mobilenet_v2", "none", num_classes=3)
-    cached = SignNet(plain.backbone, 1280, num_classes=3)
+    plain = build_model("mobilenet_v2", "none", num_classes=3, image_size=48)
+    cached = SignNet(plain.backbone, 1280, num_classes=3, image_size=48)
     cached.load_state_dict(plain.state_dict())
     feats = compute_features(cached.backbone, images, torch.device("cpu"), batch_size=16)
-    best_p, hist_p = _fit(plain, [images_source(plain, images[:30], "cpu"),
-                                  images_source(plain, images[30:], "cpu")], labels, boxes)
-    best_c, hist_c = _fit(cached, [features_source(feats[:30], "cpu"), features_source(feats[30:], "cpu")],
-                          labels, boxes)
+    best_p, hist_p = _fit(plain, [images_source(plain, images[:30], boxes[:30], "cpu"),
+                                  images_source(plain, images[30:], boxes[30:], "cpu")], labels, boxes)
+    best_c, hist_c = _fit(cached, [features_source(feats[:30], boxes[:30], "cpu"),
+                                   features_source(feats[30:], boxes[30:], "cpu")], labels, boxes)
     assert best_p["epoch"] == best_c["epoch"]
     for k, v in best_p["state"].items():
         assert torch.allclose(v.float(), best_c["state"][k].float(), atol=1e-4), k
@@ -110,10 +129,10 @@ def test_same_seed_same_result_and_last_batch_of_one_dropped():
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
-        net = SignNet(torch.nn.Identity(), 1280, num_classes=3)
-        subsets = {"train": Batches(features_source(feats[:29], "cpu"), labels[:29], boxes[:29]),
-                   "valid": Batches(features_source(feats[29:], "cpu"), labels[29:], boxes[29:])}
-        runs.append(fit(net, subsets, lr=1e-3, epochs=2, batch_size=7, seed=3, image_size=48, num_classes=3))
+        net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=3)
+        subsets = {"train": Batches(features_source(feats[:29], boxes[:29], "cpu"), labels[:29], boxes[:29]),
+                   "valid": Batches(features_source(feats[29:], boxes[29:], "cpu"), labels[29:], boxes[29:])}
+        runs.append(fit(net, subsets, epochs=2, batch_size=7, seed=3, num_classes=3, loss_cfg=LossConfig(48)))
     for k in runs[0]["state"]:
         assert torch.equal(runs[0]["state"][k], runs[1]["state"][k])  # 29 = 4 x 7 + 1: the 1 is dropped
 
@@ -132,7 +151,7 @@ def test_weights_from_installed_package(hub):
     assert cached.is_file()
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == model_mod.OFFLINE_SHA256[cached.name]
     body, _ = backbone_features("mobilenet_v2", "imagenet")
-    assert torch.equal(body[0][0][0].weight, state["features.0.0.weight"])
+    assert torch.equal(body[0][0].weight, state["features.0.0.weight"])
 
 
 def test_weights_from_a_path(tmp_path):
@@ -157,3 +176,31 @@ def test_clear_error_without_network(hub, monkeypatch):
         msg = str(err.value)
         assert str(hub / "checkpoints" / name) in msg and "name resolution" in msg
         assert "-S model.weights=none" in msg and "-S model.weights=PATH" in msg
+
+
+def test_finetune_last_blocks():
+    net = build_model("mobilenet_v2", "none", trainable_blocks=2)
+    trainable = [i for i, block in enumerate(net.backbone) if any(p.requires_grad for p in block.parameters())]
+    assert trainable == [17, 18]  # the last two blocks of MobileNetV2's 19 feature blocks
+    net.train()
+    assert not net.backbone[16].training and net.backbone[18].training
+    logits, boxes = net(torch.randn(2, 3, 64, 64))
+    (logits.sum() + boxes.sum()).backward()
+    assert net.backbone[18][0].weight.grad is not None and net.backbone[16].conv[0][0].weight.grad is None
+    everything = build_model("resnet18", "none", trainable_blocks=-1)
+    assert all(p.requires_grad for p in everything.backbone.parameters())
+
+
+def test_optimizer_groups_and_cosine_schedule():
+    net = build_model("mobilenet_v2", "none", trainable_blocks=1)
+    opt, sched = make_optimizer(net, OptimConfig(lr=1e-2, optimizer="adamw", weight_decay=0.05, backbone_lr=0.1,
+                                                 schedule="cosine", warmup_epochs=1), steps_per_epoch=10, epochs=5)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-3, 1e-4])  # warm-up step 1 of 10
+    lrs = []
+    for _ in range(50):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert max(lrs) == pytest.approx(1e-2) and lrs[-1] < 1e-4
+    assert opt.param_groups[1]["weight_decay"] == 0  # the loss balance is not decayed

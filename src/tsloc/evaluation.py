@@ -85,3 +85,41 @@ def class_table_markdown(table: pd.DataFrame) -> str:
         lines.append(f"| {r.class_id} | {r.class_name} | {100 * r.train_share:.2f}% | {r.test_images} | "
                      f"{r.correct} | {pct(r.accuracy)} | {pct(r.precision)} | {pct(r.recall)} |")
     return "\n".join(lines) + "\n"
+
+
+def shifted_views(df: pd.DataFrame, size: int, *, seed: int = 0, min_box: int = 40,
+                  max_margin: float = 0.45) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """Re-crop every image whose box is at least `min_box` px wide and tall to a window that holds
+    the whole box, each side's margin drawn independently from U(0, max_margin) x the box's width
+    or height (fixed seed), edge pixels replicated where the window leaves the image. The window is
+    squashed to `size` like any input. Returns the images, their relative boxes, and the rows used.
+
+    A constant box cannot follow the sign here; a real localiser can."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    keep = np.flatnonzero(((df["right"] - df["left"]) >= min_box) & ((df["bottom"] - df["top"]) >= min_box))
+    images = np.empty((len(keep), size, size, 3), dtype=np.uint8)
+    boxes = np.empty((len(keep), 4), dtype=np.float64)
+    for k, i in enumerate(tqdm(keep, desc="shifted test views", unit="img", leave=False)):
+        r = df.iloc[i]
+        bw, bh = r.right - r.left, r.bottom - r.top
+        m = rng.uniform(0, max_margin, 4) * np.array([bw, bh, bw, bh])
+        x0, y0 = int(np.floor(r.left - m[0])), int(np.floor(r.top - m[1]))
+        x1, y1 = int(np.ceil(r.right + m[2])), int(np.ceil(r.bottom + m[3]))
+        with Image.open(r.path) as img:
+            a = np.asarray(img.convert("RGB"))
+        h, w = a.shape[:2]
+        pad = ((max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)), (0, 0))
+        a = np.pad(a, pad, mode="edge")[y0 + pad[0][0]:y1 + pad[0][0], x0 + pad[1][0]:x1 + pad[1][0]]
+        images[k] = np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR))
+        boxes[k] = [(r.left - x0) / (x1 - x0), (r.top - y0) / (y1 - y0),
+                    (r.right - x0) / (x1 - x0), (r.bottom - y0) / (y1 - y0)]
+    return images, torch.tensor(boxes, dtype=torch.float32), keep
+
+
+def shifted_metrics(pred: dict, boxes: torch.Tensor, labels: np.ndarray, constant_box: torch.Tensor) -> dict:
+    iou = paired_iou(pred["boxes"], boxes).numpy()
+    const = paired_iou(constant_box.expand_as(boxes), boxes).numpy()
+    return {"images": int(len(boxes)), "accuracy": float((pred["probs"].argmax(1).numpy() == labels).mean()),
+            "mean_iou": float(iou.mean()), "mean_box_iou": float(const.mean())}

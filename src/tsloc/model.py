@@ -85,20 +85,23 @@ def backbone_features(backbone: str, weights: str) -> tuple[nn.Module, int]:
             raise WeightsError(f"{path}: model.weights file not found")
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    # A flat sequence of blocks, so that fine-tuning can unfreeze the last N of them.
     if backbone == "mobilenet_v2":
-        body = nn.Sequential(net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        blocks = [*net.features, nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     else:
-        body = nn.Sequential(*list(net.children())[:-1], nn.Flatten())
+        blocks = [*list(net.children())[:-1], nn.Flatten()]
+    body = nn.Sequential(*blocks)
     return body, BACKBONES[backbone][1]
 
 
 class SignNet(nn.Module):
     """The notebook's model: frozen backbone, dropout and ReLU on the pooled features, then two
     heads (BatchNorm1d + Linear) for the classes and the 4 relative box numbers, and a learnable
-    weight between the two losses (initialised at 100)."""
+    weight between the two losses (initialised at 100). `trainable_blocks` > 0 fine-tunes the last
+    blocks of the backbone (-1: all of it)."""
 
-    def __init__(self, backbone: nn.Module, features: int, num_classes: int = 62, dropout: float = 0.2,
-                 loss_weight: float = 100.0, image_size: int = 128):
+    def __init__(self, backbone: nn.Sequential, features: int, num_classes: int = 62, dropout: float = 0.2,
+                 loss_weight: float = 100.0, image_size: int = 128, trainable_blocks: int = 0):
         super().__init__()
         # The box head regresses pixels of the input, as the notebook's did, and its output is
         # divided by the input size: boxes leave the model relative, yet Adam's steps (about lr per
@@ -106,8 +109,14 @@ class SignNet(nn.Module):
         # relative numbers directly makes Adam's box steps image_size times too large.
         self.register_buffer("box_scale", torch.tensor(float(image_size)))
         self.backbone = backbone
-        for p in self.backbone.parameters():
-            p.requires_grad = False
+        # Blocks with parameters; pooling and flattening follow the last of them.
+        with_params = [i for i, m in enumerate(backbone) if any(True for _ in m.parameters())]
+        n = len(with_params) if trainable_blocks < 0 else min(trainable_blocks, len(with_params))
+        self.split_at = with_params[-n] if n > 0 else len(backbone)
+        for i, block in enumerate(backbone):
+            for p in block.parameters():
+                p.requires_grad = i >= self.split_at
+        self.uncertainty = nn.Parameter(torch.zeros(2))  # log variances (Kendall et al.), if used
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Sequential(nn.BatchNorm1d(features), nn.Linear(features, num_classes))
         self.box = nn.Sequential(nn.BatchNorm1d(features), nn.Linear(features, 4))
@@ -121,27 +130,38 @@ class SignNet(nn.Module):
         self.box[1].weight.zero_()
         self.box[1].bias.copy_(box.reshape(4) * self.box_scale)
 
+    @property
+    def frozen(self) -> bool:
+        return self.split_at >= len(self.backbone)
+
     def train(self, mode: bool = True):
-        """Frozen means frozen: the backbone stays in eval mode (no BatchNorm statistics updates),
-        which is also what makes cached features exact."""
+        """Frozen means frozen: the frozen blocks stay in eval mode (no BatchNorm statistics
+        updates), which is also what makes cached features exact."""
         super().train(mode)
-        self.backbone.eval()
+        for block in self.backbone[:self.split_at]:
+            block.eval()
+        if self.frozen:
+            self.backbone.eval()
         return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = self.backbone[:self.split_at](images)
+        return self.backbone[self.split_at:](x)
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.relu(self.dropout(features))
         return self.classifier(x), self.box(x) / self.box_scale
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            features = self.backbone(images)
-        return self.heads(features)
+        return self.heads(self.features(images))
 
 
 def build_model(backbone: str, weights: str, num_classes: int = 62, dropout: float = 0.2,
-                image_size: int = 128) -> SignNet:
+                image_size: int = 128, trainable_blocks: int = 0) -> SignNet:
     body, features = backbone_features(backbone, weights)
-    return SignNet(body, features, num_classes, dropout, image_size=image_size)
+    return SignNet(body, features, num_classes, dropout, image_size=image_size,
+                   trainable_blocks=trainable_blocks)
 
 
 class ModelFileError(RuntimeError):

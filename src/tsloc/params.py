@@ -39,6 +39,16 @@ class ModelParams:
     backbone: str = "mobilenet_v2"
     weights: str = "imagenet"     # imagenet | none | path to a state dict
     dropout: float = 0.2
+    finetune_blocks: int = 0      # 0: frozen backbone; N: fine-tune its last N blocks; -1: all of it
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    enabled: bool = False
+    margin: float = 0.45          # re-crop: each side's margin ~ U(0, margin) x the box's size
+    rotation: float = 10.0        # degrees, either way
+    color: float = 0.3            # brightness, contrast, saturation factors in 1 +- color
+    blur: float = 0.3             # share of images blurred
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,16 @@ class TrainParams:
     seed: int = 42
     device: str = "auto"          # auto | cpu | cuda
     eval_test_each_epoch: bool = False
+    optimizer: str = "adam"       # adam | adamw
+    weight_decay: float = 0.0
+    backbone_lr: float = 0.1      # fine-tuned backbone's lr as a share of lr
+    schedule: str = "none"        # none | cosine (after warmup_epochs of linear warm-up)
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    box_loss: str = "l1"          # l1 | giou | l1+giou
+    loss_balance: str = "learned" # learned (the notebook's) | fixed | uncertainty (Kendall et al. 2018)
+    loss_weight: float = 100.0    # the box loss is divided by it (learned: its initial value)
+    augment: AugmentParams = field(default_factory=AugmentParams)
 
 
 @dataclass(frozen=True)
@@ -128,6 +148,17 @@ def _check(p: Params) -> None:
         raise ParamsError(f"params.yaml: model.dropout must be in [0, 1), got {p.model.dropout}")
     if p.train.lr <= 0 or p.train.epochs < 1 or p.train.batch_size < 2:
         raise ParamsError("params.yaml: train.lr must be > 0, train.epochs >= 1 and train.batch_size >= 2")
+    t = p.train
+    for key, value, allowed in (("optimizer", t.optimizer, ("adam", "adamw")), ("schedule", t.schedule, ("none", "cosine")),
+                                ("box_loss", t.box_loss, ("l1", "giou", "l1+giou")),
+                                ("loss_balance", t.loss_balance, ("learned", "fixed", "uncertainty"))):
+        if value not in allowed:
+            raise ParamsError(f"params.yaml: train.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if not 0 <= t.label_smoothing < 1 or t.weight_decay < 0 or t.loss_weight <= 0 or t.warmup_epochs < 0:
+        raise ParamsError("params.yaml: train.label_smoothing in [0, 1), weight_decay and warmup_epochs >= 0, "
+                          "loss_weight > 0")
+    if not 0 <= t.augment.margin <= 2 or not 0 <= t.augment.color < 1 or not 0 <= t.augment.blur <= 1:
+        raise ParamsError("params.yaml: train.augment.margin in [0, 2], color in [0, 1), blur in [0, 1]")
     if p.train.device not in ("auto", "cpu", "cuda") and not p.train.device.startswith("cuda:"):
         raise ParamsError(f"params.yaml: train.device must be auto, cpu or cuda, got {p.train.device!r}")
 

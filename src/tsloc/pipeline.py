@@ -18,12 +18,14 @@ from .data.ingest import ingest, load_metadata
 from .data.split import SUBSETS, class_frequencies, make_split
 from .data.store import build_store
 from .errors import DataError
-from .evaluation import class_table, class_table_markdown, evaluate_subset, predict_images, relative_boxes
+from .evaluation import (class_table, class_table_markdown, evaluate_subset, predict_images, relative_boxes,
+                         shifted_metrics, shifted_views)
 from .io import atomic_path, write_csv, write_figure, write_json
 from .model import backbone_features, build_model, load_model
 from .model_card import model_card
 from .params import Tracked, load_params, record_keys
-from .training import Batches, checkpoint, compute_features, features_source, fit, select_device
+from .training import (Batches, LossConfig, OptimConfig, checkpoint, compute_features, features_source, fit,
+                       images_source, select_device)
 
 NUM_CLASSES = 62
 SPLIT_TABLE = Path("data/split.csv")
@@ -107,16 +109,30 @@ def run_train(params_file: str = "params.yaml") -> dict:
         raise DataError(f"{FEATURES / 'pooled.npy'}: {len(pooled)} rows but {SPLIT_TABLE} has {len(split)}; "
                         f"run dvc repro")
     device = select_device(p.train.device)
+    t = p.train
     model = build_model(p.model.backbone, p.model.weights, NUM_CLASSES, p.model.dropout,
-                        image_size=p.data.image_size).to(device)
-    eval_subsets = ("valid", "test") if p.train.eval_test_each_epoch else ("valid",)
+                        image_size=p.data.image_size, trainable_blocks=p.model.finetune_blocks).to(device)
+    with torch.no_grad():
+        model.loss_weight.fill_(t.loss_weight)
+    eval_subsets = ("valid", "test") if t.eval_test_each_epoch else ("valid",)
+    a = t.augment
+    augmentation = {"margin": a.margin, "rotation": a.rotation, "color": a.color, "blur": a.blur}
+    augmentation = augmentation if a.enabled else None
+    # Frozen and not augmented: the heads train on the cached features (exact, and far faster).
+    cached = model.frozen and augmentation is None
+    store = None if cached else _load(FEATURES / "images.npy", "features")
+    generator = torch.Generator().manual_seed(t.seed)
     subsets = {}
     for s in ("train",) + eval_subsets:
         rows = _subset_rows(split, s)
         part = split.iloc[rows]
-        subsets[s] = Batches(features_source(np.array(pooled[rows]), device),
-                             torch.as_tensor(part["class_id"].to_numpy(copy=True)), relative_boxes(part))
+        boxes = relative_boxes(part)
+        fetch = (features_source(np.array(pooled[rows]), boxes, device) if cached else
+                 images_source(model, np.array(store[rows]), boxes, device, augmentation, generator))
+        subsets[s] = Batches(fetch, torch.as_tensor(part["class_id"].to_numpy(copy=True)), boxes)
     model.start_boxes_at(subsets["train"].boxes.mean(0))
+    loss_cfg = LossConfig(p.data.image_size, t.box_loss, t.loss_balance, t.label_smoothing)
+    optim_cfg = OptimConfig(t.lr, t.optimizer, t.weight_decay, t.backbone_lr, t.schedule, t.warmup_epochs)
     with Live(str(LIVE), dvcyaml=False, save_dvc_exp=False) as live:
         def log(epoch, row):
             for subset, metrics in row.items():
@@ -125,14 +141,14 @@ def run_train(params_file: str = "params.yaml") -> dict:
             live.log_metric("loss_weight", model.loss_weight.item())
             live.next_step()
 
-        best = fit(model, subsets, lr=p.train.lr, epochs=p.train.epochs, batch_size=p.train.batch_size,
-                   seed=p.train.seed, image_size=p.data.image_size, num_classes=NUM_CLASSES, log=log,
-                   eval_subsets=eval_subsets)
+        best = fit(model, subsets, epochs=t.epochs, batch_size=t.batch_size, seed=t.seed,
+                   num_classes=NUM_CLASSES, loss_cfg=loss_cfg, optim_cfg=optim_cfg, log=log,
+                   eval_subsets=eval_subsets, generator=generator, progress=not cached)
     ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
                       image_size=p.data.image_size, class_names=class_names(), epoch=best["epoch"])
     ckpt["weights"] = p.model.weights
-    ckpt["train"] = {"lr": p.train.lr, "epochs": p.train.epochs, "batch_size": p.train.batch_size,
-                     "seed": p.train.seed}
+    ckpt["train"] = {"lr": t.lr, "epochs": t.epochs, "batch_size": t.batch_size, "seed": t.seed,
+                     "finetune_blocks": p.model.finetune_blocks, "augment": t.augment.enabled}
     with atomic_path(MODEL) as tmp:
         torch.save(ckpt, tmp)
     record_keys("train", p)
@@ -152,6 +168,10 @@ def run_evaluate(params_file: str = "params.yaml") -> dict:
         idx = _subset_rows(split, s)
         pred = predict_images(model, np.array(store[idx]), device)
         report[s], rows[s] = evaluate_subset(pred, split.iloc[idx], constant_box)
+    test = split.iloc[_subset_rows(split, "test")]
+    images, boxes, keep = shifted_views(test, ckpt["image_size"])
+    report["test_shifted"] = shifted_metrics(predict_images(model, images, device), boxes,
+                                             test["class_id"].to_numpy()[keep], constant_box)
     report["loss_weight"] = ckpt["loss_weight"]
     report["best_epoch"] = ckpt["epoch"]
     report["constant_box"] = [round(v, 4) for v in constant_box[0].tolist()]

@@ -7,6 +7,7 @@ With a frozen backbone and no augmentation the backbone's output for an image ne
 from __future__ import annotations
 
 import copy
+import math
 import platform
 from dataclasses import dataclass
 
@@ -16,8 +17,11 @@ import torch.nn.functional as F
 import torchvision
 from tqdm import tqdm
 
+from torchvision.ops import generalized_box_iou_loss
+
+from .augment import augment
 from .boxes import make_valid, paired_iou
-from .data.store import normalise
+from .data.store import normalise, standardise
 from .model import IMAGENET_MEAN, IMAGENET_STD, SignNet
 
 
@@ -46,20 +50,49 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w / w.sum(), dtype=torch.float32)
 
 
-def losses(logits, boxes, y, target_boxes, weights, loss_weight, image_size):
-    """Class-weighted cross-entropy plus class-weighted L1 over the 4 box numbers in pixels of the
-    input (relative L1 x image_size, the scale the notebook's weight of 100 was tuned for), the
-    latter divided by the learnable loss weight."""
+@dataclass(frozen=True)
+class LossConfig:
+    """How the two losses are made and balanced.
+
+    box: l1 (in pixels of the input, as the notebook), giou (torchvision's generalized IoU loss,
+    times the input size so that it speaks pixels too) or l1+giou.
+    balance: learned (the notebook's: box / w, w learnable from `weight`; it can only grow), fixed
+    (box / `weight`), or uncertainty (Kendall et al. 2018: exp(-s1) cls + s1 + exp(-s2) box + s2,
+    with learned log variances)."""
+    image_size: int
+    box: str = "l1"
+    balance: str = "learned"
+    label_smoothing: float = 0.0
+
+
+def losses(logits, boxes, y, target_boxes, weights, model, cfg: LossConfig):
+    """Class-weighted cross-entropy and class-weighted box loss, balanced per `cfg`.
+    Returns (total, classification, box)."""
     w = weights[y]
-    cls = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
-    l1 = (F.l1_loss(boxes, target_boxes, reduction="none").sum(1) * image_size * w).sum() / w.sum()
-    return cls + l1 / loss_weight, cls, l1
+    ce = F.cross_entropy(logits, y, reduction="none", label_smoothing=cfg.label_smoothing)
+    cls = (ce * w).sum() / w.sum()
+    per_box = torch.zeros_like(ce)
+    if "l1" in cfg.box:
+        per_box = per_box + F.l1_loss(boxes, target_boxes, reduction="none").sum(1) * cfg.image_size
+    if "giou" in cfg.box:
+        valid = torch.cat([torch.minimum(boxes[:, :2], boxes[:, 2:]), torch.maximum(boxes[:, :2], boxes[:, 2:])], 1)
+        per_box = per_box + generalized_box_iou_loss(valid, target_boxes, reduction="none") * cfg.image_size
+    box = (per_box * w).sum() / w.sum()
+    if cfg.balance == "uncertainty":
+        s = model.uncertainty
+        total = torch.exp(-s[0]) * cls + s[0] + torch.exp(-s[1]) * box + s[1]
+    elif cfg.balance == "fixed":
+        total = cls + box / model.loss_weight.detach()
+    else:
+        total = cls + box / model.loss_weight
+    return total, cls, box
 
 
 @dataclass
 class Batches:
-    """What one subset's batches are made of: feature or image rows, labels, relative boxes."""
-    source: object          # callable(indices) -> features tensor
+    """One subset: `fetch(indices, train)` gives what the heads take (features) and the relative
+    boxes for those rows (augmentation may move them)."""
+    fetch: object
     labels: torch.Tensor
     boxes: torch.Tensor
 
@@ -67,20 +100,28 @@ class Batches:
         return len(self.labels)
 
 
-def features_source(features: np.ndarray, device):
+def features_source(features: np.ndarray, boxes: torch.Tensor, device):
     feats = torch.as_tensor(features)
-    return lambda idx: feats[idx].to(device)
+    return lambda idx, train: (feats[idx].to(device), boxes[idx].to(device))
 
 
-def images_source(model: SignNet, images: np.ndarray, device):
-    @torch.no_grad()
-    def run(idx):
-        return model.backbone(normalise(images[idx.numpy()]).to(device))
+def images_source(model: SignNet, images: np.ndarray, boxes: torch.Tensor, device, augmentation: dict | None = None,
+                  generator: torch.Generator | None = None):
+    """The plain path: the backbone runs on every batch (on augmented images when training with
+    `augmentation`: keyword arguments of `tsloc.augment.augment`)."""
+    def run(idx, train):
+        batch = torch.as_tensor(images[idx.numpy()])
+        b = boxes[idx]
+        if train and augmentation:
+            x, b = augment(batch, b, generator=generator, **augmentation)
+        else:
+            x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        return model.features(standardise(x.to(device))), b.to(device)
     return run
 
 
-def run_epoch(model: SignNet, data: Batches, weights, image_size: int, batch_size: int,
-              optimizer=None, generator=None) -> dict:
+def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batch_size: int,
+              optimizer=None, scheduler=None, generator=None, progress: str | None = None) -> dict:
     """One pass; trains when given an optimizer (shuffled, a last batch of one dropped: BatchNorm1d
     cannot train on it). Returns the sample-weighted mean loss, accuracy and mean IoU."""
     train = optimizer is not None
@@ -89,18 +130,22 @@ def run_epoch(model: SignNet, data: Batches, weights, image_size: int, batch_siz
     order = torch.randperm(n, generator=generator) if train else torch.arange(n)
     device = model.loss_weight.device
     total = {"loss": 0.0, "correct": 0, "iou": 0.0, "n": 0}
-    for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    for start in (tqdm(starts, desc=progress, unit="batch", leave=False) if progress else starts):
         idx = order[start:start + batch_size]
         if train and len(idx) < 2:
             continue
-        y, tb = data.labels[idx].to(device), data.boxes[idx].to(device)
+        y = data.labels[idx].to(device)
         with torch.set_grad_enabled(train):
-            logits, boxes = model.heads(data.source(idx))
-            loss, _, _ = losses(logits, boxes, y, tb, weights, model.loss_weight, image_size)
+            feats, tb = data.fetch(idx, train)
+            logits, boxes = model.heads(feats)
+            loss, _, _ = losses(logits, boxes, y, tb, weights, model, loss_cfg)
         if train:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
         k = len(idx)
         total["loss"] += loss.item() * k
         total["correct"] += (logits.argmax(1) == y).sum().item()
@@ -110,20 +155,55 @@ def run_epoch(model: SignNet, data: Batches, weights, image_size: int, batch_siz
     return {"loss": total["loss"] / k, "accuracy": total["correct"] / k, "mean_iou": total["iou"] / k}
 
 
-def fit(model: SignNet, subsets: dict[str, Batches], *, lr: float, epochs: int, batch_size: int,
-        seed: int, image_size: int, num_classes: int, log=None, eval_subsets=("valid",)) -> dict:
-    """Adam on the heads and the loss weight; keeps the weights of the best validation loss.
-    `log(epoch, subset, metrics)` receives every epoch's figures."""
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    optimizer: str = "adam"         # adam | adamw
+    weight_decay: float = 0.0
+    backbone_lr: float = 0.1        # the fine-tuned backbone's lr, as a share of `lr`
+    schedule: str = "none"          # none | cosine (per step, after a linear warm-up)
+    warmup_epochs: float = 0.0
+
+
+def make_optimizer(model: SignNet, cfg: OptimConfig, steps_per_epoch: int, epochs: int):
+    heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")
+             and n not in ("loss_weight", "uncertainty")]
+    body = [p for p in model.backbone.parameters() if p.requires_grad]
+    groups = [{"params": heads, "weight_decay": cfg.weight_decay},
+              {"params": [model.loss_weight, model.uncertainty], "weight_decay": 0.0}]
+    if body:
+        groups.append({"params": body, "lr": cfg.lr * cfg.backbone_lr, "weight_decay": cfg.weight_decay})
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    optimizer = cls(groups, lr=cfg.lr)
+    if cfg.schedule != "cosine":
+        return optimizer, None
+    total = max(1, steps_per_epoch * epochs)
+    warm = max(1, round(steps_per_epoch * cfg.warmup_epochs))
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size: int, seed: int,
+        num_classes: int, loss_cfg: LossConfig, optim_cfg: OptimConfig = OptimConfig(), log=None,
+        eval_subsets=("valid",), generator: torch.Generator | None = None, progress: bool = False) -> dict:
+    """Train the trainable parameters; keeps the weights of the best validation loss.
+    `log(epoch, row)` receives every epoch's figures."""
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = generator or torch.Generator().manual_seed(seed)
     weights = class_weights(subsets["train"].labels.numpy(), num_classes).to(model.loss_weight.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
+    n_train = len(subsets["train"])
+    steps = n_train // batch_size + (1 if n_train % batch_size > 1 else 0)
+    optimizer, scheduler = make_optimizer(model, optim_cfg, steps, epochs)
     best = {"loss": float("inf"), "epoch": 0, "state": None}
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", unit="epoch"):
-        row = {"train": run_epoch(model, subsets["train"], weights, image_size, batch_size, optimizer, generator)}
+        row = {"train": run_epoch(model, subsets["train"], weights, loss_cfg, batch_size, optimizer, scheduler,
+                                  generator, progress=f"epoch {epoch} train" if progress else None)}
         for name in eval_subsets:
-            row[name] = run_epoch(model, subsets[name], weights, image_size, batch_size)
+            row[name] = run_epoch(model, subsets[name], weights, loss_cfg, batch_size)
         if log:
             log(epoch, row)
         watch = row.get("valid", row["train"])["loss"]

@@ -31,7 +31,11 @@ def build_store(meta: pd.DataFrame, size: int) -> np.ndarray:
 
 def normalise(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, S, S, 3) -> float (N, 3, S, S), ImageNet mean and std."""
-    x = torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return standardise(torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255.0))
+
+
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """float RGB in [0, 1], (N, 3, S, S) -> ImageNet mean and std."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std

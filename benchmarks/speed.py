@@ -1,0 +1,186 @@
+"""Side-by-side timing: the notebook's training loop against this project's pipeline, in one run.
+
+    python benchmarks/speed.py --data ../belgiumtsc [--epochs 20] [--subset 300] [--backbone mobilenet_v2 --size 128]
+
+(a) A faithful re-implementation of the notebook's loop: per-sample PIL decode through pandas
+    `.loc`, a mask resized with the image, the box read back from the mask, normalisation, and a
+    full backbone forward for every image in every epoch, for train, valid and test (the notebook
+    evaluates all three each epoch). Timed on `--subset` images of one epoch and extrapolated to
+    all images and `--epochs` epochs (labelled as such).
+(b) This project from raw files to a trained model in the notebook's configuration (frozen
+    backbone, no augmentation, `--epochs` epochs): ingest, split, features, train, each the real
+    stage function, in a scratch folder; the median of `--repeats` runs.
+Then the ratio, how close (b) is to its floor (one backbone forward per image), images per second
+for inference (a batch, single images) and the peak memory of this process.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+import yaml
+from PIL import Image
+
+from tsloc import pipeline
+from tsloc.data.belgiumtsc import SPLITS, read_dataset
+from tsloc.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+
+
+def notebook_frame(root: Path) -> pd.DataFrame:
+    """The notebook's metadata: the GT rows as they are (duplicates kept), paths per row."""
+    frames = []
+    for split in SPLITS:
+        for csv in sorted((root / split).glob("*/GT-*.csv")):
+            df = pd.read_csv(csv, sep=";")
+            df["Filepath"] = [str(csv.parent / f) for f in df["Filename"]]
+            df["split"] = split
+            frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def notebook_item(df: pd.DataFrame, idx: int, size: int):
+    """One sample the notebook's way (its `LoadDataset.__getitem__`)."""
+    img = Image.open(df.loc[idx, "Filepath"]).convert("RGB")
+    x1, y1, x2, y2 = df.loc[idx, ["Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2"]].astype(int)
+    mask = np.zeros(img.size).T
+    mask[x1:x2, y1:y2] = 1.0
+    mask = Image.fromarray(mask)
+    img, mask = TF.to_tensor(img), TF.to_tensor(mask)
+    img = TF.resize(img, [size, size])
+    mask = TF.resize(mask, [size, size])
+    img = TF.normalize(img, IMAGENET_MEAN, IMAGENET_STD)
+    m = mask.numpy()[0] > 0
+    hi, vi = np.where(np.any(m, axis=0))[0], np.where(np.any(m, axis=1))[0]
+    box = np.array([vi[0], hi[0], vi[-1] + 1, hi[-1] + 1], dtype=np.float32) if len(hi) else np.zeros(4, np.float32)
+    return img, int(df.loc[idx, "ClassId"]), torch.from_numpy(box)
+
+
+def time_notebook(df: pd.DataFrame, subset: int, size: int, backbone: str, batch: int = 32) -> float:
+    """Seconds per image per epoch of the notebook's loop (training pass: forward, backward, step)."""
+    model = build_model(backbone, "none", image_size=size)
+    model.train()
+    for m in model.backbone.modules():  # the notebook's model.train() also trains the frozen BatchNorms
+        m.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    idx = np.random.default_rng(0).permutation(len(df))[:subset]
+    start = time.perf_counter()
+    for b in range(0, len(idx), batch):
+        items = [notebook_item(df, int(i), size) for i in idx[b:b + batch]]
+        if len(items) < 2:
+            continue
+        x = torch.stack([it[0] for it in items])
+        y = torch.tensor([it[1] for it in items])
+        boxes = torch.stack([it[2] for it in items])
+        logits, out = model.heads(model.backbone(x))
+        loss = F.cross_entropy(logits, y) + F.l1_loss(out * size, boxes, reduction="sum") / model.loss_weight
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - start) / len(idx)
+
+
+def time_project(data: Path, epochs: int, size: int, backbone: str, repo: Path) -> dict:
+    """Seconds for ingest, split, features, train in a scratch folder (the real stage functions)."""
+    work = Path(tempfile.mkdtemp(prefix="tsloc-bench-"))
+    try:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["data"].update(source="local", path=str(data.resolve()), image_size=size)
+        params["model"].update(backbone=backbone, weights="imagenet" if backbone == "mobilenet_v2" else "none",
+                               finetune_blocks=0)
+        params["train"].update(epochs=epochs, augment={**params["train"]["augment"], "enabled": False})
+        (work / "params.yaml").write_text(yaml.safe_dump(params))
+        cwd = os.getcwd()
+        os.chdir(work)
+        times = {}
+        try:
+            for stage in ("ingest", "split", "features", "train"):
+                t = time.perf_counter()
+                getattr(pipeline, f"run_{stage}")()
+                times[stage] = time.perf_counter() - t
+        finally:
+            os.chdir(cwd)
+        return times
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def time_inference(size: int, backbone: str, n: int = 256) -> tuple[float, float]:
+    model = build_model(backbone, "none", image_size=size).eval()
+    x = torch.randn(n, 3, size, size)
+    with torch.no_grad():
+        model(x[:8])
+        t = time.perf_counter()
+        for b in range(0, n, 64):
+            model(x[b:b + 64])
+        batched = n / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(32):
+            model(x[i:i + 1])
+        single = 32 / (time.perf_counter() - t)
+    return batched, single
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="../belgiumtsc", help="folder with Training/ and Testing/")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--subset", type=int, default=300, help="images the notebook's loop is timed on")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--backbone", default="mobilenet_v2")
+    ap.add_argument("--size", type=int, default=128)
+    args = ap.parse_args()
+    data, repo = Path(args.data), Path(__file__).resolve().parents[1]
+    if not all((data / s).is_dir() for s in SPLITS):
+        print(f"{data}: no Training/ and Testing/ (restore the data: python ../shared/data/belgiumtsc/restore.py "
+              f"{data})", file=sys.stderr)
+        return 2
+    torch.set_num_threads(torch.get_num_threads())
+    print(f"# {args.backbone} at {args.size} px, {args.epochs} epochs, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    df = notebook_frame(data)
+    n_images = len(df)  # the notebook iterates over its rows, duplicates included
+    per_image = time_notebook(df, args.subset, args.size, args.backbone)
+    notebook_total = per_image * n_images * args.epochs
+    print(f"(a) notebook loop: {1000 * per_image:.1f} ms per image per epoch, measured on {args.subset} images; "
+          f"extrapolated to {n_images} rows x {args.epochs} epochs = {notebook_total / 60:.1f} min")
+    runs = [time_project(data, args.epochs, args.size, args.backbone, repo) for _ in range(args.repeats)]
+    totals = [sum(r.values()) for r in runs]
+    median = statistics.median(totals)
+    mid = runs[totals.index(median)]
+    print(f"(b) project, raw files to trained model: median {median:.1f} s of {args.repeats} runs "
+          f"({', '.join(f'{k} {v:.1f} s' for k, v in mid.items())}); all runs: "
+          f"{', '.join(f'{t:.1f}' for t in totals)} s")
+    print(f"ratio (a)/(b): {notebook_total / median:.1f}x")
+    meta, _ = read_dataset(data)
+    store_t = time.perf_counter()
+    from tsloc.data.store import build_store
+    from tsloc.training import compute_features
+    model = build_model(args.backbone, "none", image_size=args.size)
+    store = build_store(meta, args.size)
+    decode = time.perf_counter() - store_t
+    t = time.perf_counter()
+    compute_features(model.backbone, store, torch.device("cpu"))
+    floor = time.perf_counter() - t
+    print(f"floor: one backbone forward per image = {floor:.1f} s (+ {decode:.1f} s decoding); "
+          f"(b) is {median / floor:.2f}x the forward alone")
+    batched, single = time_inference(args.size, args.backbone)
+    print(f"inference: {batched:.0f} images/s in batches of 64, {single:.0f} images/s one at a time")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory (max RSS of this process): {peak:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

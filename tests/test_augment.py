@@ -1,0 +1,66 @@
+"""Augmentation and the shifted test views keep boxes on the sign."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from tsloc.augment import augment, random_windows, warp
+from tsloc.evaluation import shifted_views
+
+
+def _painted(size=64, box=(0.25, 0.3, 0.7, 0.8)):
+    img = np.zeros((size, size, 3), np.uint8)
+    l, t, r, b = (round(v * size) for v in box)
+    img[t:b, l:r] = 255
+    return img, torch.tensor([box], dtype=torch.float32)
+
+
+def _white_box(img: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(img.mean(-1) > 127)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float) / img.shape[1]
+
+
+def test_identity_warp_changes_nothing():
+    img, box = _painted()
+    x = torch.as_tensor(img).permute(2, 0, 1)[None].float() / 255
+    out, new = warp(x, box, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.zeros(1), 64)
+    assert torch.allclose(out, x, atol=1e-5) and torch.allclose(new, box)
+
+
+def test_windows_hold_the_box_with_bounded_margins():
+    boxes = torch.tensor([[0.2, 0.3, 0.6, 0.9]]).repeat(500, 1)
+    w = random_windows(boxes, 0.45, torch.Generator().manual_seed(0))
+    margins = (boxes - w) * torch.tensor([1.0, 1.0, -1.0, -1.0]) / torch.tensor([0.4, 0.6, 0.4, 0.6])
+    assert margins.min() >= 0 and margins.max() <= 0.45 and margins.mean() == pytest.approx(0.225, abs=0.02)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_augmented_box_follows_the_sign(seed):
+    img, box = _painted()
+    out, new = augment(torch.as_tensor(img)[None], box, margin=0.45, rotation=0, color=0, blur=0,
+                       generator=torch.Generator().manual_seed(seed))
+    seen = _white_box((out[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    assert np.abs(seen - new[0].numpy()).max() < 2.5 / 64  # within the resampling blur
+    assert (new >= 0).all() and (new <= 1).all()
+
+
+def test_shifted_views(tmp_path):
+    rows = []
+    for i, (w, h, box) in enumerate([(100, 80, (20, 10, 80, 70)), (50, 50, (10, 10, 40, 40)), (90, 90, (0, 20, 60, 70))]):
+        a = np.zeros((h, w, 3), np.uint8)
+        a[box[1]:box[3], box[0]:box[2]] = 255
+        a[:, 0] = (0, 0, 255)  # left edge, to see replication
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+        rows.append({"path": str(tmp_path / f"{i}.png"), "width": w, "height": h, "left": box[0], "top": box[1],
+                     "right": box[2], "bottom": box[3]})
+    images, boxes, keep = shifted_views(pd.DataFrame(rows), 96, seed=3)
+    assert keep.tolist() == [0, 2]  # the 30-px box is too small
+    for img, b in zip(images, boxes):
+        inner = img.copy()
+        inner[..., 2] = np.where(inner[..., 0] < 128, 0, inner[..., 2])  # ignore the blue edge
+        assert np.abs(_white_box(inner) - b.numpy()).max() < 2.5 / 96
+    # The third image's box touches the left edge: its window starts left of the image, filled with the edge.
+    assert boxes[1, 0] > 0 and (images[1][:, 0, 2] > 200).all()
