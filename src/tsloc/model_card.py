@@ -14,6 +14,8 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
     tested = table[table["test_images"] > 0].sort_values(["accuracy", "test_images"], ascending=[True, False])
     worst = tested.head(5)
     train = ckpt.get("train", {})
+    blocks = train.get("finetune_blocks", 0)
+    tuning = ("frozen" if blocks == 0 else "fine-tuned entirely" if blocks < 0 else f"its last {blocks} blocks fine-tuned")
     lines = [
         "# Model card: traffic-sign classifier and localiser (BelgiumTSC)",
         "",
@@ -21,7 +23,7 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         "",
         "## Model",
         f"- Backbone: torchvision `{ckpt['backbone']}`, ImageNet weights ({ckpt.get('weights', 'imagenet')}), "
-        f"frozen; dropout {ckpt['dropout']} and ReLU on the pooled features; two heads (BatchNorm1d + Linear): "
+        f"{tuning}{', trained on augmented images' if train.get('augment') else ''}; dropout {ckpt['dropout']} and ReLU on the pooled features; two heads (BatchNorm1d + Linear): "
         f"{ckpt['num_classes']} classes and a box.",
         f"- Input: RGB resized (squashed) to {ckpt['image_size']}x{ckpt['image_size']} px, normalised with mean "
         f"{ckpt['mean']} and std {ckpt['std']}.",
@@ -54,6 +56,14 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         "",
         f"The constant box is the mean training box predicted for every image: on the test set the localiser "
         f"{beats} it ({_pct(t['mean_iou'])} against {_pct(t['mean_box_iou'])}).",
+    ]
+    if "test_shifted" in metrics:
+        s = metrics["test_shifted"]
+        lines += [
+            "",
+            f"Shifted test views ({s['images']} test images with boxes of at least 40 px, re-cropped with random "
+            f"margins of 0-45% per side): mean IoU {_pct(s['mean_iou'])} against {_pct(s['mean_box_iou'])} for the "
+            f"constant box; accuracy {_pct(s['accuracy'])}.",
         "",
         "## Weak spots: the five classes with the lowest test accuracy",
         "| class | name | test images | accuracy | share of training data |",
