@@ -37,6 +37,13 @@ def test_windows_hold_the_box_with_bounded_margins():
     assert margins.min() >= 0 and margins.max() <= 0.45 and margins.mean() == pytest.approx(0.225, abs=0.02)
 
 
+def test_recrop_share_keeps_some_images_whole():
+    boxes = torch.tensor([[0.2, 0.3, 0.6, 0.9]]).repeat(1000, 1)
+    w = random_windows(boxes, 0.45, torch.Generator().manual_seed(0), recrop=0.3)
+    whole = (w == torch.tensor([0.0, 0.0, 1.0, 1.0])).all(1).float().mean()
+    assert whole == pytest.approx(0.7, abs=0.05)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_augmented_box_follows_the_sign(seed):
     img, box = _painted()

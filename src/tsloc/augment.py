@@ -17,11 +17,15 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 
-def random_windows(boxes: torch.Tensor, max_margin: float, generator: torch.Generator) -> torch.Tensor:
-    """Windows (N, 4) around relative boxes, each side's margin ~ U(0, max_margin) x box size."""
+def random_windows(boxes: torch.Tensor, max_margin: float, generator: torch.Generator,
+                   recrop: float = 1.0) -> torch.Tensor:
+    """Windows (N, 4) around relative boxes, each side's margin ~ U(0, max_margin) x box size; a
+    share 1 - `recrop` of the images keeps its own framing (the whole image)."""
     wh = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
     m = torch.rand(boxes.shape, generator=generator) * max_margin * wh
-    return boxes + m * torch.tensor([-1.0, -1.0, 1.0, 1.0])
+    windows = boxes + m * torch.tensor([-1.0, -1.0, 1.0, 1.0])
+    keep = torch.rand(len(boxes), generator=generator) >= recrop
+    return torch.where(keep[:, None], torch.tensor([0.0, 0.0, 1.0, 1.0]), windows)
 
 
 def warp(images: torch.Tensor, boxes: torch.Tensor, windows: torch.Tensor, angles: torch.Tensor,
@@ -63,12 +67,12 @@ def photometric(x: torch.Tensor, strength: float, blur_p: float, generator: torc
 
 
 def augment(images: torch.Tensor, boxes: torch.Tensor, *, margin: float, rotation: float, color: float,
-            blur: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            blur: float, generator: torch.Generator, recrop: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (N, S, S, 3) store images and relative boxes -> augmented float (N, 3, S, S) in [0, 1]
     and their boxes."""
     size = images.shape[1]
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    windows = random_windows(boxes, margin, generator)
+    windows = random_windows(boxes, margin, generator, recrop)
     angles = (2 * torch.rand(len(boxes), generator=generator) - 1) * math.radians(rotation)
     x, boxes = warp(x, boxes, windows, angles, size)
     return photometric(x, color, blur, generator), boxes

@@ -46,6 +46,7 @@ class ModelParams:
 class AugmentParams:
     enabled: bool = False
     margin: float = 0.45          # re-crop: each side's margin ~ U(0, margin) x the box's size
+    recrop: float = 1.0           # share of images re-cropped; the others keep their own framing
     rotation: float = 10.0        # degrees, either way
     color: float = 0.3            # brightness, contrast, saturation factors in 1 +- color
     blur: float = 0.3             # share of images blurred
@@ -157,6 +158,8 @@ def _check(p: Params) -> None:
     if not 0 <= t.label_smoothing < 1 or t.weight_decay < 0 or t.loss_weight <= 0 or t.warmup_epochs < 0:
         raise ParamsError("params.yaml: train.label_smoothing in [0, 1), weight_decay and warmup_epochs >= 0, "
                           "loss_weight > 0")
+    if not 0 <= t.augment.recrop <= 1:
+        raise ParamsError(f"params.yaml: train.augment.recrop must be in [0, 1], got {t.augment.recrop}")
     if not 0 <= t.augment.margin <= 2 or not 0 <= t.augment.color < 1 or not 0 <= t.augment.blur <= 1:
         raise ParamsError("params.yaml: train.augment.margin in [0, 2], color in [0, 1), blur in [0, 1]")
     if p.train.device not in ("auto", "cpu", "cuda") and not p.train.device.startswith("cuda:"):

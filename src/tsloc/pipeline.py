@@ -116,7 +116,8 @@ def run_train(params_file: str = "params.yaml") -> dict:
         model.loss_weight.fill_(t.loss_weight)
     eval_subsets = ("valid", "test") if t.eval_test_each_epoch else ("valid",)
     a = t.augment
-    augmentation = {"margin": a.margin, "rotation": a.rotation, "color": a.color, "blur": a.blur}
+    augmentation = {"margin": a.margin, "rotation": a.rotation, "color": a.color, "blur": a.blur,
+                    "recrop": a.recrop}
     augmentation = augmentation if a.enabled else None
     # Frozen and not augmented: the heads train on the cached features (exact, and far faster).
     cached = model.frozen and augmentation is None
