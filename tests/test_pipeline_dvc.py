@@ -66,6 +66,13 @@ def test_repro_runs_every_stage_then_nothing(repo):
     assert json.loads((dst / "metrics" / "split.json").read_text())["shared_signs"]["train_valid"] == 0
 
 
+def test_forced_rerun_gives_identical_metrics(repo):
+    dst, env, _ = repo
+    before = (dst / "metrics" / "evaluate.json").read_text()
+    _run([BIN / "dvc", "repro", "-f", "evaluate"], dst, env)
+    assert (dst / "metrics" / "evaluate.json").read_text() == before
+
+
 def test_declared_params_match_the_keys_read(repo):
     dst, env, _ = repo
     dvc_yaml = yaml.safe_load((dst / "dvc.yaml").read_text())

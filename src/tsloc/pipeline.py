@@ -110,6 +110,7 @@ def run_train(params_file: str = "params.yaml") -> dict:
                         f"run dvc repro")
     device = select_device(p.train.device)
     t = p.train
+    torch.manual_seed(t.seed)  # the heads' initialisation too: a CPU run repeats exactly
     model = build_model(p.model.backbone, p.model.weights, NUM_CLASSES, p.model.dropout,
                         image_size=p.data.image_size, trainable_blocks=p.model.finetune_blocks).to(device)
     with torch.no_grad():
