@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from .data.store import to_float
+
 
 def random_windows(boxes: torch.Tensor, max_margin: float, generator: torch.Generator,
                    recrop: float = 1.0) -> torch.Tensor:
@@ -71,7 +73,7 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, *, margin: float, rotatio
     """uint8 (N, S, S, 3) store images and relative boxes -> augmented float (N, 3, S, S) in [0, 1]
     and their boxes."""
     size = images.shape[1]
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    x = to_float(images)
     windows = random_windows(boxes, margin, generator, recrop)
     angles = (2 * torch.rand(len(boxes), generator=generator) - 1) * math.radians(rotation)
     x, boxes = warp(x, boxes, windows, angles, size)

@@ -8,8 +8,8 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_fscore_support
 from tqdm import tqdm
 
-from .boxes import make_valid, paired_iou
-from .data.store import normalise
+from .boxes import make_valid, paired_iou, to_relative
+from .data.store import normalise, to_input
 from .model import SignNet
 
 
@@ -26,9 +26,10 @@ def predict_images(model: SignNet, images: np.ndarray, device, batch_size: int =
 
 
 def relative_boxes(df: pd.DataFrame) -> torch.Tensor:
-    b = df[["left", "top", "right", "bottom"]].to_numpy(np.float64)
-    wh = df[["width", "height", "width", "height"]].to_numpy(np.float64)
-    return torch.tensor(b / wh, dtype=torch.float32)
+    """The metadata's pixel boxes in the tensor frame (see tsloc.boxes)."""
+    b = torch.tensor(df[["left", "top", "right", "bottom"]].to_numpy(np.float64))
+    w, h = (torch.tensor(df[c].to_numpy(np.float64)) for c in ("width", "height"))
+    return to_relative(b, w, h).float()
 
 
 def subset_metrics(y_true: np.ndarray, y_pred: np.ndarray, iou: np.ndarray, const_iou: np.ndarray) -> dict:
@@ -112,7 +113,7 @@ def shifted_views(df: pd.DataFrame, size: int, *, seed: int = 0, min_box: int = 
         h, w = a.shape[:2]
         pad = ((max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)), (0, 0))
         a = np.pad(a, pad, mode="edge")[y0 + pad[0][0]:y1 + pad[0][0], x0 + pad[1][0]:x1 + pad[1][0]]
-        images[k] = np.asarray(Image.fromarray(a).resize((size, size), Image.BILINEAR))
+        images[k] = to_input(Image.fromarray(a), size)
         boxes[k] = [(r.left - x0) / (x1 - x0), (r.top - y0) / (y1 - y0),
                     (r.right - x0) / (x1 - x0), (r.bottom - y0) / (y1 - y0)]
     return images, torch.tensor(boxes, dtype=torch.float32), keep

@@ -209,9 +209,8 @@ def _history() -> pd.DataFrame:
 
 
 def _image(path: str) -> np.ndarray:
-    from PIL import Image
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    from .predict import load_rgb
+    return np.asarray(load_rgb(Path(path)))
 
 
 def run_visualize(params_file: str = "params.yaml") -> dict:

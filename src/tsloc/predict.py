@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .data.store import normalise
+from .data.store import normalise, to_input
 
 IMAGE_SUFFIXES = {".ppm", ".pgm", ".pbm", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -45,15 +45,11 @@ def load_rgb(path: Path) -> Image.Image:
         return img.convert("RGB")
 
 
-def prepare(img: Image.Image, size: int) -> np.ndarray:
-    return np.asarray(img.resize((size, size), Image.BILINEAR))
-
-
 @torch.no_grad()
 def predict_batch(model, images: list[Image.Image], size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities (N, C) and relative boxes (N, 4) for PIL images."""
     from .boxes import make_valid
-    x = normalise(np.stack([prepare(img, size) for img in images])).to(device)
+    x = normalise(np.stack([to_input(img, size) for img in images])).to(device)
     logits, boxes = model(x)
     return torch.softmax(logits.float(), 1).cpu(), make_valid(boxes.float()).cpu()
 

@@ -21,7 +21,7 @@ from torchvision.ops import generalized_box_iou_loss
 
 from .augment import augment
 from .boxes import make_valid, paired_iou
-from .data.store import normalise, standardise
+from .data.store import normalise, standardise, to_float
 from .model import IMAGENET_MEAN, IMAGENET_STD, SignNet
 
 
@@ -115,7 +115,7 @@ def images_source(model: SignNet, images: np.ndarray, boxes: torch.Tensor, devic
         if train and augmentation:
             x, b = augment(batch, b, generator=generator, **augmentation)
         else:
-            x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+            x = to_float(batch)
         return model.features(standardise(x.to(device))), b.to(device)
     return run
 

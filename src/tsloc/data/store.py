@@ -14,10 +14,21 @@ from ..errors import DataError
 from ..model import IMAGENET_MEAN, IMAGENET_STD
 
 
+def to_input(img: Image.Image, size: int) -> np.ndarray:
+    """An RGB image as the network sees it: squashed to size x size, uint8 (S, S, 3). The one place
+    training, evaluation and predict prepare pixels, so they cannot drift apart."""
+    return np.asarray(img.resize((size, size), Image.BILINEAR))
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float (N, 3, S, S) in [0, 1]."""
+    return torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def load_image(path: str, size: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+            return to_input(img.convert("RGB"), size)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable image ({exc})") from exc
 
@@ -31,7 +42,7 @@ def build_store(meta: pd.DataFrame, size: int) -> np.ndarray:
 
 def normalise(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, S, S, 3) -> float (N, 3, S, S), ImageNet mean and std."""
-    return standardise(torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255.0))
+    return standardise(to_float(images))
 
 
 def standardise(x: torch.Tensor) -> torch.Tensor:
