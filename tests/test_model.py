@@ -32,7 +32,38 @@ def test_shapes_and_frozen_backbone():
 
 def test_resnet18_shapes():
     body, features = backbone_features("resnet18", "none")
-    assert features == 512 and body(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+    assert features == 512 and body(torch.randn(2, 3, 64, 64)).shape == (2, 512, 2, 2)
+    logits, boxes = SignNet(body, features, num_classes=5, image_size=64)(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 5) and boxes.shape == (2, 4)
+
+
+def test_spatial_box_head_starts_at_the_mean_box_and_needs_the_map():
+    net = build_model("mobilenet_v2", "none", num_classes=4, image_size=96, box="spatial").eval()
+    start = torch.tensor([0.1, 0.12, 0.9, 0.88])
+    net.start_boxes_at(start)
+    maps = net.features(torch.randn(3, 3, 96, 96))
+    assert maps.shape == (3, 1280, 3, 3)
+    logits, boxes = net.heads(maps)
+    assert logits.shape == (3, 4) and torch.allclose(boxes, start.expand(3, 4), atol=1e-6)
+    with pytest.raises(ValueError, match="feature map"):
+        net.heads(maps.mean((2, 3)))
+    # Where a feature fires reaches the box head: moving content moves the box once trained weights are non-zero.
+    with torch.no_grad():
+        net.box[-1].weight.normal_()
+    x = torch.zeros(1, 1280, 4, 4)
+    left, right = x.clone(), x.clone()
+    left[..., 0] = 1.0
+    right[..., 3] = 1.0
+    assert not torch.allclose(net.heads(left)[1], net.heads(right)[1])
+    pooled = build_model("mobilenet_v2", "none", num_classes=4, image_size=96).eval()
+    assert torch.allclose(pooled.heads(left)[1], pooled.heads(right)[1])  # the pooled head cannot tell
+
+
+def test_class_weights_kinds():
+    labels = np.array([0] * 16 + [1] * 4)
+    inverse, sqrt, none = (class_weights(labels, 3, k) for k in ("inverse", "sqrt", "none"))
+    assert inverse[1] / inverse[0] == pytest.approx(4) and sqrt[1] / sqrt[0] == pytest.approx(2)
+    assert none[1] == pytest.approx(none[0]) and none[2] == 0 and sqrt.sum() == pytest.approx(1)
 
 
 def test_class_weights_by_class_id():

@@ -101,12 +101,12 @@ def test_missing_and_incompatible_model(images, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def _random_model(tmp_path):
+def _random_model(tmp_path, box="pooled"):
     torch.manual_seed(0)
-    net = build_model("mobilenet_v2", "none", image_size=64).eval()
+    net = build_model("mobilenet_v2", "none", image_size=64, box=box).eval()
     with torch.no_grad():  # non-trivial heads
-        net.box[1].weight.normal_(0, 0.05)
-        net.box[1].bias.copy_(torch.tensor([10.0, 12.0, 50.0, 55.0]))
+        net.box[-1].weight.normal_(0, 0.05)
+        net.box[-1].bias.copy_(torch.tensor([10.0, 12.0, 50.0, 55.0]))
     path = tmp_path / "m.pt"
     torch.save(checkpoint(net, net.state_dict(), backbone="mobilenet_v2", image_size=64, class_names=NAMES,
                           epoch=1), path)
@@ -122,9 +122,11 @@ def _reference(model, ckpt, x):
     return torch.softmax(logits, 1), make_valid(boxes)
 
 
-def test_export_pt2_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("box", ["pooled", "spatial"])
+def test_export_pt2_matches_pytorch(tmp_path, box):
     from tsloc.export import export
-    model, ckpt = _random_model(tmp_path)
+    model, ckpt = _random_model(tmp_path, box)
+    assert ckpt["box_head"] == box and model.box_kind == box
     path = export(model, ckpt, "pt2", tmp_path / "m.pt2")
     program = torch.export.load(str(path)).module()
     x = torch.rand(3, 3, 64, 64)

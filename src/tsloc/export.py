@@ -33,7 +33,7 @@ class Exportable(nn.Module):
 
     def forward(self, images: torch.Tensor):
         x = (images - self.mean) / self.std
-        logits, boxes = self.model.heads(self.model.backbone(x))
+        logits, boxes = self.model(x)
         return torch.softmax(logits, dim=1), make_valid(boxes)
 
 

@@ -40,6 +40,7 @@ class ModelParams:
     weights: str = "imagenet"     # imagenet | none | path to a state dict
     dropout: float = 0.2
     finetune_blocks: int = 0      # 0: frozen backbone; N: fine-tune its last N blocks; -1: all of it
+    box_head: str = "pooled"      # pooled (the notebook's) | spatial (a 4 x 4 grid of the feature map)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class TrainParams:
     box_loss: str = "l1"          # l1 | giou | l1+giou
     loss_balance: str = "learned" # learned (the notebook's) | fixed | uncertainty (Kendall et al. 2018)
     loss_weight: float = 100.0    # the box loss is divided by it (learned: its initial value)
+    class_weights: str = "inverse"  # inverse (the notebook's) | sqrt | none
     augment: AugmentParams = field(default_factory=AugmentParams)
 
 
@@ -152,9 +154,12 @@ def _check(p: Params) -> None:
     t = p.train
     for key, value, allowed in (("optimizer", t.optimizer, ("adam", "adamw")), ("schedule", t.schedule, ("none", "cosine")),
                                 ("box_loss", t.box_loss, ("l1", "giou", "l1+giou")),
-                                ("loss_balance", t.loss_balance, ("learned", "fixed", "uncertainty"))):
+                                ("loss_balance", t.loss_balance, ("learned", "fixed", "uncertainty")),
+                                ("class_weights", t.class_weights, ("inverse", "sqrt", "none"))):
         if value not in allowed:
             raise ParamsError(f"params.yaml: train.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    if p.model.box_head not in ("pooled", "spatial"):
+        raise ParamsError(f"params.yaml: model.box_head must be pooled or spatial, got {p.model.box_head!r}")
     if not 0 <= t.label_smoothing < 1 or t.weight_decay < 0 or t.loss_weight <= 0 or t.warmup_epochs < 0:
         raise ParamsError("params.yaml: train.label_smoothing in [0, 1), weight_decay and warmup_epochs >= 0, "
                           "loss_weight > 0")

@@ -112,7 +112,8 @@ def run_train(params_file: str = "params.yaml") -> dict:
     t = p.train
     torch.manual_seed(t.seed)  # the heads' initialisation too: a CPU run repeats exactly
     model = build_model(p.model.backbone, p.model.weights, NUM_CLASSES, p.model.dropout,
-                        image_size=p.data.image_size, trainable_blocks=p.model.finetune_blocks).to(device)
+                        image_size=p.data.image_size, trainable_blocks=p.model.finetune_blocks,
+                        box=p.model.box_head).to(device)
     with torch.no_grad():
         model.loss_weight.fill_(t.loss_weight)
     eval_subsets = ("valid", "test") if t.eval_test_each_epoch else ("valid",)
@@ -120,8 +121,9 @@ def run_train(params_file: str = "params.yaml") -> dict:
     augmentation = {"margin": a.margin, "rotation": a.rotation, "color": a.color, "blur": a.blur,
                     "recrop": a.recrop}
     augmentation = augmentation if a.enabled else None
-    # Frozen and not augmented: the heads train on the cached features (exact, and far faster).
-    cached = model.frozen and augmentation is None
+    # Frozen, not augmented, pooled box head: the heads train on the cached features (exact, and
+    # far faster).
+    cached = model.frozen and augmentation is None and p.model.box_head == "pooled"
     store = None if cached else _load(FEATURES / "images.npy", "features")
     generator = torch.Generator().manual_seed(t.seed)
     subsets = {}
@@ -145,7 +147,8 @@ def run_train(params_file: str = "params.yaml") -> dict:
 
         best = fit(model, subsets, epochs=t.epochs, batch_size=t.batch_size, seed=t.seed,
                    num_classes=NUM_CLASSES, loss_cfg=loss_cfg, optim_cfg=optim_cfg, log=log,
-                   eval_subsets=eval_subsets, generator=generator, progress=not cached)
+                   eval_subsets=eval_subsets, generator=generator, progress=not cached,
+                   weighting=t.class_weights)
     ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
                       image_size=p.data.image_size, class_names=class_names(), epoch=best["epoch"])
     ckpt["weights"] = p.model.weights
