@@ -235,3 +235,20 @@ def test_optimizer_groups_and_cosine_schedule():
         lrs.append(opt.param_groups[0]["lr"])
     assert max(lrs) == pytest.approx(1e-2) and lrs[-1] < 1e-4
     assert opt.param_groups[1]["weight_decay"] == 0  # the loss balance is not decayed
+
+
+def test_training_runs_frozen_blocks_folded_with_the_same_output():
+    torch.manual_seed(0)
+    net = build_model("mobilenet_v2", "none", num_classes=3, image_size=64)  # all frozen
+    x = torch.randn(4, 3, 64, 64)
+    close = lambda a, b: ((a - b).abs().max() / a.abs().max()).item() < 1e-4  # noqa: E731 (random weights: tiny maps)
+    with torch.no_grad():
+        plain = net.eval().features(x)
+        folded = net.train().features(x)
+        assert plain.abs().max() > 0 and close(plain, folded)
+        n_bn = lambda m: sum(isinstance(k, torch.nn.BatchNorm2d) for k in m.modules())  # noqa: E731
+        assert n_bn(net.__dict__["_frozen_fused"]) == 0 and n_bn(net.backbone) > 0
+        net.backbone[0][0].weight.mul_(-1)  # weights change (a load_state_dict): the next epoch sees them
+        changed = net.train().features(x)
+        assert not close(changed, folded)
+        assert close(net.eval().features(x), changed)

@@ -115,6 +115,8 @@ def test_checkpoint_and_metrics(repo):
                     "mean_box_iou"):
             assert 0.0 <= metrics[subset][key] <= 1.0
     assert metrics["loss_weight"] > 0
+    train = json.loads((dst / "metrics" / "train.json").read_text())
+    assert 1 <= train["best_epoch"] <= 3 and train["train_minutes"] > 0 and train["threads"] >= 1
     table = (dst / "metrics" / "class_accuracy.csv").read_text().splitlines()
     assert table[0] == "class_id,class_name,train_share,test_images,correct,accuracy,precision,recall"
     assert len(table) == 63
@@ -139,3 +141,14 @@ def test_exp_run_lr_reruns_train_evaluate_visualize(repo):
     html = (out / "index.html").read_text()
     for title in ("Confusion matrix (test)", "Loss", "Accuracy per class (test)", "predictions.png"):
         assert title in html
+
+
+def test_exp_run_spatial_head_and_class_weights(repo):
+    import torch
+    dst, env, _ = repo
+    proc = _run([BIN / "dvc", "exp", "run", "-S", "model.box_head=spatial", "-S", "train.class_weights=sqrt"], dst, env)
+    ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train", "evaluate", "visualize"}
+    ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
+    assert ckpt["box_head"] == "spatial" and "box.1.weight" in ckpt["state_dict"]  # the 1x1 convolution
+    assert 0.0 <= json.loads((dst / "metrics" / "evaluate.json").read_text())["test_shifted"]["mean_iou"] <= 1.0
