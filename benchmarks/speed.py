@@ -69,7 +69,8 @@ def notebook_item(df: pd.DataFrame, idx: int, size: int):
 
 def time_notebook(df: pd.DataFrame, subset: int, size: int, backbone: str, batch: int = 32) -> float:
     """Seconds per image per epoch of the notebook's loop (training pass: forward, backward, step)."""
-    model = build_model(backbone, "none", image_size=size)
+    # The notebook's plain model: contiguous (NCHW) tensors, no folded BatchNorm.
+    model = build_model(backbone, "none", image_size=size).to(memory_format=torch.contiguous_format)
     model.train()
     for m in model.backbone.modules():  # the notebook's model.train() also trains the frozen BatchNorms
         m.train()

@@ -22,7 +22,7 @@ from torchvision.ops import generalized_box_iou_loss
 from .augment import augment
 from .boxes import make_valid, paired_iou
 from .data.store import normalise, standardise, to_float
-from .model import IMAGENET_MEAN, IMAGENET_STD, SignNet, pool
+from .model import IMAGENET_MEAN, IMAGENET_STD, SignNet, fuse_conv_bn, pool
 
 
 def select_device(name: str) -> torch.device:
@@ -35,7 +35,7 @@ def select_device(name: str) -> torch.device:
 def compute_features(backbone: torch.nn.Module, images: np.ndarray, device: torch.device,
                      batch_size: int = 64) -> np.ndarray:
     """Pooled backbone features (N, C) of uint8 images, the backbone in eval mode."""
-    backbone = backbone.eval().to(device, memory_format=torch.channels_last)
+    backbone = fuse_conv_bn(backbone).to(device, memory_format=torch.channels_last)
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc="backbone features", unit="batch"):
         x = normalise(images[start:start + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
