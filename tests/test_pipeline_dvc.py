@@ -152,3 +152,6 @@ def test_exp_run_spatial_head_and_class_weights(repo):
     ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
     assert ckpt["box_head"] == "spatial" and "box.1.weight" in ckpt["state_dict"]  # the 1x1 convolution
     assert 0.0 <= json.loads((dst / "metrics" / "evaluate.json").read_text())["test_shifted"]["mean_iou"] <= 1.0
+    assert ckpt["train"]["class_weights"] == "sqrt" and ckpt["train"]["augment"]["enabled"] is False
+    card = (dst / "models" / "MODEL_CARD.md").read_text()
+    assert "4 x 4 grid of the last feature map" in card and "sqrt class weights" in card

@@ -15,6 +15,8 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
     worst = tested.head(5)
     train = ckpt.get("train", {})
     blocks = train.get("finetune_blocks", 0)
+    augment = train.get("augment", False)
+    augmented = augment.get("enabled", False) if isinstance(augment, dict) else bool(augment)
     tuning = ("frozen" if blocks == 0 else "fine-tuned entirely" if blocks < 0 else f"its last {blocks} blocks fine-tuned")
     lines = [
         "# Model card: traffic-sign classifier and localiser (BelgiumTSC)",
@@ -23,14 +25,22 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         "",
         "## Model",
         f"- Backbone: torchvision `{ckpt['backbone']}`, ImageNet weights ({ckpt.get('weights', 'imagenet')}), "
-        f"{tuning}{', trained on augmented images' if train.get('augment') else ''}; dropout {ckpt['dropout']} and ReLU on the pooled features; two heads (BatchNorm1d + Linear): "
-        f"{ckpt['num_classes']} classes and a box.",
+        f"{tuning}{', trained on augmented images' if augmented else ''}; dropout {ckpt['dropout']} and ReLU on the "
+        f"pooled features into the class head (BatchNorm1d + Linear, {ckpt['num_classes']} classes); the box head "
+        + ("reads a 4 x 4 grid of the last feature map (1x1 convolution, Linear)." if ckpt.get("box_head") == "spatial"
+           else "(BatchNorm1d + Linear) reads the pooled features."),
         f"- Input: RGB resized (squashed) to {ckpt['image_size']}x{ckpt['image_size']} px, normalised with mean "
         f"{ckpt['mean']} and std {ckpt['std']}.",
         f"- Output: class probabilities and one box ({ckpt['box_format']}).",
-        f"- Training: Adam, lr {train.get('lr')}, {train.get('epochs')} epochs, batch {train.get('batch_size')}, "
-        f"seed {train.get('seed')}; class-weighted cross-entropy plus L1 box loss over a learned weight "
-        f"(ends at {ckpt['loss_weight']:.2f}); checkpoint of the best validation loss (epoch {ckpt['epoch']}).",
+        f"- Training: {train.get('optimizer', 'adam')}, lr {train.get('lr')}"
+        + (f" (backbone x {train.get('backbone_lr')})" if blocks else "")
+        + (f", weight decay {train['weight_decay']}" if train.get("weight_decay") else "")
+        + (f", cosine schedule after {train.get('warmup_epochs')} warm-up epochs" if train.get("schedule") == "cosine" else "")
+        + f", {train.get('epochs')} epochs, batch {train.get('batch_size')}, seed {train.get('seed')}; "
+        f"cross-entropy ({train.get('class_weights', 'inverse')} class weights"
+        + (f", label smoothing {train['label_smoothing']}" if train.get("label_smoothing") else "")
+        + f") plus {train.get('box_loss', 'l1').upper()} box loss, {train.get('loss_balance', 'learned')} balance "
+        f"(weight ends at {ckpt['loss_weight']:.2f}); checkpoint of the best validation loss (epoch {ckpt['epoch']}).",
         f"- Versions: torch {ckpt['versions']['torch']}, torchvision {ckpt['versions']['torchvision']}.",
         "",
         "## Data",

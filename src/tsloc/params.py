@@ -202,6 +202,11 @@ class Tracked:
     def __setattr__(self, name, value):
         raise AttributeError("parameters are read-only")
 
+    def as_dict(self) -> dict:
+        """The whole group as plain values (every key in it counts as read)."""
+        return {f.name: (getattr(self, f.name).as_dict() if dataclasses.is_dataclass(getattr(self._obj, f.name))
+                         else getattr(self, f.name)) for f in dataclasses.fields(self._obj)}
+
     @property
     def keys_read(self) -> set:
         return set(self._log)

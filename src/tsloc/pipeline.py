@@ -155,8 +155,7 @@ def run_train(params_file: str = "params.yaml") -> dict:
     ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
                       image_size=p.data.image_size, class_names=class_names(), epoch=best["epoch"])
     ckpt["weights"] = p.model.weights
-    ckpt["train"] = {"lr": t.lr, "epochs": t.epochs, "batch_size": t.batch_size, "seed": t.seed,
-                     "finetune_blocks": p.model.finetune_blocks, "augment": t.augment.enabled}
+    ckpt["train"] = {**t.as_dict(), "finetune_blocks": p.model.finetune_blocks}
     with atomic_path(MODEL) as tmp:
         torch.save(ckpt, tmp)
     # The training time, measured here, is what the 20-minute budget of a recipe is about.
