@@ -116,7 +116,8 @@ def test_checkpoint_and_metrics(repo):
             assert 0.0 <= metrics[subset][key] <= 1.0
     assert metrics["loss_weight"] > 0
     train = json.loads((dst / "metrics" / "train.json").read_text())
-    assert 1 <= train["best_epoch"] <= 3 and train["train_minutes"] > 0 and train["threads"] >= 1
+    assert 1 <= train["best_epoch"] <= 3 and train["train_seconds"] > 0 and train["threads"] >= 1
+    assert train["train_minutes"] == pytest.approx(train["train_seconds"] / 60, abs=0.01)
     table = (dst / "metrics" / "class_accuracy.csv").read_text().splitlines()
     assert table[0] == "class_id,class_name,train_share,test_images,correct,accuracy,precision,recall"
     assert len(table) == 63
