@@ -207,11 +207,9 @@ class SignNet(nn.Module):
         cached path; the pooled box head only)."""
         pooled = pool(features) if features.dim() == 4 else features
         x = torch.relu(self.dropout(pooled))
-        if self.box_kind == "spatial":
-            if features.dim() != 4:
-                raise ValueError("the spatial box head needs the feature map, not pooled features")
-            return self.classifier(x), self.box(features) / self.box_scale
-        return self.classifier(x), self.box(x) / self.box_scale
+        if self.box_kind == "spatial" and features.dim() != 4:
+            raise ValueError("the spatial box head needs the feature map, not pooled features")
+        return self.classifier(x), self.box(features if self.box_kind == "spatial" else x) / self.box_scale
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.heads(self.features(images))

@@ -43,9 +43,6 @@ def compute_features(backbone: torch.nn.Module, images: np.ndarray, device: torc
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-CLASS_WEIGHTS = ("inverse", "sqrt", "none")
-
-
 def class_weights(labels: np.ndarray, num_classes: int, kind: str = "inverse") -> torch.Tensor:
     """Per-class loss weights indexed by class id (the notebook indexed by frequency rank):
     inverse training frequency (the notebook's: a class of 6 images weighs 50 times one of 300),
