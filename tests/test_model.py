@@ -100,6 +100,12 @@ def test_losses_weighting():
     # Label smoothing raises the loss of a confident right answer.
     _, smooth, _ = losses(logits, boxes, y, target, weights, net, LossConfig(200, label_smoothing=0.2))
     assert smooth.item() > cls.item()
+    # Separate box weights: the cross-entropy keeps `weights`, the box loss follows `box_weights`.
+    _, cls2, l1 = losses(logits, boxes, y, target, weights, net, LossConfig(200), box_weights=torch.tensor([1.0, 0.0]))
+    assert cls2.item() == pytest.approx(cls.item())
+    assert l1.item() == pytest.approx(0.1 * 200)  # all the weight on the first image's error
+    _, _, l1 = losses(logits, boxes, y, target, weights, net, LossConfig(200), box_weights=torch.tensor([0.0, 1.0]))
+    assert l1.item() == pytest.approx(0.0)
 
 
 def test_box_round_trip_and_clamping():

@@ -147,7 +147,8 @@ def test_exp_run_lr_reruns_train_evaluate_visualize(repo):
 def test_exp_run_spatial_head_and_class_weights(repo):
     import torch
     dst, env, _ = repo
-    proc = _run([BIN / "dvc", "exp", "run", "-S", "model.box_head=spatial", "-S", "train.class_weights=sqrt"], dst, env)
+    proc = _run([BIN / "dvc", "exp", "run", "-S", "model.box_head=spatial", "-S", "train.class_weights=sqrt",
+                 "-S", "train.box_weights=none"], dst, env)
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "visualize"}
     ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
@@ -155,4 +156,5 @@ def test_exp_run_spatial_head_and_class_weights(repo):
     assert 0.0 <= json.loads((dst / "metrics" / "evaluate.json").read_text())["test_shifted"]["mean_iou"] <= 1.0
     assert ckpt["train"]["class_weights"] == "sqrt" and ckpt["train"]["augment"]["enabled"] is False
     card = (dst / "models" / "MODEL_CARD.md").read_text()
-    assert "4 x 4 grid of the last feature map" in card and "sqrt class weights" in card
+    assert "4 x 4 grid of the last feature map" in card and "(sqrt class weights" in card
+    assert "box loss (none class weights)" in card and ckpt["train"]["box_weights"] == "none"

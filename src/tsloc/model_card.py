@@ -39,7 +39,9 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         + f", {train.get('epochs')} epochs, batch {train.get('batch_size')}, seed {train.get('seed')}; "
         f"cross-entropy ({train.get('class_weights', 'inverse')} class weights"
         + (f", label smoothing {train['label_smoothing']}" if train.get("label_smoothing") else "")
-        + f") plus {train.get('box_loss', 'l1').upper()} box loss, {train.get('loss_balance', 'learned')} balance "
+        + f") plus {train.get('box_loss', 'l1').upper()} box loss"
+        + (f" ({train['box_weights']} class weights)" if train.get("box_weights", "same") != "same" else "")
+        + f", {train.get('loss_balance', 'learned')} balance "
         f"(weight ends at {ckpt['loss_weight']:.2f}); checkpoint of the best validation loss (epoch {ckpt['epoch']}).",
         f"- Versions: torch {ckpt['versions']['torch']}, torchvision {ckpt['versions']['torchvision']}.",
         "",

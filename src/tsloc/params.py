@@ -71,6 +71,7 @@ class TrainParams:
     loss_balance: str = "learned" # learned (the notebook's) | fixed | uncertainty (Kendall et al. 2018)
     loss_weight: float = 100.0    # the box loss is divided by it (learned: its initial value)
     class_weights: str = "inverse"  # inverse (the notebook's) | sqrt | none
+    box_weights: str = "same"       # the box loss's class weights: same (as class_weights, the notebook) | inverse | sqrt | none
     augment: AugmentParams = field(default_factory=AugmentParams)
 
 
@@ -155,7 +156,8 @@ def _check(p: Params) -> None:
     for key, value, allowed in (("optimizer", t.optimizer, ("adam", "adamw")), ("schedule", t.schedule, ("none", "cosine")),
                                 ("box_loss", t.box_loss, ("l1", "giou", "l1+giou")),
                                 ("loss_balance", t.loss_balance, ("learned", "fixed", "uncertainty")),
-                                ("class_weights", t.class_weights, ("inverse", "sqrt", "none"))):
+                                ("class_weights", t.class_weights, ("inverse", "sqrt", "none")),
+                                ("box_weights", t.box_weights, ("same", "inverse", "sqrt", "none"))):
         if value not in allowed:
             raise ParamsError(f"params.yaml: train.{key} must be one of {', '.join(allowed)}, got {value!r}")
     if p.model.box_head not in ("pooled", "spatial"):

@@ -68,9 +68,9 @@ class LossConfig:
     label_smoothing: float = 0.0
 
 
-def losses(logits, boxes, y, target_boxes, weights, model, cfg: LossConfig):
-    """Class-weighted cross-entropy and class-weighted box loss, balanced per `cfg`.
-    Returns (total, classification, box)."""
+def losses(logits, boxes, y, target_boxes, weights, model, cfg: LossConfig, box_weights=None):
+    """Class-weighted cross-entropy and class-weighted box loss (by `box_weights`, else by `weights`
+    as the notebook), balanced per `cfg`. Returns (total, classification, box)."""
     w = weights[y]
     ce = F.cross_entropy(logits, y, reduction="none", label_smoothing=cfg.label_smoothing)
     cls = (ce * w).sum() / w.sum()
@@ -80,7 +80,8 @@ def losses(logits, boxes, y, target_boxes, weights, model, cfg: LossConfig):
     if "giou" in cfg.box:
         valid = torch.cat([torch.minimum(boxes[:, :2], boxes[:, 2:]), torch.maximum(boxes[:, :2], boxes[:, 2:])], 1)
         per_box = per_box + generalized_box_iou_loss(valid, target_boxes, reduction="none") * cfg.image_size
-    box = (per_box * w).sum() / w.sum()
+    wb = w if box_weights is None else box_weights[y]
+    box = (per_box * wb).sum() / wb.sum()
     if cfg.balance == "uncertainty":
         s = model.uncertainty
         total = torch.exp(-s[0]) * cls + s[0] + torch.exp(-s[1]) * box + s[1]
@@ -124,7 +125,8 @@ def images_source(model: SignNet, images: np.ndarray, boxes: torch.Tensor, devic
 
 
 def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batch_size: int,
-              optimizer=None, scheduler=None, generator=None, progress: str | None = None) -> dict:
+              optimizer=None, scheduler=None, generator=None, progress: str | None = None,
+              box_weights=None) -> dict:
     """One pass; trains when given an optimizer (shuffled, a last batch of one dropped: BatchNorm1d
     cannot train on it). Returns the sample-weighted mean loss, accuracy and mean IoU."""
     train = optimizer is not None
@@ -142,7 +144,7 @@ def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batc
         with torch.set_grad_enabled(train):
             feats, tb = data.fetch(idx, train)
             logits, boxes = model.heads(feats)
-            loss, _, _ = losses(logits, boxes, y, tb, weights, model, loss_cfg)
+            loss, _, _ = losses(logits, boxes, y, tb, weights, model, loss_cfg, box_weights)
         if train:
             optimizer.zero_grad()
             loss.backward()
@@ -192,22 +194,26 @@ def make_optimizer(model: SignNet, cfg: OptimConfig, steps_per_epoch: int, epoch
 
 def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size: int, seed: int,
         num_classes: int, loss_cfg: LossConfig, optim_cfg: OptimConfig = OptimConfig(), log=None,
-        weighting: str = "inverse",
+        weighting: str = "inverse", box_weighting: str = "same",
         eval_subsets=("valid",), generator: torch.Generator | None = None, progress: bool = False) -> dict:
     """Train the trainable parameters; keeps the weights of the best validation loss.
-    `log(epoch, row)` receives every epoch's figures."""
+    `log(epoch, row)` receives every epoch's figures. `weighting` weighs the classes in the
+    cross-entropy; `box_weighting` in the box loss ("same": as `weighting`, the notebook's)."""
     torch.manual_seed(seed)
     generator = generator or torch.Generator().manual_seed(seed)
-    weights = class_weights(subsets["train"].labels.numpy(), num_classes, weighting).to(model.loss_weight.device)
+    labels = subsets["train"].labels.numpy()
+    weights = class_weights(labels, num_classes, weighting).to(model.loss_weight.device)
+    box_weights = None if box_weighting == "same" else class_weights(labels, num_classes, box_weighting).to(weights.device)
     n_train = len(subsets["train"])
     steps = n_train // batch_size + (1 if n_train % batch_size > 1 else 0)
     optimizer, scheduler = make_optimizer(model, optim_cfg, steps, epochs)
     best = {"loss": float("inf"), "epoch": 0, "state": None}
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", unit="epoch"):
         row = {"train": run_epoch(model, subsets["train"], weights, loss_cfg, batch_size, optimizer, scheduler,
-                                  generator, progress=f"epoch {epoch} train" if progress else None)}
+                                  generator, progress=f"epoch {epoch} train" if progress else None,
+                                  box_weights=box_weights)}
         for name in eval_subsets:
-            row[name] = run_epoch(model, subsets[name], weights, loss_cfg, batch_size)
+            row[name] = run_epoch(model, subsets[name], weights, loss_cfg, batch_size, box_weights=box_weights)
         if log:
             log(epoch, row)
         watch = row.get("valid", row["train"])["loss"]

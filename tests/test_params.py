@@ -1,0 +1,50 @@
+"""params.yaml is read and validated once, with errors that name the key."""
+import dataclasses
+
+import pytest
+
+from tsloc.params import ParamsError
+from tsloc.params import Params, Tracked, leaf_keys, load_params
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repository_params_are_the_defaults():
+    # params.yaml documents every key; a key missing there would silently take a default.
+    import yaml
+    raw = yaml.safe_load(open("params.yaml"))
+    assert load_params("params.yaml") == Params()
+    fields = leaf_keys(dataclasses.asdict(Params()))
+    assert leaf_keys(raw) == fields
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train: {box_weights: inverse-ish}", "train.box_weights must be one of same, inverse, sqrt, none"),
+    ("train: {class_weights: 2}", "'train.class_weights' must be a string"),
+    ("train: {epochs: 2.5}", "'train.epochs' must be an integer"),
+    ("train: {lr: 0}", "train.lr must be > 0"),
+    ("model: {box_head: grid}", "model.box_head must be pooled or spatial"),
+    ("train: {augment: {recrop: 1.5}}", "train.augment.recrop must be in [0, 1]"),
+    ("train: {colour: 1}", "unknown key(s) ['colour'] under 'train'"),
+])
+def test_bad_values_name_the_key(tmp_path, text, message):
+    with pytest.raises(ParamsError) as err:
+        load_params(_write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_box_weights_default_and_override(tmp_path):
+    assert load_params(_write(tmp_path, "{}")).train.box_weights == "same"
+    assert load_params(_write(tmp_path, "train: {box_weights: none}")).train.box_weights == "none"
+
+
+def test_tracked_records_only_keys_read():
+    t = Tracked(Params())
+    _ = t.train.lr, t.model.box_head
+    assert t.keys_read == {"train.lr", "model.box_head"}
+    with pytest.raises(AttributeError):
+        t.train.lr = 1.0
