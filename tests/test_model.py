@@ -160,6 +160,29 @@ def test_cached_features_train_like_the_plain_loop():
         assert rp["valid"]["loss"] == pytest.approx(rc["valid"]["loss"], rel=1e-4)
 
 
+def test_keep_last_returns_the_final_weights():
+    images, labels, boxes = _tiny()
+    feats = np.random.default_rng(2).normal(size=(len(images), 1280)).astype(np.float32)
+    torch.manual_seed(0)
+    net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=3)
+    subsets = {"train": Batches(features_source(feats[:30], boxes[:30], "cpu"), labels[:30], boxes[:30]),
+               "valid": Batches(features_source(feats[30:], boxes[30:], "cpu"), labels[30:], boxes[30:])}
+    history = []
+    # A large learning rate on random features: the validation loss does not fall every epoch.
+    kept = fit(net, subsets, epochs=4, batch_size=8, seed=1, num_classes=3, loss_cfg=LossConfig(48),
+               optim_cfg=OptimConfig(lr=0.5), keep="last", log=lambda e, row: history.append(row))
+    assert kept["epoch"] == 4 and kept["loss"] == pytest.approx(history[-1]["valid"]["loss"])
+    for k, v in net.state_dict().items():
+        assert torch.equal(kept["state"][k], v), k
+    best_epoch = 1 + int(np.argmin([row["valid"]["loss"] for row in history]))
+    assert best_epoch != 4  # so the test tells the two apart
+    torch.manual_seed(0)
+    net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=3)
+    best = fit(net, subsets, epochs=4, batch_size=8, seed=1, num_classes=3, loss_cfg=LossConfig(48),
+               optim_cfg=OptimConfig(lr=0.5))
+    assert best["epoch"] == best_epoch
+
+
 def test_same_seed_same_result_and_last_batch_of_one_dropped():
     images, labels, boxes = _tiny(n=39)  # 29 training images: batches of 8, 8, 8, 5
     feats = np.random.default_rng(1).normal(size=(39, 1280)).astype(np.float32)

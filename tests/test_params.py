@@ -24,6 +24,7 @@ def test_repository_params_are_the_defaults():
 
 @pytest.mark.parametrize("text, message", [
     ("train: {box_weights: inverse-ish}", "train.box_weights must be one of same, inverse, sqrt, none"),
+    ("train: {keep: final}", "train.keep must be one of best, last"),
     ("train: {class_weights: 2}", "'train.class_weights' must be a string"),
     ("train: {epochs: 2.5}", "'train.epochs' must be an integer"),
     ("train: {lr: 0}", "train.lr must be > 0"),

@@ -42,7 +42,9 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         + f") plus {train.get('box_loss', 'l1').upper()} box loss"
         + (f" ({train['box_weights']} class weights)" if train.get("box_weights", "same") != "same" else "")
         + f", {train.get('loss_balance', 'learned')} balance "
-        f"(weight ends at {ckpt['loss_weight']:.2f}); checkpoint of the best validation loss (epoch {ckpt['epoch']}).",
+        f"(weight ends at {ckpt['loss_weight']:.2f}); "
+        + ("checkpoint of the last epoch" if train.get("keep") == "last" else "checkpoint of the best validation loss")
+        + f" (epoch {ckpt['epoch']}).",
         f"- Versions: torch {ckpt['versions']['torch']}, torchvision {ckpt['versions']['torchvision']}.",
         "",
         "## Data",

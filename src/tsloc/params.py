@@ -72,6 +72,7 @@ class TrainParams:
     loss_weight: float = 100.0    # the box loss is divided by it (learned: its initial value)
     class_weights: str = "inverse"  # inverse (the notebook's) | sqrt | none
     box_weights: str = "same"       # the box loss's class weights: same (as class_weights, the notebook) | inverse | sqrt | none
+    keep: str = "best"              # the checkpoint kept: best (validation loss, the notebook's) | last epoch
     augment: AugmentParams = field(default_factory=AugmentParams)
 
 
@@ -157,7 +158,8 @@ def _check(p: Params) -> None:
                                 ("box_loss", t.box_loss, ("l1", "giou", "l1+giou")),
                                 ("loss_balance", t.loss_balance, ("learned", "fixed", "uncertainty")),
                                 ("class_weights", t.class_weights, ("inverse", "sqrt", "none")),
-                                ("box_weights", t.box_weights, ("same", "inverse", "sqrt", "none"))):
+                                ("box_weights", t.box_weights, ("same", "inverse", "sqrt", "none")),
+                                ("keep", t.keep, ("best", "last"))):
         if value not in allowed:
             raise ParamsError(f"params.yaml: train.{key} must be one of {', '.join(allowed)}, got {value!r}")
     if p.model.box_head not in ("pooled", "spatial"):

@@ -150,7 +150,7 @@ def run_train(params_file: str = "params.yaml") -> dict:
         best = fit(model, subsets, epochs=t.epochs, batch_size=t.batch_size, seed=t.seed,
                    num_classes=NUM_CLASSES, loss_cfg=loss_cfg, optim_cfg=optim_cfg, log=log,
                    eval_subsets=eval_subsets, generator=generator, progress=not cached,
-                   weighting=t.class_weights, box_weighting=t.box_weights)
+                   weighting=t.class_weights, box_weighting=t.box_weights, keep=t.keep)
         seconds = time.perf_counter() - started
     ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
                       image_size=p.data.image_size, class_names=class_names(), epoch=best["epoch"])

@@ -194,9 +194,11 @@ def make_optimizer(model: SignNet, cfg: OptimConfig, steps_per_epoch: int, epoch
 
 def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size: int, seed: int,
         num_classes: int, loss_cfg: LossConfig, optim_cfg: OptimConfig = OptimConfig(), log=None,
-        weighting: str = "inverse", box_weighting: str = "same",
+        weighting: str = "inverse", box_weighting: str = "same", keep: str = "best",
         eval_subsets=("valid",), generator: torch.Generator | None = None, progress: bool = False) -> dict:
-    """Train the trainable parameters; keeps the weights of the best validation loss.
+    """Train the trainable parameters; returns the weights of the best validation loss (`keep="best"`,
+    the notebook's) or of the last epoch (`keep="last"`: a schedule that anneals to zero ends at
+    its best point, and the validation set then only chooses recipes, never an epoch).
     `log(epoch, row)` receives every epoch's figures. `weighting` weighs the classes in the
     cross-entropy; `box_weighting` in the box loss ("same": as `weighting`, the notebook's)."""
     torch.manual_seed(seed)
@@ -217,7 +219,7 @@ def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size:
         if log:
             log(epoch, row)
         watch = row.get("valid", row["train"])["loss"]
-        if watch < best["loss"]:
+        if watch < best["loss"] or (keep == "last" and epoch == epochs):
             best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
     return best
 
