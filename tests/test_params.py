@@ -1,5 +1,6 @@
 """params.yaml is read and validated once, with errors that name the key."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ def _write(tmp_path, text):
 def test_repository_params_are_the_defaults():
     # params.yaml documents every key; a key missing there would silently take a default.
     import yaml
-    raw = yaml.safe_load(open("params.yaml"))
+    raw = yaml.safe_load(Path("params.yaml").read_text())
     assert load_params("params.yaml") == Params()
     fields = leaf_keys(dataclasses.asdict(Params()))
     assert leaf_keys(raw) == fields

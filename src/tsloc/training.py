@@ -219,7 +219,8 @@ def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size:
         if log:
             log(epoch, row)
         watch = row.get("valid", row["train"])["loss"]
-        if watch < best["loss"] or (keep == "last" and epoch == epochs):
+        keep_this = watch < best["loss"] if keep == "best" else epoch == epochs  # copy only what is kept
+        if keep_this:
             best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
     return best
 
