@@ -69,10 +69,11 @@ def photometric(x: torch.Tensor, strength: float, blur_p: float, generator: torc
 
 
 def augment(images: torch.Tensor, boxes: torch.Tensor, *, margin: float, rotation: float, color: float,
-            blur: float, generator: torch.Generator, recrop: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (N, S, S, 3) store images and relative boxes -> augmented float (N, 3, S, S) in [0, 1]
-    and their boxes."""
-    size = images.shape[1]
+            blur: float, generator: torch.Generator, recrop: float = 1.0,
+            size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N, S, S, 3) store images and relative boxes -> augmented float (N, 3, size, size) in
+    [0, 1] (size S unless given: progressive resizing) and their boxes."""
+    size = size or images.shape[1]
     x = to_float(images)
     windows = random_windows(boxes, margin, generator, recrop)
     angles = (2 * torch.rand(len(boxes), generator=generator) - 1) * math.radians(rotation)

@@ -36,7 +36,9 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         + (f" (backbone x {train.get('backbone_lr')})" if blocks else "")
         + (f", weight decay {train['weight_decay']}" if train.get("weight_decay") else "")
         + (f", cosine schedule after {train.get('warmup_epochs')} warm-up epochs" if train.get("schedule") == "cosine" else "")
-        + f", {train.get('epochs')} epochs, batch {train.get('batch_size')}, seed {train.get('seed')}; "
+        + f", {train.get('epochs')} epochs"
+        + (f" (progressive resizing from {train['start_size']} px)" if train.get("start_size") else "")
+        + f", batch {train.get('batch_size')}, seed {train.get('seed')}; "
         f"cross-entropy ({train.get('class_weights', 'inverse')} class weights"
         + (f", label smoothing {train['label_smoothing']}" if train.get("label_smoothing") else "")
         + f") plus {train.get('box_loss', 'l1').upper()} box loss"

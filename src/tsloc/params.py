@@ -73,6 +73,7 @@ class TrainParams:
     class_weights: str = "inverse"  # inverse (the notebook's) | sqrt | none
     box_weights: str = "same"       # the box loss's class weights: same (as class_weights, the notebook) | inverse | sqrt | none
     keep: str = "best"              # the checkpoint kept: best (validation loss, the notebook's) | last epoch
+    start_size: int = 0             # progressive resizing: first epoch's input size, growing to data.image_size (0: off)
     augment: AugmentParams = field(default_factory=AugmentParams)
 
 
@@ -171,6 +172,9 @@ def _check(p: Params) -> None:
         raise ParamsError(f"params.yaml: train.augment.recrop must be in [0, 1], got {t.augment.recrop}")
     if not 0 <= t.augment.margin <= 2 or not 0 <= t.augment.color < 1 or not 0 <= t.augment.blur <= 1:
         raise ParamsError("params.yaml: train.augment.margin in [0, 2], color in [0, 1), blur in [0, 1]")
+    if t.start_size and not 32 <= t.start_size <= p.data.image_size:
+        raise ParamsError(f"params.yaml: train.start_size must be 0 (off) or from 32 to data.image_size "
+                          f"({p.data.image_size}), got {t.start_size}")
     if p.train.device not in ("auto", "cpu", "cuda") and not p.train.device.startswith("cuda:"):
         raise ParamsError(f"params.yaml: train.device must be auto, cpu or cuda, got {p.train.device!r}")
 

@@ -106,29 +106,45 @@ class Batches:
 
 def features_source(features: np.ndarray, boxes: torch.Tensor, device):
     feats = torch.as_tensor(features)
-    return lambda idx, train: (feats[idx].to(device), boxes[idx].to(device))
+    return lambda idx, train, size=None: (feats[idx].to(device), boxes[idx].to(device))
 
 
 def images_source(model: SignNet, images: np.ndarray, boxes: torch.Tensor, device, augmentation: dict | None = None,
                   generator: torch.Generator | None = None):
     """The plain path: the backbone runs on every batch (on augmented images when training with
-    `augmentation`: keyword arguments of `tsloc.augment.augment`)."""
-    def run(idx, train):
+    `augmentation`: keyword arguments of `tsloc.augment.augment`), resized to `size` when given
+    (relative boxes do not change with the size)."""
+    def run(idx, train, size=None):
         batch = torch.as_tensor(images[idx.numpy()])
         b = boxes[idx]
         if train and augmentation:
-            x, b = augment(batch, b, generator=generator, **augmentation)
+            x, b = augment(batch, b, generator=generator, size=size, **augmentation)
         else:
             x = to_float(batch)
+            if size and size != x.shape[-1]:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return model.features(standardise(x.to(device))), b.to(device)
     return run
 
 
+def epoch_sizes(start: int, full: int, epochs: int, step: int = 16) -> list[int]:
+    """Progressive resizing: input sizes growing linearly from `start` at the first epoch to `full`
+    at the last, rounded to multiples of `step` (few distinct shapes). Early epochs, which learn
+    coarse features, cost (start / full)^2 as much; the last ones train at the size the model is
+    evaluated at."""
+    if epochs == 1:
+        return [full]
+    sizes = [start + (full - start) * e / (epochs - 1) for e in range(epochs)]
+    return [min(full, max(step, int(round(s / step)) * step)) if e < epochs - 1 else full
+            for e, s in enumerate(sizes)]
+
+
 def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batch_size: int,
               optimizer=None, scheduler=None, generator=None, progress: str | None = None,
-              box_weights=None) -> dict:
+              box_weights=None, size: int | None = None) -> dict:
     """One pass; trains when given an optimizer (shuffled, a last batch of one dropped: BatchNorm1d
-    cannot train on it). Returns the sample-weighted mean loss, accuracy and mean IoU."""
+    cannot train on it), on inputs of `size` when given. Returns the sample-weighted mean loss,
+    accuracy and mean IoU."""
     train = optimizer is not None
     model.train(train)
     n = len(data)
@@ -142,7 +158,7 @@ def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batc
             continue
         y = data.labels[idx].to(device)
         with torch.set_grad_enabled(train):
-            feats, tb = data.fetch(idx, train)
+            feats, tb = data.fetch(idx, train, size)
             logits, boxes = model.heads(feats)
             loss, _, _ = losses(logits, boxes, y, tb, weights, model, loss_cfg, box_weights)
         if train:
@@ -195,12 +211,14 @@ def make_optimizer(model: SignNet, cfg: OptimConfig, steps_per_epoch: int, epoch
 def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size: int, seed: int,
         num_classes: int, loss_cfg: LossConfig, optim_cfg: OptimConfig = OptimConfig(), log=None,
         weighting: str = "inverse", box_weighting: str = "same", keep: str = "best",
-        eval_subsets=("valid",), generator: torch.Generator | None = None, progress: bool = False) -> dict:
+        eval_subsets=("valid",), generator: torch.Generator | None = None, progress: bool = False,
+        sizes: list[int] | None = None) -> dict:
     """Train the trainable parameters; returns the weights of the best validation loss (`keep="best"`,
     the notebook's) or of the last epoch (`keep="last"`: a schedule that anneals to zero ends at
     its best point, and the validation set then only chooses recipes, never an epoch).
     `log(epoch, row)` receives every epoch's figures. `weighting` weighs the classes in the
-    cross-entropy; `box_weighting` in the box loss ("same": as `weighting`, the notebook's)."""
+    cross-entropy; `box_weighting` in the box loss ("same": as `weighting`, the notebook's).
+    `sizes` gives each epoch's training input size (`epoch_sizes`); evaluation keeps the stored size."""
     torch.manual_seed(seed)
     generator = generator or torch.Generator().manual_seed(seed)
     labels = subsets["train"].labels.numpy()
@@ -213,7 +231,9 @@ def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size:
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", unit="epoch"):
         row = {"train": run_epoch(model, subsets["train"], weights, loss_cfg, batch_size, optimizer, scheduler,
                                   generator, progress=f"epoch {epoch} train" if progress else None,
-                                  box_weights=box_weights)}
+                                  box_weights=box_weights, size=sizes[epoch - 1] if sizes else None)}
+        if sizes:
+            row["train"]["input_size"] = sizes[epoch - 1]
         for name in eval_subsets:
             row[name] = run_epoch(model, subsets[name], weights, loss_cfg, batch_size, box_weights=box_weights)
         if log:
