@@ -71,3 +71,17 @@ def test_shifted_views(tmp_path):
         assert np.abs(_white_box(inner) - b.numpy()).max() < 2.5 / 96
     # The third image's box touches the left edge: its window starts left of the image, filled with the edge.
     assert boxes[1, 0] > 0 and (images[1][:, 0, 2] > 200).all()
+
+
+def test_smaller_output_size_keeps_the_boxes():
+    # Progressive resizing: the same draw at a smaller size gives the same relative boxes, and the
+    # sign where the box says.
+    img, box = _painted()
+    full, b_full = augment(torch.as_tensor(img)[None], box, margin=0.45, rotation=0, color=0, blur=0,
+                           generator=torch.Generator().manual_seed(3))
+    small, b_small = augment(torch.as_tensor(img)[None], box, margin=0.45, rotation=0, color=0, blur=0,
+                             generator=torch.Generator().manual_seed(3), size=32)
+    assert full.shape[-2:] == (64, 64) and small.shape[-2:] == (32, 32)
+    assert torch.equal(b_full, b_small)
+    seen = _white_box((small[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    assert np.abs(seen - b_small[0].numpy()).max() < 2.5 / 32

@@ -12,8 +12,8 @@ from torchvision.ops import box_iou
 from tsloc import model as model_mod
 from tsloc.boxes import make_valid, paired_iou, to_pixels, to_relative
 from tsloc.model import SignNet, WeightsError, backbone_features, build_model, imagenet_state_dict
-from tsloc.training import (Batches, LossConfig, OptimConfig, class_weights, make_optimizer, compute_features, features_source, fit,
-                            images_source, losses)
+from tsloc.training import (Batches, LossConfig, OptimConfig, class_weights, make_optimizer, compute_features, epoch_sizes,
+                            features_source, fit, images_source, losses, run_epoch)
 
 
 def test_shapes_and_frozen_backbone():
@@ -281,3 +281,92 @@ def test_training_runs_frozen_blocks_folded_with_the_same_output():
         changed = net.train().features(x)
         assert not close(changed, folded)
         assert close(net.eval().features(x), changed)
+
+
+def test_epoch_sizes_grow_to_the_full_size():
+    sizes = epoch_sizes(112, 144, 18)
+    assert len(sizes) == 18 and sizes[0] == 112 and sizes[-1] == 144
+    assert sizes == sorted(sizes) and all(s % 16 == 0 for s in sizes)
+    assert sizes.count(112) == 5 and sizes.count(144) == 5  # linear: a quarter of the way each
+    assert epoch_sizes(100, 136, 5) == [96, 112, 112, 128, 136]  # the last epoch is the stored size
+    assert epoch_sizes(112, 144, 1) == [144]
+
+
+def test_fit_trains_at_each_epochs_size_and_evaluates_at_the_stored_one():
+    images, labels, boxes = _tiny(size=64)
+    torch.manual_seed(0)
+    net = build_model("mobilenet_v2", "none", num_classes=3, image_size=64, trainable_blocks=2, box="spatial")
+    seen = {"train": [], "valid": []}
+
+    def spy(source, name):
+        def fetch(idx, train, size=None):
+            feats, b = source(idx, train, size)
+            seen[name].append((size, feats.shape[-1]))
+            return feats, b
+        return fetch
+    aug = {"margin": 0.3, "rotation": 5, "color": 0.1, "blur": 0.0}
+    subsets = {"train": Batches(spy(images_source(net, images[:30], boxes[:30], "cpu", aug, torch.Generator()), "train"),
+                                labels[:30], boxes[:30]),
+               "valid": Batches(spy(images_source(net, images[30:], boxes[30:], "cpu"), "valid"), labels[30:], boxes[30:])}
+    history = []
+    fit(net, subsets, epochs=3, batch_size=8, seed=0, num_classes=3, loss_cfg=LossConfig(64),
+        sizes=[32, 48, 64], log=lambda e, row: history.append(row))
+    per_epoch = len(seen["train"]) // 3
+    assert [s for s, _ in seen["train"][::per_epoch]] == [32, 48, 64]
+    assert [w for _, w in seen["train"][::per_epoch]] == [1, 2, 2]  # feature maps of stride 32
+    assert {s for s, _ in seen["valid"]} == {None} and {w for _, w in seen["valid"]} == {2}
+    assert [row["train"]["input_size"] for row in history] == [32, 48, 64]
+    # Without augmentation the plain path resizes too.
+    feats, _ = images_source(net, images[:4], boxes[:4], "cpu")(torch.arange(4), True, 32)
+    assert feats.shape[-1] == 1
+
+
+def _feature_subsets(seed=2):
+    images, labels, boxes = _tiny()
+    feats = np.random.default_rng(seed).normal(size=(len(images), 1280)).astype(np.float32)
+    return {"train": Batches(features_source(feats[:30], boxes[:30], "cpu"), labels[:30], boxes[:30]),
+            "valid": Batches(features_source(feats[30:], boxes[30:], "cpu"), labels[30:], boxes[30:])}
+
+
+def _net():
+    torch.manual_seed(0)
+    return SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=3)
+
+
+def test_eval_every_skips_evaluation_not_training():
+    subsets = _feature_subsets()
+    runs = {}
+    for every in (1, 3):
+        net, history = _net(), []
+        kept = fit(net, subsets, epochs=4, batch_size=8, seed=1, num_classes=3, loss_cfg=LossConfig(48),
+                   keep="best", eval_every=every, log=lambda e, row: history.append(row))
+        runs[every] = (net.state_dict(), history, kept)
+    (state1, hist1, _), (state3, hist3, kept3) = runs[1], runs[3]
+    for k, v in state1.items():
+        assert torch.equal(v, state3[k]), k  # the same weights: evaluation never touches training
+    assert [("valid" in row) for row in hist3] == [False, False, True, True]  # epoch 3 and the last
+    assert hist3[2]["valid"] == hist1[2]["valid"] and hist3[3]["valid"] == hist1[3]["valid"]
+    assert kept3["epoch"] in (3, 4)  # keep=best chooses among evaluated epochs only
+
+
+def test_ema_is_evaluated_and_kept_and_leaves_training_alone():
+    subsets = _feature_subsets()
+    plain, averaged, hist_p, hist_a = _net(), _net(), [], []
+    fit(plain, subsets, epochs=3, batch_size=8, seed=1, num_classes=3, loss_cfg=LossConfig(48),
+        keep="last", log=lambda e, row: hist_p.append(row))
+    kept = fit(averaged, subsets, epochs=3, batch_size=8, seed=1, num_classes=3, loss_cfg=LossConfig(48),
+               keep="last", ema_decay=0.9, log=lambda e, row: hist_a.append(row))
+    for k, v in plain.state_dict().items():  # the live weights train exactly as without EMA
+        assert torch.equal(v, averaged.state_dict()[k]), k
+    assert [r["train"] for r in hist_p] == [r["train"] for r in hist_a]
+    # What is kept and evaluated is the average: it differs from the live weights and scores as such.
+    w_live, w_kept = averaged.classifier[1].weight, kept["state"]["classifier.1.weight"]
+    assert not torch.allclose(w_live, w_kept)
+    # BatchNorm statistics are averaged too (use_buffers), not left at the live model's.
+    assert not torch.allclose(averaged.classifier[0].running_mean, kept["state"]["classifier.0.running_mean"])
+    ema_net = _net()
+    ema_net.load_state_dict(kept["state"])
+    weights = class_weights(subsets["train"].labels.numpy(), 3)
+    again = run_epoch(ema_net, subsets["valid"], weights, LossConfig(48), 8)
+    assert again["loss"] == pytest.approx(hist_a[-1]["valid"]["loss"], rel=1e-5)
+    assert again["loss"] != pytest.approx(hist_p[-1]["valid"]["loss"], rel=1e-5)

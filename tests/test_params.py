@@ -32,6 +32,11 @@ def test_repository_params_are_the_defaults():
     ("model: {box_head: grid}", "model.box_head must be pooled or spatial"),
     ("train: {augment: {recrop: 1.5}}", "train.augment.recrop must be in [0, 1]"),
     ("train: {colour: 1}", "unknown key(s) ['colour'] under 'train'"),
+    ("train: {start_size: 160}", "train.start_size must be 0 (off) or from 32 to data.image_size (128), got 160"),
+    ("train: {start_size: 16, augment: {enabled: true}}", "train.start_size must be 0 (off) or from 32"),
+    ("train: {start_size: 96}", "train.start_size (progressive resizing) needs the image path"),
+    ("train: {eval_every: 0}", "train.eval_every must be >= 1"),
+    ("train: {ema_decay: 1.0}", "train.ema_decay in [0, 1)"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, message):
     with pytest.raises(ParamsError) as err:
@@ -50,3 +55,8 @@ def test_tracked_records_only_keys_read():
     assert t.keys_read == {"train.lr", "model.box_head"}
     with pytest.raises(AttributeError):
         t.train.lr = 1.0
+
+
+def test_start_size_accepted_on_the_image_path(tmp_path):
+    p = load_params(_write(tmp_path, "data: {image_size: 144}\ntrain: {start_size: 112, augment: {enabled: true}}"))
+    assert p.train.start_size == 112 and Params().train.start_size == 0

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -148,7 +149,8 @@ def test_exp_run_spatial_head_and_class_weights(repo):
     import torch
     dst, env, _ = repo
     proc = _run([BIN / "dvc", "exp", "run", "-S", "model.box_head=spatial", "-S", "train.class_weights=sqrt",
-                 "-S", "train.box_weights=none"], dst, env)
+                 "-S", "train.box_weights=none", "-S", "train.start_size=64", "-S", "train.ema_decay=0.99",
+                 "-S", "train.eval_every=5"], dst, env)
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "visualize"}
     ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
@@ -158,3 +160,9 @@ def test_exp_run_spatial_head_and_class_weights(repo):
     card = (dst / "models" / "MODEL_CARD.md").read_text()
     assert "4 x 4 grid of the last feature map" in card and "(sqrt class weights" in card
     assert "box loss (none class weights)" in card and ckpt["train"]["box_weights"] == "none"
+    assert "(progressive resizing from 64 px)" in card and ckpt["train"]["start_size"] == 64
+    sizes = pd.read_csv(dst / "dvclive" / "plots" / "metrics" / "train" / "input_size.tsv", sep="\t")["input_size"]
+    assert sizes.iloc[0] == 64 and sizes.iloc[-1] == ckpt["image_size"] and sizes.is_monotonic_increasing
+    assert "moving average of the weights (decay 0.99 per step)" in card
+    valid = pd.read_csv(dst / "dvclive" / "plots" / "metrics" / "valid" / "loss.tsv", sep="\t")
+    assert valid["step"].tolist() == [4, 9, 14, 19]  # every 5th of the 20 epochs

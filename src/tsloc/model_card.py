@@ -45,6 +45,7 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         + (f" ({train['box_weights']} class weights)" if train.get("box_weights", "same") != "same" else "")
         + f", {train.get('loss_balance', 'learned')} balance "
         f"(weight ends at {ckpt['loss_weight']:.2f}); "
+        + (f"moving average of the weights (decay {train['ema_decay']} per step), " if train.get("ema_decay") else "")
         + ("checkpoint of the last epoch" if train.get("keep") == "last" else "checkpoint of the best validation loss")
         + f" (epoch {ckpt['epoch']}).",
         f"- Versions: torch {ckpt['versions']['torch']}, torchvision {ckpt['versions']['torchvision']}.",

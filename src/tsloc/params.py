@@ -74,6 +74,8 @@ class TrainParams:
     box_weights: str = "same"       # the box loss's class weights: same (as class_weights, the notebook) | inverse | sqrt | none
     keep: str = "best"              # the checkpoint kept: best (validation loss, the notebook's) | last epoch
     start_size: int = 0             # progressive resizing: first epoch's input size, growing to data.image_size (0: off)
+    eval_every: int = 1             # evaluation passes every N epochs and after the last
+    ema_decay: float = 0.0          # > 0: evaluate and keep an exponential moving average of the weights (per step)
     augment: AugmentParams = field(default_factory=AugmentParams)
 
 
@@ -175,6 +177,13 @@ def _check(p: Params) -> None:
     if t.start_size and not 32 <= t.start_size <= p.data.image_size:
         raise ParamsError(f"params.yaml: train.start_size must be 0 (off) or from 32 to data.image_size "
                           f"({p.data.image_size}), got {t.start_size}")
+    if t.eval_every < 1 or not 0 <= t.ema_decay < 1:
+        raise ParamsError(f"params.yaml: train.eval_every must be >= 1 and train.ema_decay in [0, 1), got "
+                          f"{t.eval_every} and {t.ema_decay}")
+    if t.start_size and p.model.finetune_blocks == 0 and not t.augment.enabled and p.model.box_head == "pooled":
+        # That configuration trains the heads on cached features: there are no images to resize.
+        raise ParamsError("params.yaml: train.start_size (progressive resizing) needs the image path: fine-tune "
+                          "blocks (model.finetune_blocks), enable train.augment or use the spatial box head")
     if p.train.device not in ("auto", "cpu", "cuda") and not p.train.device.startswith("cuda:"):
         raise ParamsError(f"params.yaml: train.device must be auto, cpu or cuda, got {p.train.device!r}")
 

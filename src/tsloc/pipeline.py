@@ -24,7 +24,7 @@ from .evaluation import (class_table, class_table_markdown, evaluate_subset, pre
 from .io import atomic_path, write_csv, write_figure, write_json
 from .model import backbone_features, build_model, load_model
 from .model_card import model_card
-from .params import ParamsError, Tracked, load_params, record_keys
+from .params import Tracked, load_params, record_keys
 from .training import (Batches, LossConfig, OptimConfig, checkpoint, compute_features, features_source, fit,
                        epoch_sizes, images_source, select_device)
 
@@ -125,9 +125,6 @@ def run_train(params_file: str = "params.yaml") -> dict:
     # Frozen, not augmented, pooled box head: the heads train on the cached features (exact, and
     # far faster).
     cached = model.frozen and augmentation is None and p.model.box_head == "pooled"
-    if cached and t.start_size:
-        raise ParamsError("params.yaml: train.start_size (progressive resizing) needs the image path: fine-tune "
-                          "blocks (model.finetune_blocks), enable train.augment or use the spatial box head")
     store = None if cached else _load(FEATURES / "images.npy", "features")
     generator = torch.Generator().manual_seed(t.seed)
     subsets = {}
@@ -154,7 +151,8 @@ def run_train(params_file: str = "params.yaml") -> dict:
                    num_classes=NUM_CLASSES, loss_cfg=loss_cfg, optim_cfg=optim_cfg, log=log,
                    eval_subsets=eval_subsets, generator=generator, progress=not cached,
                    weighting=t.class_weights, box_weighting=t.box_weights, keep=t.keep,
-                   sizes=epoch_sizes(t.start_size, p.data.image_size, t.epochs) if t.start_size else None)
+                   sizes=epoch_sizes(t.start_size, p.data.image_size, t.epochs) if t.start_size else None,
+                   eval_every=t.eval_every, ema_decay=t.ema_decay)
         seconds = time.perf_counter() - started
     ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
                       image_size=p.data.image_size, class_names=class_names(), epoch=best["epoch"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import platform
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 import torchvision
 from tqdm import tqdm
 
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.ops import generalized_box_iou_loss
 
 from .augment import augment
@@ -141,9 +143,10 @@ def epoch_sizes(start: int, full: int, epochs: int, step: int = 16) -> list[int]
 
 def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batch_size: int,
               optimizer=None, scheduler=None, generator=None, progress: str | None = None,
-              box_weights=None, size: int | None = None) -> dict:
+              box_weights=None, size: int | None = None, after_step=None) -> dict:
     """One pass; trains when given an optimizer (shuffled, a last batch of one dropped: BatchNorm1d
-    cannot train on it), on inputs of `size` when given. Returns the sample-weighted mean loss,
+    cannot train on it), on inputs of `size` when given; `after_step(model)` follows each step
+    (the EMA update). Returns the sample-weighted mean loss,
     accuracy and mean IoU."""
     train = optimizer is not None
     model.train(train)
@@ -167,6 +170,8 @@ def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batc
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            if after_step is not None:
+                after_step(model)
         k = len(idx)
         total["loss"] += loss.item() * k
         total["correct"] += (logits.argmax(1) == y).sum().item()
@@ -208,17 +213,36 @@ def make_optimizer(model: SignNet, cfg: OptimConfig, steps_per_epoch: int, epoch
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+@contextmanager
+def loaded(model: torch.nn.Module, state: dict | None):
+    """Run with `state` loaded into `model` (the EMA weights, to evaluate them through the same
+    image sources), then put the model's own weights back."""
+    if state is None:
+        yield
+        return
+    own = copy.deepcopy(model.state_dict())
+    model.load_state_dict(state)
+    try:
+        yield
+    finally:
+        model.load_state_dict(own)
+
+
 def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size: int, seed: int,
         num_classes: int, loss_cfg: LossConfig, optim_cfg: OptimConfig = OptimConfig(), log=None,
         weighting: str = "inverse", box_weighting: str = "same", keep: str = "best",
         eval_subsets=("valid",), generator: torch.Generator | None = None, progress: bool = False,
-        sizes: list[int] | None = None) -> dict:
+        sizes: list[int] | None = None, eval_every: int = 1, ema_decay: float = 0.0) -> dict:
     """Train the trainable parameters; returns the weights of the best validation loss (`keep="best"`,
     the notebook's) or of the last epoch (`keep="last"`: a schedule that anneals to zero ends at
     its best point, and the validation set then only chooses recipes, never an epoch).
     `log(epoch, row)` receives every epoch's figures. `weighting` weighs the classes in the
     cross-entropy; `box_weighting` in the box loss ("same": as `weighting`, the notebook's).
-    `sizes` gives each epoch's training input size (`epoch_sizes`); evaluation keeps the stored size."""
+    `sizes` gives each epoch's training input size (`epoch_sizes`); evaluation keeps the stored size.
+    `eval_every`: the evaluation passes run every N epochs and after the last (they do not touch
+    training: the same seed trains the same weights). `ema_decay` > 0: an exponential moving average
+    of the weights and BatchNorm statistics, updated every step (torch.optim.swa_utils, as
+    torchvision's references), is what is evaluated and kept."""
     torch.manual_seed(seed)
     generator = generator or torch.Generator().manual_seed(seed)
     labels = subsets["train"].labels.numpy()
@@ -227,21 +251,30 @@ def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size:
     n_train = len(subsets["train"])
     steps = n_train // batch_size + (1 if n_train % batch_size > 1 else 0)
     optimizer, scheduler = make_optimizer(model, optim_cfg, steps, epochs)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+           if ema_decay else None)
     best = {"loss": float("inf"), "epoch": 0, "state": None}
     for epoch in tqdm(range(1, epochs + 1), desc="epochs", unit="epoch"):
         row = {"train": run_epoch(model, subsets["train"], weights, loss_cfg, batch_size, optimizer, scheduler,
                                   generator, progress=f"epoch {epoch} train" if progress else None,
-                                  box_weights=box_weights, size=sizes[epoch - 1] if sizes else None)}
+                                  box_weights=box_weights, size=sizes[epoch - 1] if sizes else None,
+                                  after_step=ema.update_parameters if ema else None)}
         if sizes:
             row["train"]["input_size"] = sizes[epoch - 1]
-        for name in eval_subsets:
-            row[name] = run_epoch(model, subsets[name], weights, loss_cfg, batch_size, box_weights=box_weights)
+        evaluated = epoch % eval_every == 0 or epoch == epochs
+        averaged = ema.module.state_dict() if ema else None
+        with loaded(model, averaged):
+            for name in eval_subsets if evaluated else ():
+                row[name] = run_epoch(model, subsets[name], weights, loss_cfg, batch_size, box_weights=box_weights)
         if log:
             log(epoch, row)
-        watch = row.get("valid", row["train"])["loss"]
+        watched = "valid" in eval_subsets
+        if keep == "best" and watched and not evaluated:
+            continue
+        watch = row["valid" if watched else "train"]["loss"]
         keep_this = watch < best["loss"] if keep == "best" else epoch == epochs  # copy only what is kept
         if keep_this:
-            best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(averaged or model.state_dict())}
     return best
 
 
