@@ -336,12 +336,14 @@ def _net():
 def test_eval_every_skips_evaluation_not_training():
     subsets = _feature_subsets()
     runs = {}
-    for every in (1, 3):
+    for every, keep in ((1, "best"), (3, "best"), (3, "last")):
         net, history = _net(), []
         kept = fit(net, subsets, epochs=4, batch_size=8, seed=1, num_classes=3, loss_cfg=LossConfig(48),
-                   keep="best", eval_every=every, log=lambda e, row: history.append(row))
-        runs[every] = (net.state_dict(), history, kept)
-    (state1, hist1, _), (state3, hist3, kept3) = runs[1], runs[3]
+                   keep=keep, eval_every=every, log=lambda e, row: history.append(row))
+        runs[every, keep] = (net.state_dict(), history, kept)
+    (state1, hist1, _), (state3, hist3, kept3) = runs[1, "best"], runs[3, "best"]
+    last = runs[3, "last"][2]
+    assert last["epoch"] == 4 and all(torch.equal(v, last["state"][k]) for k, v in runs[3, "last"][0].items())
     for k, v in state1.items():
         assert torch.equal(v, state3[k]), k  # the same weights: evaluation never touches training
     assert [("valid" in row) for row in hist3] == [False, False, True, True]  # epoch 3 and the last

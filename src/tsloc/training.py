@@ -268,10 +268,10 @@ def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size:
                 row[name] = run_epoch(model, subsets[name], weights, loss_cfg, batch_size, box_weights=box_weights)
         if log:
             log(epoch, row)
-        watched = "valid" in eval_subsets
-        if keep == "best" and watched and not evaluated:
+        watched = "valid" if "valid" in eval_subsets else "train"
+        if watched not in row:  # not evaluated this epoch (the last always is)
             continue
-        watch = row["valid" if watched else "train"]["loss"]
+        watch = row[watched]["loss"]
         keep_this = watch < best["loss"] if keep == "best" else epoch == epochs  # copy only what is kept
         if keep_this:
             best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(averaged or model.state_dict())}
