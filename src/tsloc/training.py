@@ -16,10 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from tqdm import tqdm
-
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.ops import generalized_box_iou_loss
+from tqdm import tqdm
 
 from .augment import augment
 from .boxes import make_valid, paired_iou
@@ -146,8 +145,7 @@ def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batc
               box_weights=None, size: int | None = None, after_step=None) -> dict:
     """One pass; trains when given an optimizer (shuffled, a last batch of one dropped: BatchNorm1d
     cannot train on it), on inputs of `size` when given; `after_step(model)` follows each step
-    (the EMA update). Returns the sample-weighted mean loss,
-    accuracy and mean IoU."""
+    (the EMA update). Returns the sample-weighted mean loss, accuracy and mean IoU."""
     train = optimizer is not None
     model.train(train)
     n = len(data)
