@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tsloc.params import ParamsError
-from tsloc.params import Params, Tracked, leaf_keys, load_params
+from tsloc.params import Params, Tracked, leaf_keys, load_params, uses_cached_features
 
 
 def _write(tmp_path, text):
@@ -60,3 +60,13 @@ def test_tracked_records_only_keys_read():
 def test_start_size_accepted_on_the_image_path(tmp_path):
     p = load_params(_write(tmp_path, "data: {image_size: 144}\ntrain: {start_size: 112, augment: {enabled: true}}"))
     assert p.train.start_size == 112 and Params().train.start_size == 0
+
+
+@pytest.mark.parametrize("text, cached", [
+    ("", True),  # the notebook's configuration
+    ("model: {finetune_blocks: 2}", False),
+    ("train: {augment: {enabled: true}}", False),
+    ("model: {box_head: spatial}", False),
+])
+def test_cached_features_only_for_frozen_unaugmented_pooled(tmp_path, text, cached):
+    assert uses_cached_features(load_params(_write(tmp_path, text))) is cached

@@ -135,6 +135,13 @@ def _build(cls, raw, where: str):
     return cls(**values)
 
 
+def uses_cached_features(p: Params) -> bool:
+    """Frozen backbone, no augmentation, pooled box head: the heads can train on features computed once
+    per image (exact, and far faster). The one place that decides it, for the check below and the train
+    stage."""
+    return p.model.finetune_blocks == 0 and not p.train.augment.enabled and p.model.box_head == "pooled"
+
+
 def _check(p: Params) -> None:
     if p.data.source not in ("synthetic", "download", "local"):
         raise ParamsError(f"params.yaml: data.source must be synthetic, download or local, got {p.data.source!r}")
@@ -180,8 +187,7 @@ def _check(p: Params) -> None:
     if t.eval_every < 1 or not 0 <= t.ema_decay < 1:
         raise ParamsError(f"params.yaml: train.eval_every must be >= 1 and train.ema_decay in [0, 1), got "
                           f"{t.eval_every} and {t.ema_decay}")
-    if t.start_size and p.model.finetune_blocks == 0 and not t.augment.enabled and p.model.box_head == "pooled":
-        # That configuration trains the heads on cached features: there are no images to resize.
+    if t.start_size and uses_cached_features(p):  # there are no images to resize
         raise ParamsError("params.yaml: train.start_size (progressive resizing) needs the image path: fine-tune "
                           "blocks (model.finetune_blocks), enable train.augment or use the spatial box head")
     if p.train.device not in ("auto", "cpu", "cuda") and not p.train.device.startswith("cuda:"):

@@ -24,7 +24,7 @@ from .evaluation import (class_table, class_table_markdown, evaluate_subset, pre
 from .io import atomic_path, write_csv, write_figure, write_json
 from .model import backbone_features, build_model, load_model
 from .model_card import model_card
-from .params import Tracked, load_params, record_keys
+from .params import Tracked, load_params, record_keys, uses_cached_features
 from .training import (Batches, LossConfig, OptimConfig, checkpoint, compute_features, features_source, fit,
                        epoch_sizes, images_source, select_device)
 
@@ -122,9 +122,7 @@ def run_train(params_file: str = "params.yaml") -> dict:
     augmentation = {"margin": a.margin, "rotation": a.rotation, "color": a.color, "blur": a.blur,
                     "recrop": a.recrop}
     augmentation = augmentation if a.enabled else None
-    # Frozen, not augmented, pooled box head: the heads train on the cached features (exact, and
-    # far faster).
-    cached = model.frozen and augmentation is None and p.model.box_head == "pooled"
+    cached = uses_cached_features(p)
     store = None if cached else _load(FEATURES / "images.npy", "features")
     generator = torch.Generator().manual_seed(t.seed)
     subsets = {}
