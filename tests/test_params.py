@@ -37,6 +37,9 @@ def test_repository_params_are_the_defaults():
     ("train: {start_size: 96}", "train.start_size (progressive resizing) needs the image path"),
     ("train: {eval_every: 0}", "train.eval_every must be >= 1"),
     ("train: {ema_decay: 1.0}", "train.ema_decay in [0, 1)"),
+    ("split: {folds: 1}", "split.folds must be 0 (off) or at least 2"),
+    ("split: {folds: 3, fold: 3}", "got folds=3, fold=3"),
+    ("split: {folds: 3, strategy: notebook}", "strategy='notebook'"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, message):
     with pytest.raises(ParamsError) as err:

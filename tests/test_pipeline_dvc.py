@@ -167,3 +167,18 @@ def test_exp_run_spatial_head_and_class_weights(repo):
     assert "moving average of the weights (decay 0.99 per step), checkpoint of the last epoch (epoch 3)" in card
     valid = pd.read_csv(dst / "dvclive" / "plots" / "metrics" / "valid" / "loss.tsv", sep="\t")
     assert valid["step"].tolist() == [1, 2]  # epoch 2 (every 2nd) and the last
+
+
+def test_compare_scores_runs_on_the_smaller_validation_set(repo):
+    dst, env, _ = repo
+    _run(["git", "add", "-A"], dst)
+    _run(["git", "commit", "-qm", "before narrow"], dst, env)  # HEAD: a run with valid_fraction 0.2
+    _run([BIN / "dvc", "exp", "run", "-n", "narrow", "-S", "split.valid_fraction=0.1"], dst, env)
+    own = json.loads((dst / "metrics" / "evaluate.json").read_text())["valid"]
+    _run([BIN / "tsloc", "compare", "HEAD", "narrow", "--on", "narrow", "--csv", "compare.csv"], dst, env)
+    table = pd.read_csv(dst / "compare.csv").set_index("experiment")
+    assert table.loc["narrow", "accuracy"] == round(own["accuracy"], 5)  # the same images as its own validation
+    assert table.loc["narrow", "mean_iou"] == round(own["mean_iou"], 5)
+    assert (table["images"] == own["images"]).all() and own["images"] > 0
+    proc = _run([BIN / "tsloc", "compare", "narrow", "--on", "HEAD"], dst, env, check=False)
+    assert proc.returncode == 2 and "narrow: trained on" in proc.stderr

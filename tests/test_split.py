@@ -85,3 +85,44 @@ def test_leak_check_refuses_a_split_that_shares_a_sign():
         pytest.skip("sign with one view")
     with pytest.raises(DataError, match="on both train and valid"):
         check_no_leak(meta, subset)
+
+
+def test_smaller_valid_share_lies_inside_a_larger_one():
+    # What `tsloc compare` relies on: runs with different valid_fraction share the smaller validation set.
+    meta = _meta(classes=8, signs_per_class=20)
+    small = make_split(meta, "pole-grouped", 0.1, seed=3)[0]
+    large = make_split(meta, "pole-grouped", 0.3, seed=3)[0]
+    in_small, in_large = small.subset == "valid", large.subset == "valid"
+    assert 0 < in_small.sum() < in_large.sum() and not (in_small & ~in_large).any()
+
+
+def test_heldout_rows_refuses_a_run_that_trained_on_the_reference_images():
+    from tsloc.compare import heldout_rows
+    meta = _meta(classes=8, signs_per_class=20)
+    meta["path"] = [f"img{i}.ppm" for i in range(len(meta))]
+    small = make_split(meta, "pole-grouped", 0.1, seed=3)[0]
+    large = make_split(meta, "pole-grouped", 0.3, seed=3)[0]
+    assert np.array_equal(heldout_rows(small, large, "large"), np.flatnonzero(small.subset == "valid"))
+    with pytest.raises(DataError, match=r"small: trained on \d+ of the reference's \d+ validation images"):
+        heldout_rows(large, small, "small")
+    with pytest.raises(DataError, match="other images than the reference's"):
+        heldout_rows(small, large.iloc[::-1].reset_index(drop=True), "shuffled")
+
+
+def test_pole_folds_validate_every_sign_once_and_never_a_whole_class():
+    meta = _meta(classes=8, signs_per_class=7)
+    meta.loc[meta.index[(meta.split == "Training") & (meta.class_id == 5)], "pole"] = 999  # a class of one sign
+    signs = sign_ids(meta)
+    training = meta.split == "Training"
+    shared = set(signs[training]) & set(signs[~training])
+    seen = pd.Series(0, index=meta.index)
+    for fold in range(3):
+        table, report = make_split(meta, "pole-grouped", 0.2, seed=1, folds=3, fold=fold)
+        valid = table.subset == "valid"
+        seen += valid
+        assert report["cross_validation"] == {"folds": 3, "fold": fold}
+        assert not set(signs[valid]) & set(signs[table.subset == "train"])  # whole signs
+        assert table[training].groupby("class_id").subset.apply(lambda s: (s == "train").any()).all()
+        assert 0.2 < valid.sum() / training.sum() < 0.45
+    cv = training & ~signs.isin(shared) & (meta.class_id != 5)
+    assert (seen[cv] == 1).all() and (seen[~cv] == 0).all()  # each sign validated exactly once

@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
     exp.add_argument("--model", default="models/model.pt")
     exp.add_argument("--out", help="output file (default: models/model.onnx or models/model.pt2)")
+    cmp = sub.add_parser("compare", help="score experiments on validation images none of them trained on "
+                                         "(one experiment's validation set)")
+    cmp.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions")
+    cmp.add_argument("--on", required=True, metavar="REF",
+                     help="the experiment whose validation images are used (the one with the smallest share)")
+    cmp.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
+    cmp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     gen = sub.add_parser("synthetic", help="write the synthetic data set in the official layout to a folder")
     gen.add_argument("out")
     gen.add_argument("--size", type=int, default=1800)
@@ -71,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             from .model import load_model
             model, ckpt = load_model(args.model)
             print(export(model, ckpt, args.format, args.out))
+        elif args.command == "compare":
+            from .compare import compare
+            from .io import write_csv
+            from .training import select_device
+            table = compare(args.experiments, args.on, select_device(args.device))
+            print(table.to_string(index=False))
+            if args.csv:
+                write_csv(args.csv, table)
         elif args.command == "synthetic":
             from pathlib import Path
 

@@ -226,13 +226,14 @@ class ModelFileError(RuntimeError):
     """A model file that is missing or not one of ours."""
 
 
-def load_model(path) -> tuple[SignNet, dict]:
-    """A trained model from models/model.pt (no ImageNet weights needed: the file holds them all)."""
+def load_model(path, source=None) -> tuple[SignNet, dict]:
+    """A trained model from models/model.pt (no ImageNet weights needed: the file holds them all).
+    `source`, a binary file object, is read instead of `path` (which then only names it in errors)."""
     path = Path(path)
-    if not path.is_file():
+    if source is None and not path.is_file():
         raise ModelFileError(f"{path}: model file not found (train one with `dvc repro train`)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path if source is None else source, map_location="cpu", weights_only=True)
         body, features = backbone_features(ckpt["backbone"], "none")
         model = SignNet(body, features, ckpt["num_classes"], ckpt["dropout"], image_size=ckpt["image_size"],
                         box=ckpt.get("box_head", "pooled"))

@@ -57,7 +57,10 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         f"and {ingest['Testing']['fingerprint']['digest'][:12]}…"
         + (" (the official BelgiumTSC release)." if ingest['Training']['fingerprint']['digest'].startswith("e3f2108c")
            else " (not the official release: synthetic or modified data)."),
-        f"- Split `{split['strategy']}`: train {split['images']['train']}, valid {split['images']['valid']}, "
+        f"- Split `{split['strategy']}`"
+        + (f" (cross-validation: fold {split['cross_validation']['fold']} of {split['cross_validation']['folds']} "
+           f"is validation)" if "cross_validation" in split else "")
+        + f": train {split['images']['train']}, valid {split['images']['valid']}, "
         f"test {split['images']['test']} images.",
         "",
         "## Results",

@@ -89,6 +89,8 @@ class SplitParams:
     strategy: str = "pole-grouped"
     valid_fraction: float = 0.2
     seed: int = 42
+    folds: int = 0                # 0: off; K >= 2: K folds of Training's signs, fold `fold` is validation
+    fold: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,11 @@ def _check(p: Params) -> None:
         raise ParamsError(f"params.yaml: data.synthetic.size must be at least 124 (2 per class), got {p.data.synthetic.size}")
     if p.split.strategy not in ("pole-grouped", "notebook"):
         raise ParamsError(f"params.yaml: split.strategy must be pole-grouped or notebook, got {p.split.strategy!r}")
+    if p.split.folds and not (p.split.folds >= 2 and 0 <= p.split.fold < p.split.folds
+                              and p.split.strategy == "pole-grouped"):
+        raise ParamsError(f"params.yaml: split.folds must be 0 (off) or at least 2 with split.fold from 0 to "
+                          f"folds - 1 and split.strategy pole-grouped, got folds={p.split.folds}, "
+                          f"fold={p.split.fold}, strategy={p.split.strategy!r}")
     if not 0.0 < p.split.valid_fraction < 1.0:
         raise ParamsError(f"params.yaml: split.valid_fraction must be in (0, 1), got {p.split.valid_fraction}")
 

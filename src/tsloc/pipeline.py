@@ -69,7 +69,8 @@ def run_ingest(params_file: str = "params.yaml") -> dict:
 def run_split(params_file: str = "params.yaml") -> dict:
     p = _params(params_file)
     meta = load_metadata()
-    table, report = make_split(meta, p.split.strategy, p.split.valid_fraction, p.split.seed)
+    table, report = make_split(meta, p.split.strategy, p.split.valid_fraction, p.split.seed, p.split.folds,
+                               p.split.fold)
     freq = class_frequencies(table, NUM_CLASSES)
     for subset in SUBSETS:
         counts = freq[freq["subset"] == subset]

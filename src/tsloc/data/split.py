@@ -3,7 +3,9 @@
 `pole-grouped` (default): the official Testing set is the test set (comparable with published
 results); validation is carved from Training, per class (stratified) and by whole signs (grouped),
 always leaving a class at least one sign in train. Signs that the official sets already share are
-kept in train, so the split adds no shared sign to the ones the official sets have.
+kept in train, so the split adds no shared sign to the ones the official sets have. With
+`split.folds` K >= 2 the same holds per fold, and the K runs (`split.fold` 0 to K-1) validate
+every Training sign once: cross-validation for choosing between configurations.
 
 `notebook`: the notebook's split, replayed: all of Training is train; Testing's rows (duplicates
 included, in the notebook's order) are shuffled with NumPy's legacy seed 42, the first 57% are
@@ -32,8 +34,10 @@ def official_shared_signs(meta: pd.DataFrame) -> list[str]:
     return sorted(both)
 
 
-def pole_grouped(meta: pd.DataFrame, valid_fraction: float, seed: int) -> pd.Series:
-    """Subset per image: valid carved by whole signs from each class of Training."""
+def _by_class(meta: pd.DataFrame, seed: int, choose) -> pd.Series:
+    """Subset per image: Training is train except the signs that `choose(class_id, order, sizes)` names
+    for validation, class by class; `order` is the class's signs in a seeded order, less those the
+    official sets share (they stay in train), `sizes` its images per sign. Testing is test."""
     rng = np.random.default_rng(seed)
     subset = pd.Series(np.where(meta["split"] == "Training", "train", "test"), index=meta.index)
     keep_in_train = set(official_shared_signs(meta))
@@ -43,15 +47,40 @@ def pole_grouped(meta: pd.DataFrame, valid_fraction: float, seed: int) -> pd.Ser
         in_class = train["class_id"] == class_id
         sizes = signs[in_class].value_counts().sort_index()
         order = [s for s in rng.permutation(sizes.index.to_numpy()) if s not in keep_in_train]
-        target = valid_fraction * in_class.sum()
+        subset[train.index[signs.isin(choose(class_id, order, sizes)) & in_class]] = "valid"
+    return subset
+
+
+def pole_grouped(meta: pd.DataFrame, valid_fraction: float, seed: int) -> pd.Series:
+    """Subset per image: valid carved by whole signs from each class of Training."""
+    def choose(class_id, order, sizes):
+        target = valid_fraction * sizes.sum()
         chosen, taken = [], 0
         for s in order[:max(0, len(sizes) - 1)]:  # never the class's last sign
             if taken >= target or abs(taken + sizes[s] - target) > abs(taken - target):
                 break
             chosen.append(s)
             taken += sizes[s]
-        subset[train.index[signs.isin(chosen) & in_class]] = "valid"
-    return subset
+        return chosen
+    return _by_class(meta, seed, choose)
+
+
+def pole_folds(meta: pd.DataFrame, folds: int, fold: int, seed: int) -> pd.Series:
+    """Subset per image: fold `fold` of `folds` is validation. Each class's signs go, in a seeded order,
+    to the fold with the fewest of its images so far, so over the folds every Training sign is validated
+    once: rare classes too, which one carved validation set may miss. A class keeps a sign in train in
+    every fold: its second sign goes to another fold than its first (a class of one sign stays in train)."""
+    def choose(class_id, order, sizes):
+        if len(sizes) < 2:
+            return []
+        loads, chosen = np.zeros(folds), []
+        for s in order:
+            k = min(range(folds), key=lambda j: (loads[j], (j - class_id) % folds))  # ties rotate by class
+            loads[k] += sizes[s]
+            if k == fold:
+                chosen.append(s)
+        return chosen
+    return _by_class(meta, seed, choose)
 
 
 def notebook(meta: pd.DataFrame) -> tuple[pd.Series, dict]:
@@ -88,11 +117,14 @@ def check_no_leak(meta: pd.DataFrame, subset: pd.Series, strict: bool = True) ->
     return report
 
 
-def make_split(meta: pd.DataFrame, strategy: str, valid_fraction: float, seed: int) -> tuple[pd.DataFrame, dict]:
+def make_split(meta: pd.DataFrame, strategy: str, valid_fraction: float, seed: int, folds: int = 0,
+               fold: int = 0) -> tuple[pd.DataFrame, dict]:
     """The split table (metadata + `subset`) and its report."""
     info = {}
     if strategy == "notebook":
         subset, info = notebook(meta)
+    elif folds:
+        subset, info = pole_folds(meta, folds, fold, seed), {"folds": folds, "fold": fold}
     else:
         subset = pole_grouped(meta, valid_fraction, seed)
     # The notebook's split leaks by design (views of one sign on both sides): reported, not refused.
@@ -105,7 +137,8 @@ def make_split(meta: pd.DataFrame, strategy: str, valid_fraction: float, seed: i
         "classes": {s: int(out.loc[out["subset"] == s, "class_id"].nunique()) for s in SUBSETS},
         "official_shared_signs": official_shared_signs(meta),
         "shared_signs": leaks,
-        **({"notebook": info} if info else {}),
+        **({"notebook": info} if info and strategy == "notebook" else {}),
+        **({"cross_validation": info} if info and folds else {}),
     }
     return out, report
 

@@ -1,0 +1,74 @@
+"""Score experiments on validation images that none of them trained on.
+
+Runs with different `split.valid_fraction` validate on different images, so their validation
+figures do not compare. The pole-grouped split takes validation signs per class in one seeded
+order until the share is reached, so a smaller share's validation set lies inside a larger one's.
+`tsloc compare EXP ... --on REF` scores each experiment's own model, on its own stored images (its
+`data.image_size`), on REF's validation images, after checking that the experiment trained on none
+of them. The test set is never touched: this is for choosing recipes.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+from .evaluation import evaluate_subset, predict_images, relative_boxes
+from .model import ModelFileError, load_model
+from .pipeline import FEATURES, MODEL, SPLIT_TABLE
+
+
+def _read(rev: str, path) -> io.BytesIO:
+    """A file of an experiment (or any Git revision) as DVC stored it, from git or the DVC cache."""
+    import dvc.api  # imported here: `tsloc --help` stays fast
+    try:
+        with dvc.api.open(str(path), rev=rev, mode="rb") as f:
+            return io.BytesIO(f.read())
+    except Exception as exc:  # unknown revision, output not in the cache, ...
+        raise DataError(f"{rev}: cannot read {path} ({type(exc).__name__}: {exc}); is `{rev}` an experiment "
+                        f"listed by `dvc exp list`, with its outputs in the DVC cache?") from exc
+
+
+def _split(rev: str) -> pd.DataFrame:
+    return pd.read_csv(_read(rev, SPLIT_TABLE), dtype={"row_ids": str})
+
+
+def heldout_rows(reference: pd.DataFrame, split: pd.DataFrame, name: str) -> np.ndarray:
+    """Row positions of the reference's validation images; an error if `name` trained on any of them."""
+    if len(reference) != len(split) or not np.array_equal(reference["path"].to_numpy(), split["path"].to_numpy()):
+        raise DataError(f"{name}: its {SPLIT_TABLE} lists other images than the reference's (another data set?)")
+    rows = np.flatnonzero(reference["subset"].to_numpy() == "valid")
+    if len(rows) == 0:
+        raise DataError(f"the reference's {SPLIT_TABLE} has no validation images")
+    seen = rows[split["subset"].to_numpy()[rows] == "train"]
+    if len(seen):
+        raise DataError(f"{name}: trained on {len(seen)} of the reference's {len(rows)} validation images "
+                        f"(e.g. {split['path'].iloc[seen[0]]}); take as reference the run with the smallest "
+                        f"validation set")
+    return rows
+
+
+def compare(names: list[str], reference: str, device) -> pd.DataFrame:
+    """One row per experiment: its metrics on the reference's validation images."""
+    ref = _split(reference)
+    table = []
+    for name in names:
+        split = _split(name)
+        rows = heldout_rows(ref, split, name)
+        try:
+            model, ckpt = load_model(f"{name}:{MODEL}", _read(name, MODEL))
+        except ModelFileError as exc:
+            raise DataError(str(exc)) from exc
+        images = np.load(_read(name, FEATURES / "images.npy"))
+        if images.shape[1] != ckpt["image_size"]:
+            raise DataError(f"{name}: its image store holds {images.shape[1]}-px images, its model expects "
+                            f"{ckpt['image_size']}")
+        constant_box = relative_boxes(split[split["subset"] == "train"]).mean(0, keepdim=True)
+        metrics, _ = evaluate_subset(predict_images(model, images[rows], device), ref.iloc[rows], constant_box)
+        table.append({"experiment": name, "image_size": ckpt["image_size"], "images": metrics["images"],
+                      "errors": round(metrics["images"] * (1 - metrics["accuracy"])),
+                      **{k: round(metrics[k], 5) for k in ("accuracy", "balanced_accuracy", "mean_iou")}})
+        del images
+    return pd.DataFrame(table)
