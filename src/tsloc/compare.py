@@ -13,6 +13,7 @@ import io
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from .errors import DataError
 from .evaluation import evaluate_subset, predict_images, relative_boxes
@@ -50,9 +51,17 @@ def heldout_rows(reference: pd.DataFrame, split: pd.DataFrame, name: str) -> np.
     return rows
 
 
+def _store_digest(rev: str) -> str:
+    """The md5 that dvc.lock records for a run's image store: runs at one image size share the file."""
+    lock = yaml.safe_load(_read(rev, "dvc.lock"))
+    outs = lock["stages"]["features"]["outs"]
+    return next(o["md5"] for o in outs if o["path"] == str(FEATURES / "images.npy"))
+
+
 def compare(names: list[str], reference: str, device) -> pd.DataFrame:
     """One row per experiment: its metrics on the reference's validation images."""
     ref = _split(reference)
+    stores = {}  # digest -> the reference's validation images from that store (read each store once)
     table = []
     for name in names:
         split = _split(name)
@@ -61,14 +70,16 @@ def compare(names: list[str], reference: str, device) -> pd.DataFrame:
             model, ckpt = load_model(f"{name}:{MODEL}", _read(name, MODEL))
         except ModelFileError as exc:
             raise DataError(str(exc)) from exc
-        images = np.load(_read(name, FEATURES / "images.npy"))
+        digest = _store_digest(name)
+        if digest not in stores:
+            stores[digest] = np.load(_read(name, FEATURES / "images.npy"))[rows]
+        images = stores[digest]
         if images.shape[1] != ckpt["image_size"]:
             raise DataError(f"{name}: its image store holds {images.shape[1]}-px images, its model expects "
                             f"{ckpt['image_size']}")
         constant_box = relative_boxes(split[split["subset"] == "train"]).mean(0, keepdim=True)
-        metrics, _ = evaluate_subset(predict_images(model, images[rows], device), ref.iloc[rows], constant_box)
+        metrics, _ = evaluate_subset(predict_images(model, images, device), ref.iloc[rows], constant_box)
         table.append({"experiment": name, "image_size": ckpt["image_size"], "images": metrics["images"],
                       "errors": round(metrics["images"] * (1 - metrics["accuracy"])),
                       **{k: round(metrics[k], 5) for k in ("accuracy", "balanced_accuracy", "mean_iou")}})
-        del images
     return pd.DataFrame(table)

@@ -120,11 +120,12 @@ def check_no_leak(meta: pd.DataFrame, subset: pd.Series, strict: bool = True) ->
 def make_split(meta: pd.DataFrame, strategy: str, valid_fraction: float, seed: int, folds: int = 0,
                fold: int = 0) -> tuple[pd.DataFrame, dict]:
     """The split table (metadata + `subset`) and its report."""
-    info = {}
+    extra = {}
     if strategy == "notebook":
         subset, info = notebook(meta)
+        extra = {"notebook": info}
     elif folds:
-        subset, info = pole_folds(meta, folds, fold, seed), {"folds": folds, "fold": fold}
+        subset, extra = pole_folds(meta, folds, fold, seed), {"cross_validation": {"folds": folds, "fold": fold}}
     else:
         subset = pole_grouped(meta, valid_fraction, seed)
     # The notebook's split leaks by design (views of one sign on both sides): reported, not refused.
@@ -137,8 +138,7 @@ def make_split(meta: pd.DataFrame, strategy: str, valid_fraction: float, seed: i
         "classes": {s: int(out.loc[out["subset"] == s, "class_id"].nunique()) for s in SUBSETS},
         "official_shared_signs": official_shared_signs(meta),
         "shared_signs": leaks,
-        **({"notebook": info} if info and strategy == "notebook" else {}),
-        **({"cross_validation": info} if info and folds else {}),
+        **extra,
     }
     return out, report
 
