@@ -182,3 +182,19 @@ def test_compare_scores_runs_on_the_smaller_validation_set(repo):
     assert (table["images"] == own["images"]).all() and own["images"] > 0
     proc = _run([BIN / "tsloc", "compare", "narrow", "--on", "HEAD"], dst, env, check=False)
     assert proc.returncode == 2 and "narrow: trained on" in proc.stderr
+
+
+def test_cv_pools_the_folds_of_exp_runs(repo):
+    dst, env, _ = repo
+    own = {}
+    for fold in (0, 1):
+        _run([BIN / "dvc", "exp", "run", "-n", f"fold{fold}", "-S", "split.folds=2", "-S", f"split.fold={fold}"],
+             dst, env)
+        own[fold] = json.loads((dst / "metrics" / "evaluate.json").read_text())["valid"]
+    _run([BIN / "tsloc", "cv", "fold1", "fold0", "--csv", "cv.csv"], dst, env)
+    row = pd.read_csv(dst / "cv.csv").iloc[0]
+    errors = [round(v["images"] * (1 - v["accuracy"])) for v in own.values()]
+    assert row["runs"] == "fold0 fold1" and row["errors_per_fold"] == f"{errors[0]}/{errors[1]}"
+    assert row["images"] == own[0]["images"] + own[1]["images"] and own[0]["images"] > 0 and own[1]["images"] > 0
+    proc = _run([BIN / "tsloc", "cv", "fold0"], dst, env, check=False)
+    assert proc.returncode == 2 and "fold 1 missing" in proc.stderr

@@ -1,6 +1,8 @@
 """Splits: grouped by physical sign, stratified by class, the notebook's replay, the leak check."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,3 +128,39 @@ def test_pole_folds_validate_every_sign_once_and_never_a_whole_class():
         assert 0.2 < valid.sum() / training.sum() < 0.45
     cv = training & ~signs.isin(shared) & (meta.class_id != 5)
     assert (seen[cv] == 1).all() and (seen[~cv] == 0).all()  # each sign validated exactly once
+
+
+def _cv_run(fold, accuracy, images=100, folds=3, weights="sqrt", data="d1"):
+    params = {"split": {"folds": folds, "fold": fold, "seed": 42}, "train": {"class_weights": weights}}
+    valid = {"images": images, "accuracy": accuracy, "balanced_accuracy": accuracy - 0.01, "mean_iou": 0.9 + fold / 100}
+    return {"params": params, "valid": valid, "data": {"fingerprint": data}}
+
+
+def test_cross_validation_pools_each_configuration_over_its_folds():
+    from tsloc.compare import cross_validation
+    runs = {"s2": _cv_run(2, 0.99, images=200), "s0": _cv_run(0, 0.95), "s1": _cv_run(1, 0.97),
+            "i0": _cv_run(0, 0.90, weights="inverse"), "i1": _cv_run(1, 0.90, weights="inverse"),
+            "i2": _cv_run(2, 0.90, weights="inverse")}
+    table = cross_validation(runs).set_index("train.class_weights")
+    assert list(table.columns) == ["runs", "images", "errors", "errors_per_fold", "accuracy",
+                                   "balanced_accuracy", "mean_iou"]  # only the differing param is a column
+    sqrt = table.loc["sqrt"]
+    assert sqrt["runs"] == "s0 s1 s2" and sqrt["errors_per_fold"] == "5/3/2" and sqrt["errors"] == 10
+    assert sqrt["images"] == 400 and sqrt["accuracy"] == pytest.approx(0.975)
+    assert sqrt["balanced_accuracy"] == pytest.approx((0.94 + 0.96 + 0.98) / 3)
+    assert sqrt["mean_iou"] == pytest.approx((0.90 * 100 + 0.91 * 100 + 0.92 * 200) / 400)  # weighted by images
+    assert table.loc["inverse", "errors"] == 30
+
+
+@pytest.mark.parametrize("runs, message", [
+    ({"a0": _cv_run(0, 0.9), "a2": _cv_run(2, 0.9)}, "a0, a2: one configuration needs each of folds 0 to 2 once; "
+                                                     "fold 1 missing"),
+    ({"a0": _cv_run(0, 0.9), "b0": _cv_run(0, 0.8), "a1": _cv_run(1, 0.9), "a2": _cv_run(2, 0.9)},
+     "fold 0 given twice"),
+    ({"a0": _cv_run(0, 0.9), "x": _cv_run(0, 0.9, folds=0)}, "x: not a cross-validation run (split.folds is 0"),
+    ({"a0": _cv_run(0, 0.9), "a1": _cv_run(1, 0.9, data="d2")}, "a1: read other data than a0"),
+])
+def test_cross_validation_refuses_incomplete_or_mixed_runs(runs, message):
+    from tsloc.compare import cross_validation
+    with pytest.raises(DataError, match=re.escape(message)):
+        cross_validation(runs)

@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="the experiment whose validation images are used (the one with the smallest share)")
     cmp.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
     cmp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    cv = sub.add_parser("cv", help="pool cross-validation runs (split.folds) into one row per configuration")
+    cv.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions, "
+                    "every fold of each configuration")
+    cv.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
     gen = sub.add_parser("synthetic", help="write the synthetic data set in the official layout to a folder")
     gen.add_argument("out")
     gen.add_argument("--size", type=int, default=1800)
@@ -78,11 +82,14 @@ def main(argv: list[str] | None = None) -> int:
             from .model import load_model
             model, ckpt = load_model(args.model)
             print(export(model, ckpt, args.format, args.out))
-        elif args.command == "compare":
-            from .compare import compare
+        elif args.command in ("compare", "cv"):
+            from .compare import compare, cross_validation, load_runs
             from .io import write_csv
             from .training import select_device
-            table = compare(args.experiments, args.on, select_device(args.device))
+            if args.command == "compare":
+                table = compare(args.experiments, args.on, select_device(args.device))
+            else:
+                table = cross_validation(load_runs(args.experiments))
             print(table.to_string(index=False))
             if args.csv:
                 write_csv(args.csv, table)

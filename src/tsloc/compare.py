@@ -1,15 +1,20 @@
-"""Score experiments on validation images that none of them trained on.
+"""Choose between recipes without the test set.
 
-Runs with different `split.valid_fraction` validate on different images, so their validation
+`tsloc compare`: score experiments on validation images that none of them trained on. Runs with different `split.valid_fraction` validate on different images, so their validation
 figures do not compare. The pole-grouped split takes validation signs per class in one seeded
 order until the share is reached, so a smaller share's validation set lies inside a larger one's.
 `tsloc compare EXP ... --on REF` scores each experiment's own model, on its own stored images (its
 `data.image_size`), on REF's validation images, after checking that the experiment trained on none
-of them. The test set is never touched: this is for choosing recipes.
+of them.
+
+`tsloc cv`: pool cross-validation runs (`split.folds`) into one row per configuration. The test
+set is never touched by either.
 """
 from __future__ import annotations
 
 import io
+import json
+import statistics
 
 import numpy as np
 import pandas as pd
@@ -83,3 +88,70 @@ def compare(names: list[str], reference: str, device) -> pd.DataFrame:
                       "errors": round(metrics["images"] * (1 - metrics["accuracy"])),
                       **{k: round(metrics[k], 5) for k in ("accuracy", "balanced_accuracy", "mean_iou")}})
     return pd.DataFrame(table)
+
+
+def _flat(params: dict, prefix: str = "") -> dict:
+    """params.yaml as dotted keys, as `-S` and `dvc exp show` name them."""
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def cross_validation(runs: dict[str, dict]) -> pd.DataFrame:
+    """One row per configuration (the runs' params but `split.fold`), its K folds pooled.
+
+    `runs` maps a name to its `params` (params.yaml), `valid` (evaluate.json's) and `data`
+    (ingest.json). Every Training image that can be validated is validated by exactly one fold,
+    so errors add up and accuracy and mean IoU are pooled over all of them; balanced accuracy is
+    the mean of the folds' (each fold has its own classes). Refuses runs of other data, runs that
+    are not cross-validation, and a configuration without each fold exactly once.
+    """
+    if not runs:
+        raise DataError("no runs given")
+    first = next(iter(runs))
+    flat = {}
+    for name, run in runs.items():
+        if run["data"] != runs[first]["data"]:
+            raise DataError(f"{name}: read other data than {first} (their metrics/ingest.json differ)")
+        flat[name] = _flat(run["params"])
+        if not flat[name].get("split.folds"):
+            raise DataError(f"{name}: not a cross-validation run (split.folds is "
+                            f"{flat[name].get('split.folds', 0)}; see README, Splits)")
+    groups: dict[tuple, list[str]] = {}
+    for name, params in flat.items():
+        config = tuple(sorted((k, repr(v)) for k, v in params.items() if k != "split.fold"))
+        groups.setdefault(config, []).append(name)
+    keys = sorted({k for params in flat.values() for k in params} - {"split.fold"})
+    differing = [k for k in keys if len({repr(params.get(k)) for params in flat.values()}) > 1]
+    table = []
+    for names in groups.values():
+        names.sort(key=lambda n: flat[n]["split.fold"])
+        k = flat[names[0]]["split.folds"]
+        folds = [flat[n]["split.fold"] for n in names]
+        if folds != list(range(k)):
+            missing = sorted(set(range(k)) - set(folds))
+            twice = sorted({f for f in folds if folds.count(f) > 1})
+            problems = [f"fold {', '.join(map(str, missing))} missing" if missing else "",
+                        f"fold {', '.join(map(str, twice))} given twice" if twice else ""]
+            raise DataError(f"{', '.join(names)}: one configuration needs each of folds 0 to {k - 1} once; "
+                            + "; ".join(filter(None, problems)))
+        valid = [runs[n]["valid"] for n in names]
+        images = sum(v["images"] for v in valid)
+        errors = [round(v["images"] * (1 - v["accuracy"])) for v in valid]
+        table.append({**{key: flat[names[0]].get(key) for key in differing}, "runs": " ".join(names),
+                      "images": images, "errors": sum(errors), "errors_per_fold": "/".join(map(str, errors)),
+                      "accuracy": round(1 - sum(errors) / images, 5),
+                      "balanced_accuracy": round(statistics.mean(v["balanced_accuracy"] for v in valid), 5),
+                      "mean_iou": round(sum(v["mean_iou"] * v["images"] for v in valid) / images, 5)})
+    return pd.DataFrame(table)
+
+
+def load_runs(names: list[str]) -> dict[str, dict]:
+    """What `cross_validation` reads of each experiment: small files from git, no DVC cache needed."""
+    return {name: {"params": yaml.safe_load(_read(name, "params.yaml")),
+                   "valid": json.load(_read(name, "metrics/evaluate.json"))["valid"],
+                   "data": json.load(_read(name, "metrics/ingest.json"))} for name in names}
