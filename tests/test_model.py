@@ -372,3 +372,14 @@ def test_ema_is_evaluated_and_kept_and_leaves_training_alone():
     again = run_epoch(ema_net, subsets["valid"], weights, LossConfig(48), 8)
     assert again["loss"] == pytest.approx(hist_a[-1]["valid"]["loss"], rel=1e-5)
     assert again["loss"] != pytest.approx(hist_p[-1]["valid"]["loss"], rel=1e-5)
+
+
+def test_equal_checkpoints_are_equal_files(tmp_path):
+    """DVC compares outputs by md5: retraining to the same weights must give the same model file."""
+    from tsloc.io import write_torch
+    ckpt = {"state_dict": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3}
+    write_torch(tmp_path / "one" / "model.pt", ckpt)
+    write_torch(tmp_path / "two" / "model.pt", ckpt)
+    assert (tmp_path / "one" / "model.pt").read_bytes() == (tmp_path / "two" / "model.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "one" / "model.pt", weights_only=True)["state_dict"]["w"], ckpt["state_dict"]["w"])
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["model.pt"]  # no temporary file left

@@ -43,6 +43,14 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_torch(path: str | os.PathLike, obj) -> None:
+    """torch.save through a file object: given a path, torch names the archive's inner folder after
+    the (temporary, random) file name, so equal checkpoints would differ in bytes and in DVC's md5."""
+    import torch
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 def write_csv(path: str | os.PathLike, df, **kwargs) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, **kwargs)

@@ -21,7 +21,7 @@ from .data.store import build_store
 from .errors import DataError
 from .evaluation import (class_table, class_table_markdown, evaluate_subset, predict_images, relative_boxes,
                          shifted_metrics, shifted_views)
-from .io import atomic_path, write_csv, write_figure, write_json
+from .io import atomic_path, write_csv, write_figure, write_json, write_torch
 from .model import backbone_features, build_model, load_model
 from .model_card import model_card
 from .params import Tracked, load_params, record_keys, uses_cached_features
@@ -157,8 +157,7 @@ def run_train(params_file: str = "params.yaml") -> dict:
                       image_size=p.data.image_size, class_names=class_names(), epoch=best["epoch"])
     ckpt["weights"] = p.model.weights
     ckpt["train"] = {**t.as_dict(), "finetune_blocks": p.model.finetune_blocks}
-    with atomic_path(MODEL) as tmp:
-        torch.save(ckpt, tmp)
+    write_torch(MODEL, ckpt)
     # The training time, measured here, is what the 20-minute budget of a recipe is about.
     report = {"best_epoch": best["epoch"], "best_valid_loss": best["loss"], "loss_weight": ckpt["loss_weight"],
               "train_minutes": round(seconds / 60, 2), "train_seconds": round(seconds, 2),
