@@ -1,7 +1,8 @@
 """Choose between recipes without the test set.
 
-`tsloc compare`: score experiments on validation images that none of them trained on. Runs with different `split.valid_fraction` validate on different images, so their validation
-figures do not compare. The pole-grouped split takes validation signs per class in one seeded
+`tsloc compare`: score experiments on validation images that none of them trained on. Runs with
+different `split.valid_fraction` validate on different images, so their validation figures do not
+compare. The pole-grouped split takes validation signs per class in one seeded
 order until the share is reached, so a smaller share's validation set lies inside a larger one's.
 `tsloc compare EXP ... --on REF` scores each experiment's own model, on its own stored images (its
 `data.image_size`), on REF's validation images, after checking that the experiment trained on none
@@ -23,6 +24,7 @@ import yaml
 from .errors import DataError
 from .evaluation import evaluate_subset, predict_images, relative_boxes
 from .model import ModelFileError, load_model
+from .params import flatten
 from .pipeline import FEATURES, MODEL, SPLIT_TABLE
 
 
@@ -63,6 +65,10 @@ def _store_digest(rev: str) -> str:
     return next(o["md5"] for o in outs if o["path"] == str(FEATURES / "images.npy"))
 
 
+def _errors(metrics: dict) -> int:
+    return round(metrics["images"] * (1 - metrics["accuracy"]))
+
+
 def compare(names: list[str], reference: str, device) -> pd.DataFrame:
     """One row per experiment: its metrics on the reference's validation images."""
     ref = _split(reference)
@@ -85,20 +91,9 @@ def compare(names: list[str], reference: str, device) -> pd.DataFrame:
         constant_box = relative_boxes(split[split["subset"] == "train"]).mean(0, keepdim=True)
         metrics, _ = evaluate_subset(predict_images(model, images, device), ref.iloc[rows], constant_box)
         table.append({"experiment": name, "image_size": ckpt["image_size"], "images": metrics["images"],
-                      "errors": round(metrics["images"] * (1 - metrics["accuracy"])),
+                      "errors": _errors(metrics),
                       **{k: round(metrics[k], 5) for k in ("accuracy", "balanced_accuracy", "mean_iou")}})
     return pd.DataFrame(table)
-
-
-def _flat(params: dict, prefix: str = "") -> dict:
-    """params.yaml as dotted keys, as `-S` and `dvc exp show` name them."""
-    flat = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def cross_validation(runs: dict[str, dict]) -> pd.DataFrame:
@@ -117,7 +112,7 @@ def cross_validation(runs: dict[str, dict]) -> pd.DataFrame:
     for name, run in runs.items():
         if run["data"] != runs[first]["data"]:
             raise DataError(f"{name}: read other data than {first} (their metrics/ingest.json differ)")
-        flat[name] = _flat(run["params"])
+        flat[name] = flatten(run["params"])
         if not flat[name].get("split.folds"):
             raise DataError(f"{name}: not a cross-validation run (split.folds is "
                             f"{flat[name].get('split.folds', 0)}; see README, Splits)")
@@ -141,7 +136,7 @@ def cross_validation(runs: dict[str, dict]) -> pd.DataFrame:
                             + "; ".join(filter(None, problems)))
         valid = [runs[n]["valid"] for n in names]
         images = sum(v["images"] for v in valid)
-        errors = [round(v["images"] * (1 - v["accuracy"])) for v in valid]
+        errors = [_errors(v) for v in valid]
         table.append({**{key: flat[names[0]].get(key) for key in differing}, "runs": " ".join(names),
                       "images": images, "errors": sum(errors), "errors_per_fold": "/".join(map(str, errors)),
                       "accuracy": round(1 - sum(errors) / images, 5),

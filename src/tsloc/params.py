@@ -250,12 +250,17 @@ def record_keys(stage: str, tracked: Tracked) -> None:
             f.write(json.dumps({"stage": stage, "keys": sorted(tracked.keys_read)}) + "\n")
 
 
-def leaf_keys(raw: dict, prefix: str = "") -> set:
-    """All dotted leaf keys of a nested dict (to expand a group key declared in dvc.yaml)."""
-    out = set()
+def flatten(raw: dict, prefix: str = "") -> dict:
+    """A nested params dict as dotted leaf keys and their values, as `-S` and `dvc exp show` name them."""
+    out = {}
     for k, v in raw.items():
         if isinstance(v, dict):
-            out |= leaf_keys(v, f"{prefix}{k}.")
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
-            out.add(f"{prefix}{k}")
+            out[f"{prefix}{k}"] = v
     return out
+
+
+def leaf_keys(raw: dict, prefix: str = "") -> set:
+    """All dotted leaf keys of a nested dict (to expand a group key declared in dvc.yaml)."""
+    return set(flatten(raw, prefix))
