@@ -120,7 +120,7 @@ def time_project(data: Path, epochs: int, size: int, backbone: str, repo: Path) 
 def time_inference(files: list[str], size: int, backbone: str) -> tuple[float, float]:
     """`tsloc predict` from image files to records: images per second in batches of 32 and one by one."""
     from tsloc.predict import predict_files
-    from tsloc.pipeline import class_names
+    from tsloc.data.belgiumtsc import class_names
     model = build_model(backbone, "none", image_size=size).eval()
     ckpt = {"image_size": size, "class_names": class_names()}
     rates = []

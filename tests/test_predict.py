@@ -60,7 +60,7 @@ def test_predict_folder_jsonl_boxes_in_original_pixels(images, tmp_path):
     model = _stub(tmp_path / "stub.pt")
     proc = _predict(images, "--top-k", "3", "--draw", tmp_path / "drawn", "--batch-size", "2", model=model)
     assert proc.returncode == 1  # one file failed
-    assert "broken.png: cannot read image" in proc.stderr and "Traceback" not in proc.stderr
+    assert "broken.png: unreadable image" in proc.stderr and "Traceback" not in proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert sorted(r["path"].rsplit("/", 1)[1] for r in records) == sorted(SIZES)
     for r in records:
@@ -88,7 +88,7 @@ def test_predict_files_csv(images, tmp_path):
 
 def test_non_image_given_explicitly_fails_but_others_run(images, tmp_path):
     proc = _predict(images / "notes.txt", images / "a.ppm", model=_stub(tmp_path / "stub.pt"))
-    assert proc.returncode == 1 and "notes.txt: cannot read image" in proc.stderr
+    assert proc.returncode == 1 and "notes.txt: unreadable image" in proc.stderr
     assert len(proc.stdout.splitlines()) == 1
 
 

@@ -22,7 +22,7 @@ def test_reads_quirks(tiny_layout):
     row = df[df["filename"] == "00001_00001.ppm"].iloc[0]
     assert (row.width, row.height) == (20, 50)
     assert (row.left, row.top, row.right, row.bottom) == (2, 5, 18, 45)
-    assert row.pole == 1
+    assert row.group == 1
     dup = df[df["filename"] == "00005_00000.ppm"].iloc[0]
     assert dup.row_ids.split() == ["3", "5"]  # both rows of the duplicate, for the notebook split
 

@@ -19,12 +19,12 @@ def _meta(seed=0, classes=6, signs_per_class=10, views=3, test_signs=4):
             for _ in range(n_signs):
                 pole += 1
                 for _ in range(int(rng.integers(1, views + 1))):
-                    rows.append({"split": split, "class_id": c, "pole": pole})
+                    rows.append({"split": split, "class_id": c, "group": pole})
     df = pd.DataFrame(rows)
     df["row_ids"] = [str(i) for i in range(len(df))]
     # One sign shared by the official sets, as the real data has six.
-    shared = df[(df.split == "Testing") & (df.class_id == 0)].pole.iloc[0]
-    df.loc[(df.split == "Training") & (df.class_id == 0) & (df.pole == df.pole.min()), "pole"] = shared
+    shared = df[(df.split == "Testing") & (df.class_id == 0)].group.iloc[0]
+    df.loc[(df.split == "Training") & (df.class_id == 0) & (df.group == df.group.min()), "group"] = shared
     return df
 
 
@@ -80,8 +80,8 @@ def test_notebook_split_replays_the_notebook():
 def test_leak_check_refuses_a_split_that_shares_a_sign():
     meta = _meta()
     subset = pd.Series(np.where(meta.split == "Training", "train", "test"), index=meta.index)
-    first = meta[(meta.split == "Training") & (meta.class_id == 1)].pole.iloc[0]
-    rows = meta[(meta.pole == first)].index
+    first = meta[(meta.split == "Training") & (meta.class_id == 1)].group.iloc[0]
+    rows = meta[(meta.group == first)].index
     subset[rows[:1]] = "valid"
     if len(rows) == 1:  # make sure the sign really has a view on each side
         pytest.skip("sign with one view")
@@ -113,7 +113,7 @@ def test_heldout_rows_refuses_a_run_that_trained_on_the_reference_images():
 
 def test_pole_folds_validate_every_sign_once_and_never_a_whole_class():
     meta = _meta(classes=8, signs_per_class=7)
-    meta.loc[meta.index[(meta.split == "Training") & (meta.class_id == 5)], "pole"] = 999  # a class of one sign
+    meta.loc[meta.index[(meta.split == "Training") & (meta.class_id == 5)], "group"] = 999  # a class of one sign
     signs = sign_ids(meta)
     training = meta.split == "Training"
     shared = set(signs[training]) & set(signs[~training])

@@ -47,7 +47,7 @@ def test_deterministic(synthetic, tmp_path):
 
 def test_poles_and_shared_signs(synthetic):
     df, _ = read_dataset(synthetic)
-    views = df.groupby(["split", "class_id", "pole"]).size()
+    views = df.groupby(["split", "class_id", "group"]).size()
     assert 2 <= views.median() <= 4
     assert len(official_shared_signs(df)) >= 1  # some signs seen in both sets, as in the real data
 

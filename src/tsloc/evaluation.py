@@ -11,6 +11,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_
 from tqdm import tqdm
 
 from .boxes import make_valid, paired_iou, to_relative
+from .data.images import open_rgb
 from .data.store import normalise, to_input
 from .model import SignNet
 
@@ -113,8 +114,7 @@ def shifted_views(df: pd.DataFrame, size: int, *, seed: int = 0, min_box: int = 
         m = rng.uniform(0, max_margin, 4) * np.array([bw, bh, bw, bh])
         x0, y0 = int(np.floor(r.left - m[0])), int(np.floor(r.top - m[1]))
         x1, y1 = int(np.ceil(r.right + m[2])), int(np.ceil(r.bottom + m[3]))
-        with Image.open(r.path) as img:
-            a = np.asarray(img.convert("RGB"))
+        a = np.asarray(open_rgb(r.path))
         h, w = a.shape[:2]
         pad = ((max(0, -y0), max(0, y1 - h)), (max(0, -x0), max(0, x1 - w)), (0, 0))
         a = np.pad(a, pad, mode="edge")[y0 + pad[0][0]:y1 + pad[0][0], x0 + pad[1][0]:x1 + pad[1][0]]

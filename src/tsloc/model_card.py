@@ -9,8 +9,14 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
+DATASETS = {"belgiumtsc": "BelgiumTSC", "gtsrb": "GTSRB", "manifest": "a manifest of one's own images"}
+
+
 def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.DataFrame) -> str:
     t, v = metrics["test"], metrics["valid"]
+    fmt = ingest.get("format", "belgiumtsc")
+    dataset = DATASETS.get(fmt, fmt)
+    official = ingest['Training']['fingerprint']['digest'].startswith("e3f2108c")
     tested = table[table["test_images"] > 0].sort_values(["accuracy", "test_images"], ascending=[True, False])
     worst = tested.head(5)
     train = ckpt.get("train", {})
@@ -19,7 +25,7 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
     augmented = augment.get("enabled", False) if isinstance(augment, dict) else bool(augment)
     tuning = ("frozen" if blocks == 0 else "fine-tuned entirely" if blocks < 0 else f"its last {blocks} blocks fine-tuned")
     lines = [
-        "# Model card: traffic-sign classifier and localiser (BelgiumTSC)",
+        f"# Model card: traffic-sign classifier and localiser ({dataset})",
         "",
         "Written by the `evaluate` stage; figures are this model's, on the data named below.",
         "",
@@ -51,17 +57,20 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         f"- Versions: torch {ckpt['versions']['torch']}, torchvision {ckpt['versions']['torchvision']}.",
         "",
         "## Data",
-        f"- Source: `{ingest.get('source')}` — Training {ingest['Training']['images']} images "
+        f"- Data set: {dataset} (format `{fmt}`, source `{ingest.get('source')}`), {ckpt['num_classes']} classes "
+        f"(ids and names in the model file) — Training {ingest['Training']['images']} images "
         f"({ingest['Training']['classes']} classes), Testing {ingest['Testing']['images']} images "
         f"({ingest['Testing']['classes']} classes); list digests {ingest['Training']['fingerprint']['digest'][:12]}… "
         f"and {ingest['Testing']['fingerprint']['digest'][:12]}…"
-        + (" (the official BelgiumTSC release)." if ingest['Training']['fingerprint']['digest'].startswith("e3f2108c")
-           else " (not the official release: synthetic or modified data)."),
+        + (" (the official BelgiumTSC release)." if official else
+           " (not the official BelgiumTSC release: synthetic or modified data)." if fmt == "belgiumtsc" else "."),
         f"- Split `{split['strategy']}`"
         + (f" (cross-validation: fold {split['cross_validation']['fold']} of {split['cross_validation']['folds']} "
            f"is validation)" if "cross_validation" in split else "")
         + f": train {split['images']['train']}, valid {split['images']['valid']}, "
-        f"test {split['images']['test']} images.",
+        f"test {split['images']['test']} images"
+        + (f" (the data set has no test side: the test set was carved from it, "
+           f"{100 * split['test_carved']['fraction']:.0f}% by whole signs)" if "test_carved" in split else "") + ".",
         "",
         "## Results",
         "| subset | images | accuracy | balanced accuracy | macro F1 | mean IoU | constant-box IoU | IoU >= 0.5 | IoU >= 0.75 |",
@@ -96,13 +105,14 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         "Full per-class table: `metrics/class_accuracy.md`.",
         "",
         "## Intended use and limits",
-        "- For: naming a Belgian traffic sign and boxing it in an image that holds one sign with some margin "
+        "- For: naming a traffic sign and boxing it in an image that holds one sign with some margin "
         "around it (a crop from a detector or a person), as in BelgiumTSC. Not a detector: it does not find "
-        "signs in street scenes and always answers with one of its 62 classes and one box.",
-        "- Classes with few training images are the least reliable (see above); several classes mix variants "
-        "(speed limits of several values in one class), so the model does not read numbers.",
-        "- Trained on Belgian signs in daylight photographs; other countries' designs, night, heavy occlusion or "
-        "unusual viewpoints are outside what it has seen. Probabilities are not calibrated.",
+        f"signs in street scenes and always answers with one of its {ckpt['num_classes']} classes and one box.",
+        "- Classes with few training images are the least reliable (see above)"
+        + ("; several classes mix variants (speed limits of several values in one class), so the model does not "
+           "read numbers." if fmt == "belgiumtsc" else "."),
+        f"- Trained on the signs of {dataset} only; other countries' designs, conditions or viewpoints that data set "
+        "lacks are outside what it has seen. Probabilities are not calibrated.",
         "- Not for safety-critical use (driving decisions) without a proper evaluation in that setting.",
         "",
     ]

@@ -23,12 +23,15 @@ class ParamsError(ValueError):
 class SyntheticParams:
     size: int = 1800
     seed: int = 0
+    format: str = "belgiumtsc"    # the layout the generator writes: belgiumtsc | gtsrb | manifest
 
 
 @dataclass(frozen=True)
 class DataParams:
     source: str = "synthetic"
+    format: str = "auto"          # auto | belgiumtsc | gtsrb | manifest
     path: str | None = None
+    crop_margin: float = 0.0      # manifest of whole frames: crop each box with this margin (share of the box); 0: off
     base_url: str = "https://btsd.ethz.ch/shareddata/BelgiumTSC/"
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     image_size: int = 128
@@ -88,6 +91,7 @@ class VisualizeParams:
 class SplitParams:
     strategy: str = "pole-grouped"
     valid_fraction: float = 0.2
+    test_fraction: float = 0.2    # a data set without a test side (a manifest without `subset`): test carved from it
     seed: int = 42
     folds: int = 0                # 0: off; K >= 2: K folds of Training's signs, fold `fold` is validation
     fold: int = 0
@@ -149,6 +153,20 @@ def _check(p: Params) -> None:
         raise ParamsError(f"params.yaml: data.source must be synthetic, download or local, got {p.data.source!r}")
     if p.data.source == "local" and not p.data.path:
         raise ParamsError("params.yaml: data.source is 'local' but data.path is empty")
+    formats = ("belgiumtsc", "gtsrb", "manifest")
+    if p.data.format not in ("auto",) + formats:
+        raise ParamsError(f"params.yaml: data.format must be auto, {', '.join(formats)}, got {p.data.format!r}")
+    if p.data.synthetic.format not in formats:
+        raise ParamsError(f"params.yaml: data.synthetic.format must be {', '.join(formats)}, "
+                          f"got {p.data.synthetic.format!r}")
+    if p.data.source == "synthetic" and p.data.format not in ("auto", p.data.synthetic.format):
+        raise ParamsError(f"params.yaml: data.format is {p.data.format!r} but the synthetic data is written as "
+                          f"data.synthetic.format {p.data.synthetic.format!r}")
+    if p.data.source == "download" and p.data.format not in ("auto", "belgiumtsc"):
+        raise ParamsError(f"params.yaml: data.source download fetches BelgiumTSC only; for {p.data.format} use "
+                          f"data.source local with data.path")
+    if p.data.crop_margin < 0:
+        raise ParamsError(f"params.yaml: data.crop_margin must be >= 0 (0: off), got {p.data.crop_margin}")
     if p.data.synthetic.size < 62 * 2:
         raise ParamsError(f"params.yaml: data.synthetic.size must be at least 124 (2 per class), got {p.data.synthetic.size}")
     if p.split.strategy not in ("pole-grouped", "notebook"):
@@ -158,8 +176,9 @@ def _check(p: Params) -> None:
         raise ParamsError(f"params.yaml: split.folds must be 0 (off) or at least 2 with split.fold from 0 to "
                           f"folds - 1 and split.strategy pole-grouped, got folds={p.split.folds}, "
                           f"fold={p.split.fold}, strategy={p.split.strategy!r}")
-    if not 0.0 < p.split.valid_fraction < 1.0:
-        raise ParamsError(f"params.yaml: split.valid_fraction must be in (0, 1), got {p.split.valid_fraction}")
+    if not 0.0 < p.split.valid_fraction < 1.0 or not 0.0 < p.split.test_fraction < 1.0:
+        raise ParamsError(f"params.yaml: split.valid_fraction and split.test_fraction must be in (0, 1), got "
+                          f"{p.split.valid_fraction} and {p.split.test_fraction}")
 
 
     if p.data.image_size < 32:

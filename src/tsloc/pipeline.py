@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from importlib.resources import files
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -15,8 +14,9 @@ import pandas as pd
 import torch
 
 from . import plots
-from .data.ingest import ingest, load_metadata
+from .data.ingest import ingest, load_classes, load_metadata
 from .data.split import SUBSETS, class_frequencies, make_split
+from .data.images import open_rgb
 from .data.store import build_store
 from .errors import DataError
 from .evaluation import (class_table, class_table_markdown, evaluate_subset, predict_images, relative_boxes,
@@ -28,7 +28,6 @@ from .params import Tracked, load_params, record_keys, uses_cached_features
 from .training import (Batches, LossConfig, OptimConfig, checkpoint, compute_features, features_source, fit,
                        epoch_sizes, images_source, select_device)
 
-NUM_CLASSES = 62
 SPLIT_TABLE = Path("data/split.csv")
 FEATURES = Path("data/features")
 MODEL = Path("models/model.pt")
@@ -36,18 +35,12 @@ LIVE = Path("dvclive")
 PREDICTIONS = Path("data/predictions_test.csv")
 
 
-def class_names() -> list[str]:
-    """English names of the 62 BelgiumTSC classes (checked against the images; see classes.csv)."""
-    table = pd.read_csv(files("tsloc") / "classes.csv")
-    return table.sort_values("class_id")["name"].tolist()
-
-
 def _load(path: Path, what: str):
     if not path.exists():
         raise DataError(f"{path}: not found (run the {what} stage first: dvc repro {what})")
     if path.suffix == ".npy":
         return np.load(path, mmap_mode="r")
-    return pd.read_csv(path, dtype={"row_ids": str})
+    return pd.read_csv(path, dtype={"row_ids": str, "group": str})
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -70,8 +63,8 @@ def run_split(params_file: str = "params.yaml") -> dict:
     p = _params(params_file)
     meta = load_metadata()
     table, report = make_split(meta, p.split.strategy, p.split.valid_fraction, p.split.seed, p.split.folds,
-                               p.split.fold)
-    freq = class_frequencies(table, NUM_CLASSES)
+                               p.split.fold, p.split.test_fraction)
+    freq = class_frequencies(table, len(load_classes()))
     for subset in SUBSETS:
         counts = freq[freq["subset"] == subset]
         write_csv(f"plots/split/class_frequency_{subset}.csv", counts[["class_id", "count"]])
@@ -88,13 +81,15 @@ def run_features(params_file: str = "params.yaml") -> dict:
     """Decode every image once into the array store and run the frozen backbone once per image."""
     p = _params(params_file)
     meta = load_metadata()
-    store = build_store(meta, p.data.image_size)
-    body, _ = backbone_features(p.model.backbone, p.model.weights)
-    pooled = compute_features(body, store, select_device(p.train.device))
-    _save_npy(FEATURES / "images.npy", store)
-    _save_npy(FEATURES / "pooled.npy", pooled)
+    body, _ = backbone_features(p.model.backbone, p.model.weights)  # before decoding: a bad weights file fails fast
+    with atomic_path(FEATURES / "images.npy") as tmp:
+        store = build_store(meta, p.data.image_size, tmp)  # written as decoded: memory stays bounded
+        pooled = compute_features(body, store, select_device(p.train.device))
+        _save_npy(FEATURES / "pooled.npy", pooled)
+        shape = store.shape
+        del store
     record_keys("features", p)
-    return {"images": int(len(store)), "store_shape": list(store.shape), "features": list(pooled.shape)}
+    return {"images": int(shape[0]), "store_shape": list(shape), "features": list(pooled.shape)}
 
 
 def _subset_rows(split: pd.DataFrame, subset: str) -> np.ndarray:
@@ -112,8 +107,9 @@ def run_train(params_file: str = "params.yaml") -> dict:
                         f"run dvc repro")
     device = select_device(p.train.device)
     t = p.train
+    names = load_classes()
     torch.manual_seed(t.seed)  # the heads' initialisation too: a CPU run repeats exactly
-    model = build_model(p.model.backbone, p.model.weights, NUM_CLASSES, p.model.dropout,
+    model = build_model(p.model.backbone, p.model.weights, len(names), p.model.dropout,
                         image_size=p.data.image_size, trainable_blocks=p.model.finetune_blocks,
                         box=p.model.box_head).to(device)
     with torch.no_grad():
@@ -147,14 +143,14 @@ def run_train(params_file: str = "params.yaml") -> dict:
 
         started = time.perf_counter()
         best = fit(model, subsets, epochs=t.epochs, batch_size=t.batch_size, seed=t.seed,
-                   num_classes=NUM_CLASSES, loss_cfg=loss_cfg, optim_cfg=optim_cfg, log=log,
+                   num_classes=len(names), loss_cfg=loss_cfg, optim_cfg=optim_cfg, log=log,
                    eval_subsets=eval_subsets, generator=generator, progress=not cached,
                    weighting=t.class_weights, box_weighting=t.box_weights, keep=t.keep,
                    sizes=epoch_sizes(t.start_size, p.data.image_size, t.epochs) if t.start_size else None,
                    eval_every=t.eval_every, ema_decay=t.ema_decay)
         seconds = time.perf_counter() - started
     ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
-                      image_size=p.data.image_size, class_names=class_names(), epoch=best["epoch"])
+                      image_size=p.data.image_size, class_names=names, epoch=best["epoch"])
     ckpt["weights"] = p.model.weights
     ckpt["train"] = {**t.as_dict(), "finetune_blocks": p.model.finetune_blocks}
     write_torch(MODEL, ckpt)
@@ -220,8 +216,7 @@ def _history() -> pd.DataFrame:
 
 
 def _image(path: str) -> np.ndarray:
-    from .predict import load_rgb
-    return np.asarray(load_rgb(Path(path)))
+    return np.asarray(open_rgb(path))
 
 
 def run_visualize(params_file: str = "params.yaml") -> dict:
@@ -229,7 +224,7 @@ def run_visualize(params_file: str = "params.yaml") -> dict:
     rng = np.random.default_rng(p.visualize.seed)
     split = _load(SPLIT_TABLE, "split")
     preds = _load(PREDICTIONS, "evaluate")
-    names = class_names()
+    names = load_classes()
     fig = plots.history(_history())
     write_figure("plots/history.png", fig)
     plt.close(fig)

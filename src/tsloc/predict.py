@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .data.images import open_rgb
 from .data.store import normalise, to_input
+from .errors import DataError
 
 IMAGE_SUFFIXES = {".ppm", ".pgm", ".pbm", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -30,19 +32,6 @@ def collect(paths: list[str]) -> list[tuple[Path, Path]]:
         else:
             out.append((arg, Path(arg.name)))
     return out
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Any image PIL reads, as RGB: greyscale is repeated, palette and alpha images are flattened
-    onto white (a transparent background is not black)."""
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("P", "PA", "LA", "RGBA", "La") or "transparency" in img.info:
-            rgba = img.convert("RGBA")
-            flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            flat.alpha_composite(rgba)
-            return flat.convert("RGB")
-        return img.convert("RGB")
 
 
 @torch.no_grad()
@@ -119,9 +108,9 @@ def predict_files(model, ckpt: dict, paths: list[str], *, top_k: int = 5, fmt: s
         batch = []
         for path, name in files[start:start + batch_size]:
             try:
-                batch.append((path, name, load_rgb(path)))
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                print(f"tsloc predict: error: {path}: cannot read image ({exc})", file=err)
+                batch.append((path, name, open_rgb(path)))
+            except DataError as exc:
+                print(f"tsloc predict: error: {exc}", file=err)
                 failed += 1
         if not batch:
             continue

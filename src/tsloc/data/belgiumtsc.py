@@ -10,88 +10,51 @@ The quirks of the real files, all handled here and nowhere else:
 """
 from __future__ import annotations
 
-import hashlib
 import re
-from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
 
 from ..errors import DataError
-from ..io import sha256_file
+from .images import image_size
+from .table import COLUMNS as METADATA_COLUMNS, SIDES as SPLITS, Dataset, check_box, files_digest, map_threads
 
-SPLITS = ("Training", "Testing")
 COLUMNS = ["Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId"]
 INT_COLUMNS = COLUMNS[1:]
 NAME_RE = re.compile(r"^(\d{5})_(\d{5})\.\w+$")
-METADATA_COLUMNS = ["split", "class_id", "filename", "path", "width", "height",
-                    "left", "top", "right", "bottom", "pole", "row_ids"]
+NUM_CLASSES = 62
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image, checking it is complete; PPM headers are parsed directly (fast)."""
-    try:
-        if path.suffix.lower() == ".ppm":
-            return _ppm_size(path)
-        with Image.open(path) as img:
-            img.load()
-            return img.size
-    except DataError:
-        raise
-    except Exception as exc:  # PIL raises many types for a broken file
-        raise DataError(f"{path}: unreadable image ({exc})") from exc
+def class_names() -> list[str]:
+    """English names of the 62 classes (checked against the images; see data/classes/belgiumtsc.csv)."""
+    table = pd.read_csv(files("tsloc") / "data" / "classes" / "belgiumtsc.csv")
+    return table.sort_values("class_id")["name"].tolist()
 
 
-def _ppm_size(path: Path) -> tuple[int, int]:
-    with open(path, "rb") as f:
-        head = f.read(512)
-    fields, pos = [], 0
-    while len(fields) < 4:
-        while pos < len(head) and head[pos:pos + 1].isspace():
-            pos += 1
-        if head[pos:pos + 1] == b"#":
-            pos = head.find(b"\n", pos) + 1 or len(head)
-            continue
-        start = pos
-        while pos < len(head) and not head[pos:pos + 1].isspace():
-            pos += 1
-        if start == pos:
-            raise DataError(f"{path}: unreadable image (incomplete PPM header)")
-        fields.append(head[start:pos])
-    if fields[0] != b"P6" or not all(x.isdigit() for x in fields[1:]):
-        raise DataError(f"{path}: unreadable image (not a binary PPM: header {b' '.join(fields)!r})")
-    width, height, maxval = (int(x) for x in fields[1:])
-    if width == 0 or height == 0 or not 0 < maxval < 65536:
-        raise DataError(f"{path}: unreadable image (bad PPM header {width}x{height}, maxval {maxval})")
-    expected = pos + 1 + width * height * 3 * (1 if maxval < 256 else 2)
-    actual = path.stat().st_size
-    if actual < expected:
-        raise DataError(f"{path}: truncated image ({actual} bytes, its header needs {expected})")
-    return width, height
-
-
-def read_gt(csv: Path, class_id: int) -> pd.DataFrame:
-    """One GT file as integers, with `line` (the line number in the file, for error messages)."""
+def read_gt(csv: Path, class_id: int | None, columns: list[str] = COLUMNS) -> pd.DataFrame:
+    """One GT file as integers, with `line` (the line number in the file, for error messages).
+    `class_id`, when given, must be every row's ClassId (the folder's class). GTSRB's files share
+    this format (with the axes the right way round), so its reader uses this too."""
     try:
         df = pd.read_csv(csv, sep=";", dtype=str, keep_default_na=False)
     except pd.errors.ParserError as exc:
         raise DataError(f"{csv}: malformed csv ({exc})") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{csv}: unreadable ({exc})") from exc
-    missing = [c for c in COLUMNS if c not in df.columns]
+    missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise DataError(f"{csv}: missing column(s) {missing}; expected {';'.join(COLUMNS)}")
-    df = df[COLUMNS].copy()
+        raise DataError(f"{csv}: missing column(s) {missing}; expected {';'.join(columns)}")
+    df = df[columns].copy()
     df["line"] = range(2, len(df) + 2)
-    for col in INT_COLUMNS:
+    for col in columns[1:]:
         values = df[col].str.strip()
         bad = ~values.str.fullmatch(r"\d+")
         if bad.any():
             row = df[bad].iloc[0]
             raise DataError(f"{csv}, line {row['line']}: {col} is {row[col]!r}, not a non-negative integer")
         df[col] = values.astype("int64")
-    wrong = df["ClassId"] != class_id
+    wrong = df["ClassId"] != class_id if class_id is not None else pd.Series(False, index=df.index)
     if wrong.any():
         row = df[wrong].iloc[0]
         raise DataError(f"{csv}, line {row['line']}: ClassId {row['ClassId']} disagrees with its folder "
@@ -139,28 +102,27 @@ def read_split(root: Path, split: str, first_row_id: int = 0) -> tuple[pd.DataFr
 
 
 def _to_metadata(df: pd.DataFrame, folder: Path, split: str) -> pd.DataFrame:
-    records = []
     df = df.rename(columns={"Roi.X1": "x1", "Roi.Y1": "y1", "Roi.X2": "x2", "Roi.Y2": "y2"})
-    for r in df.itertuples(index=False):
+    rows = list(df.itertuples(index=False))
+    for r in rows:
+        if not NAME_RE.match(r.Filename):
+            raise DataError(f"{r.csv}, line {r.line}: file name {r.Filename!r} is not PPPPP_VVVVV.ext (pole_view)")
+        if not (Path(r.csv).parent / r.Filename).is_file():
+            raise DataError(f"{r.csv}, line {r.line}: image {Path(r.csv).parent / r.Filename} not found")
+    sizes = map_threads(lambda r: image_size(Path(r.csv).parent / r.Filename), rows, desc=f"read {split}")
+    records = []
+    for r, (width, height) in zip(rows, sizes):
         where = f"{r.csv}, line {r.line}"
-        m = NAME_RE.match(r.Filename)
-        if not m:
-            raise DataError(f"{where}: file name {r.Filename!r} is not PPPPP_VVVVV.ext (pole_view)")
         path = Path(r.csv).parent / r.Filename
-        if not path.is_file():
-            raise DataError(f"{where}: image {path} not found")
-        width, height = image_size(path)
         # The GT files swap the axes: Width/Height hold the image's height/width.
         gt_w, gt_h = r.Height, r.Width
         if (gt_w, gt_h) != (width, height):
             raise DataError(f"{where}: Width={r.Width};Height={r.Height} disagree with the image "
                             f"({width} px wide, {height} px tall; the GT convention is Width=height, Height=width)")
-        left, top, right, bottom = r.y1, r.x1, r.y2, r.x2  # Roi.X* runs down the rows
-        if not (0 <= left < right <= width and 0 <= top < bottom <= height):
-            raise DataError(f"{where}: box (left {left}, top {top}, right {right}, bottom {bottom}) "
-                            f"is not inside its {width}x{height} image")
-        records.append((split, r.ClassId, r.Filename, str(path), width, height,
-                        left, top, right, bottom, int(m.group(1)), r.row_ids))
+        box = (r.y1, r.x1, r.y2, r.x2)  # Roi.X* runs down the rows
+        check_box(where, box, width, height)
+        pole = int(NAME_RE.match(r.Filename).group(1))
+        records.append((split, r.ClassId, r.Filename, str(path), width, height, *box, pole, r.row_ids))
     return pd.DataFrame.from_records(records, columns=METADATA_COLUMNS)
 
 
@@ -173,17 +135,28 @@ def read_dataset(root: Path) -> tuple[pd.DataFrame, dict]:
     return pd.concat(tables, ignore_index=True), summary
 
 
-
 def folder_digest(root: Path, split: str) -> dict:
-    """The digest of `root/split` as the shared README defines it ("Checking a download").
-
-    Every file as `<sha256>  <path>` (path relative to `root`, forward slashes), sorted bytewise by
-    path, a newline after each line, hashed with sha256. Doubles as ingest's fingerprint.
-    """
+    """The digest of `root/split` as the shared README defines it ("Checking a download"): the
+    fingerprint of every file under it (`table.files_digest`)."""
     root = Path(root)
-    files = sorted((p for p in (root / split).rglob("*") if p.is_file()),
-                   key=lambda p: p.relative_to(root).as_posix().encode())
-    with ThreadPoolExecutor(4) as pool:
-        digests = list(pool.map(sha256_file, files))
-    text = "".join(f"{d}  {p.relative_to(root).as_posix()}\n" for d, p in zip(digests, files))
-    return {"files": len(files), "digest": hashlib.sha256(text.encode()).hexdigest()}
+    return files_digest(root, (p for p in (root / split).rglob("*") if p.is_file()))
+
+
+def locate(folder: Path) -> Path | None:
+    """The folder holding `Training/` and `Testing/`: `folder` itself or one of its subfolders."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    for cand in [folder] + sorted(p for p in folder.iterdir() if p.is_dir()):
+        if all((cand / s).is_dir() for s in SPLITS):
+            return cand
+    return None
+
+
+def read(folder: Path) -> Dataset:
+    root = locate(folder)
+    if root is None:
+        raise DataError(f"{folder}: no BelgiumTSC layout (Training/ and Testing/ with 000NN/GT-000NN.csv), "
+                        f"here or one folder down")
+    df, summary = read_dataset(root)
+    return Dataset(df, class_names(), summary, {split: folder_digest(root, split) for split in SPLITS})

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..io import atomic_path
-from .belgiumtsc import SPLITS, folder_digest
+from .belgiumtsc import SPLITS, folder_digest, locate
 
 ARCHIVES = {"Training": "BelgiumTSC_Training.zip", "Testing": "BelgiumTSC_Testing.zip"}
 # From ../shared/data/belgiumtsc/README.md, "Checking a download": the digest of the file list.
@@ -62,11 +62,11 @@ def extract(archive: Path, out: Path) -> None:
 
 def find_layout(folder: Path) -> Path:
     """The folder holding `Training/` and `Testing/`: `folder` itself or one of its subfolders."""
-    for cand in [folder] + sorted(p for p in folder.iterdir() if p.is_dir()):
-        if all((cand / s).is_dir() for s in SPLITS):
-            return cand
-    found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_dir())[:10]
-    raise DataError(f"{folder}: no Training/ and Testing/ folders after extraction (found: {found})")
+    root = locate(folder)
+    if root is None:
+        found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_dir())[:10]
+        raise DataError(f"{folder}: no Training/ and Testing/ folders after extraction (found: {found})")
+    return root
 
 
 def verify(root: Path, expected: dict = OFFICIAL_DIGESTS) -> dict:

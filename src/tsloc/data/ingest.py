@@ -1,10 +1,11 @@
-"""The ingest stage: put the images where `data.source` says, read them once, write the metadata.
+"""The ingest stage: put the images where `data.source` says, read them once in their format
+(`data.format`), write the metadata table and the class list.
 
-Every source ends in the official layout, read by the one reader (`belgiumtsc.read_dataset`):
-- synthetic: generated into `data/raw/`;
-- download: the official zips fetched into `data/downloads/` (kept for reuse), extracted into `data/raw/`;
-- local: a folder with Training/ and Testing/ read in place (`data/raw/` then holds only SOURCE.json),
-  or a folder with the archives, extracted into `data/raw/`.
+- synthetic: generated into `data/raw/` in `data.synthetic.format`;
+- download: the official BelgiumTSC zips fetched into `data/downloads/` (kept for reuse), extracted into
+  `data/raw/`;
+- local: `data.path` is read in place when its layout is recognised (a folder, or a manifest .csv);
+  a folder holding only archives has them extracted into `data/raw/` and read there.
 Metadata paths are relative to the repository for images inside it (so that `dvc exp run --temp`
 works on its own copy) and absolute for a folder read in place.
 """
@@ -18,13 +19,15 @@ import pandas as pd
 
 from ..errors import DataError
 from ..io import atomic_path, write_csv, write_json
-from .belgiumtsc import SPLITS, folder_digest, read_dataset
-from .download import extract, fetch_official, find_layout, is_archive
+from . import formats
+from .download import extract, fetch_official, is_archive
 from .synthetic import generate
+from .table import SIDES
 
 RAW = Path("data/raw")
 DOWNLOADS = Path("data/downloads")
 METADATA = Path("data/metadata.csv")
+CLASSES = Path("data/classes.csv")
 METRICS = Path("metrics/ingest.json")
 
 
@@ -47,27 +50,26 @@ def resolve_data_path(path: str) -> Path:
 
 
 def _stage_images(data, tmp: Path) -> tuple[Path, dict]:
-    """Fill `tmp` (the future data/raw) and return the folder holding Training/ and Testing/."""
+    """Fill `tmp` (the future data/raw) when images are generated or extracted; return where the data set
+    is (a folder, or a manifest file) and how it got there."""
     if data.source == "synthetic":
-        size, seed = data.synthetic.size, data.synthetic.seed
-        generate(tmp, size=size, seed=seed)
-        return tmp, {"source": "synthetic", "size": size, "seed": seed}
+        size, seed, fmt = data.synthetic.size, data.synthetic.seed, data.synthetic.format
+        generate(tmp, size=size, seed=seed, fmt=fmt)
+        return tmp, {"source": "synthetic", "size": size, "seed": seed, "format": fmt}
     if data.source == "download":
         base_url = data.base_url
         return fetch_official(base_url, DOWNLOADS, tmp), {"source": "download", "base_url": base_url}
     path = resolve_data_path(data.path)
     info = {"source": "local", "path": str(path)}
-    if not path.is_dir():
-        raise DataError(f"{path}: data.path is not a folder (give a folder with Training/ and Testing/, "
-                        f"or with the official archives)")
-    if all((path / s).is_dir() for s in SPLITS):
-        return path, info
-    archives = sorted(p for p in path.iterdir() if is_archive(p))
-    if not archives:
-        raise DataError(f"{path}: holds neither Training/ and Testing/ folders nor .zip/.tar.* archives")
-    for archive in archives:
-        extract(archive, tmp)
-    return find_layout(tmp), {**info, "archives": [a.name for a in archives]}
+    if not path.exists():
+        raise DataError(f"{path}: data.path does not exist")
+    if path.is_dir() and not formats.recognised(data.format, path):
+        archives = sorted(p for p in path.iterdir() if is_archive(p))
+        if archives:
+            for archive in archives:
+                extract(archive, tmp)
+            return tmp, {**info, "archives": [a.name for a in archives]}
+    return path, info
 
 
 def _relative(path: str, tmp: Path) -> str:
@@ -83,13 +85,14 @@ def ingest(data) -> dict:
     """Run the stage; returns the summary also written to metrics/ingest.json."""
     with atomic_path(RAW, is_dir=True) as tmp:
         root, source = _stage_images(data, tmp)
-        df, summary = read_dataset(root)
-        fingerprint = {split: folder_digest(root, split) for split in SPLITS}
+        dataset = formats.read(data.format, root, data.crop_margin, tmp / "crops")
+        df = dataset.table
         df["path"] = [_relative(p, tmp) for p in df["path"]]
         (tmp / "SOURCE.json").write_text(json.dumps(source, indent=2) + "\n")
+    write_csv(CLASSES, pd.DataFrame({"class_id": range(len(dataset.names)), "name": dataset.names}))
     write_csv(METADATA, df)
-    metrics = {split: {**summary[split], "fingerprint": fingerprint[split]} for split in SPLITS}
-    metrics["source"] = source["source"]
+    metrics = {side: {**dataset.summary[side], "fingerprint": dataset.fingerprint[side]} for side in SIDES}
+    metrics.update(source=source["source"], format=dataset.format, classes=len(dataset.names))
     write_json(METRICS, metrics)
     return metrics
 
@@ -97,4 +100,12 @@ def ingest(data) -> dict:
 def load_metadata(path: Path = METADATA) -> pd.DataFrame:
     if not Path(path).exists():
         raise DataError(f"{path}: not found (run the ingest stage first: dvc repro ingest)")
-    return pd.read_csv(path, dtype={"row_ids": str})
+    return pd.read_csv(path, dtype={"row_ids": str, "group": str})
+
+
+def load_classes(path: Path = CLASSES) -> list[str]:
+    """The data set's class names, index = class id (written by ingest from the data set itself)."""
+    if not Path(path).exists():
+        raise DataError(f"{path}: not found (run the ingest stage first: dvc repro ingest)")
+    table = pd.read_csv(path, keep_default_na=False)
+    return table.sort_values("class_id")["name"].astype(str).tolist()

@@ -1,4 +1,9 @@
-"""Train/valid/test splits, and the check that no physical sign (class + pole) lands on two sides.
+"""Train/valid/test splits, and the check that no physical sign (class + group) lands on two sides.
+
+A sign is the metadata's `group` (BelgiumTSC's pole, GTSRB's track, a manifest's group). A data set
+without a test side (a manifest without `subset`) first has its test set carved from it the way
+validation is carved below (`split.test_fraction`, by whole signs, per class); the carved images
+count as the Testing side from then on.
 
 `pole-grouped` (default): the official Testing set is the test set (comparable with published
 results); validation is carved from Training, per class (stratified) and by whole signs (grouped),
@@ -24,7 +29,7 @@ SUBSETS = ("train", "valid", "test")
 
 
 def sign_ids(df: pd.DataFrame) -> pd.Series:
-    return df["class_id"].astype(str) + "/" + df["pole"].astype(str)
+    return df["class_id"].astype(str) + "/" + df["group"].astype(str)
 
 
 def official_shared_signs(meta: pd.DataFrame) -> list[str]:
@@ -112,14 +117,24 @@ def check_no_leak(meta: pd.DataFrame, subset: pd.Series, strict: bool = True) ->
         added = sorted(shared - official)
         report[f"{a}_{b}"] = len(shared)
         if added and strict:
-            raise DataError(f"split: {len(added)} physical sign(s) (class/pole) on both {a} and {b} "
+            raise DataError(f"split: {len(added)} physical sign(s) (class/group) on both {a} and {b} "
                             f"beyond the official sets' own: {added[:10]}")
     return report
 
 
+def carve_test(meta: pd.DataFrame, test_fraction: float, seed: int) -> tuple[pd.DataFrame, dict]:
+    """A data set with no Testing side gets one: whole signs per class, as validation is carved."""
+    if (meta["split"] == "Testing").any():
+        return meta, {}
+    chosen = pole_grouped(meta, test_fraction, seed) == "valid"
+    meta = meta.assign(split=np.where(chosen, "Testing", meta["split"]))
+    return meta, {"test_carved": {"fraction": test_fraction, "images": int(chosen.sum())}}
+
+
 def make_split(meta: pd.DataFrame, strategy: str, valid_fraction: float, seed: int, folds: int = 0,
-               fold: int = 0) -> tuple[pd.DataFrame, dict]:
+               fold: int = 0, test_fraction: float = 0.2) -> tuple[pd.DataFrame, dict]:
     """The split table (metadata + `subset`) and its report."""
+    meta, carved = carve_test(meta, test_fraction, seed)
     extra = {}
     if strategy == "notebook":
         subset, info = notebook(meta)
@@ -138,6 +153,7 @@ def make_split(meta: pd.DataFrame, strategy: str, valid_fraction: float, seed: i
         "classes": {s: int(out.loc[out["subset"] == s, "class_id"].nunique()) for s in SUBSETS},
         "official_shared_signs": official_shared_signs(meta),
         "shared_signs": leaks,
+        **carved,
         **extra,
     }
     return out, report

@@ -1,4 +1,5 @@
-"""An offline stand-in for BelgiumTSC, written in exactly the official layout and GT convention.
+"""Offline stand-ins for the data sets, written in each format's exact layout (`generate(..., fmt=)`):
+BelgiumTSC (the default), GTSRB, or a manifest of one's own crops, so every reader is tested end to end.
 
 62 classes told apart only by looking: shape (6) x colour scheme (4) x inner glyph (3). Class
 frequencies follow the real sets' (a long tail; 9 classes empty in Testing). Each physical sign
@@ -40,11 +41,11 @@ def class_look(class_id: int) -> tuple[str, tuple, str]:
     return (SHAPES[class_id % 6], SCHEMES[(class_id // 6) % 4], GLYPHS[class_id // 24])
 
 
-def class_counts(size: int) -> tuple[list[int], list[int]]:
-    """Images per class in Training and Testing, shaped like the real sets, `size` in all."""
-    scale = size / (sum(REAL_TRAIN) + sum(REAL_TEST))
-    train = [max(2, round(n * scale)) for n in REAL_TRAIN]
-    test = [0 if n == 0 else max(1, round(n * scale)) for n in REAL_TEST]
+def class_counts(size: int, train_profile=REAL_TRAIN, test_profile=REAL_TEST) -> tuple[list[int], list[int]]:
+    """Images per class in Training and Testing, shaped like the profiles (the real sets'), `size` in all."""
+    scale = size / (sum(train_profile) + sum(test_profile))
+    train = [max(2, round(n * scale)) for n in train_profile]
+    test = [0 if n == 0 else max(1, round(n * scale)) for n in test_profile]
     return train, test
 
 
@@ -138,9 +139,10 @@ def render_view(rng: np.random.Generator, class_id: int, sign: dict) -> tuple[Im
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), box
 
 
-def _plan(size: int, rng: np.random.Generator) -> dict[str, list[tuple[int, int, dict]]]:
+def _plan(size: int, rng: np.random.Generator, train_profile=REAL_TRAIN,
+          test_profile=REAL_TEST) -> dict[str, list[tuple[int, int, dict]]]:
     """For each split, (class, pole, sign) of every view: signs of 2-4 views each."""
-    train_n, test_n = class_counts(size)
+    train_n, test_n = class_counts(size, train_profile, test_profile)
     next_pole = [int(rng.integers(100, 900))]
 
     def new_sign(class_id):
@@ -160,7 +162,7 @@ def _plan(size: int, rng: np.random.Generator) -> dict[str, list[tuple[int, int,
     # A few physical signs seen in both sets (the real sets share 6): move a test sign's pole and
     # look onto a training sign of the same class.
     test_classes = sorted({c for c, _, _ in plan["Testing"]})
-    for c in rng.choice(test_classes, size=min(SHARED_SIGNS, len(test_classes)), replace=False):
+    for c in rng.choice(test_classes, size=min(SHARED_SIGNS, len(test_classes)), replace=False) if test_classes else ():
         s_test = next(s for cc, _, s in plan["Testing"] if cc == c)
         s_train = next(s for cc, _, s in plan["Training"] if cc == c)
         plan["Testing"] = [(cc, s_train["pole"], s_train) if s is s_test else (cc, p, s)
@@ -168,32 +170,121 @@ def _plan(size: int, rng: np.random.Generator) -> dict[str, list[tuple[int, int,
     return plan
 
 
-def generate(out: Path, size: int = 1800, seed: int = 0, duplicate_rows: int = 2) -> None:
-    """Write `out/Training` and `out/Testing` in the official layout; deterministic in `seed`."""
+class _BelgiumTSC:
+    """The official BelgiumTSC layout; the GT files swap the axes and repeat a few rows, as the real ones do."""
+    header = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
+
+    def __init__(self, out: Path, num_classes: int):
+        self.out, self.rows = out, {(s, c): [] for s in SPLITS_INDEX for c in range(num_classes)}
+
+    def add(self, split, c, pole, view, img, box):
+        left, top, right, bottom = box
+        name = f"{pole:05d}_{view:05d}.ppm"
+        folder = self.out / split / f"{c:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        img.save(folder / name, format="PPM")
+        self.rows[(split, c)].append(f"{name};{img.height};{img.width};{top};{left};{bottom};{right};{c}")
+
+    def finish(self, rng, duplicate_rows):
+        dup_classes = [key for key, r in self.rows.items() if key[0] == "Training" and r]
+        for k in range(duplicate_rows):
+            key = dup_classes[int(rng.integers(len(dup_classes)))]
+            self.rows[key].append(self.rows[key][k % len(self.rows[key])])
+        for (split, c), lines in self.rows.items():
+            folder = self.out / split / f"{c:05d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"GT-{c:05d}.csv").write_text("\n".join([self.header] + lines) + "\n")
+
+
+class _GTSRB:
+    """GTSRB as its three archives extract: training by class and track, test images numbered with the
+    labels in GT-final_test.csv beside GTSRB/ (axes not swapped)."""
+    header = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2"
+
+    def __init__(self, out: Path, num_classes: int):
+        self.out, self.train = out, {c: [] for c in range(num_classes)}
+        self.test, self.test_labels = [], []
+
+    def add(self, split, c, pole, view, img, box):
+        row = f"{img.width};{img.height};" + ";".join(str(v) for v in box)
+        if split == "Training":
+            folder = self.out / "GTSRB" / "Final_Training" / "Images" / f"{c:05d}"
+            name = f"{pole:05d}_{view:05d}.ppm"
+            self.train[c].append(f"{name};{row};{c}")
+        else:
+            folder = self.out / "GTSRB" / "Final_Test" / "Images"
+            name = f"{len(self.test):05d}.ppm"
+            self.test.append(f"{name};{row}")
+            self.test_labels.append(f"{name};{row};{c}")
+        folder.mkdir(parents=True, exist_ok=True)
+        img.save(folder / name, format="PPM")
+
+    def finish(self, rng, duplicate_rows):
+        for c, lines in self.train.items():
+            folder = self.out / "GTSRB" / "Final_Training" / "Images" / f"{c:05d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"GT-{c:05d}.csv").write_text("\n".join([self.header + ";ClassId"] + lines) + "\n")
+        test = self.out / "GTSRB" / "Final_Test" / "Images"
+        test.mkdir(parents=True, exist_ok=True)
+        (test / "GT-final_test.test.csv").write_text("\n".join([self.header] + self.test) + "\n")
+        (self.out / "GT-final_test.csv").write_text("\n".join([self.header + ";ClassId"] + self.test_labels) + "\n")
+
+
+class _Manifest:
+    """A manifest of one's own crops: PNG images, every tenth a JPEG stored sideways with an EXIF
+    orientation (as phones do), labels as class names (classes.csv beside it), groups, no subset."""
+
+    def __init__(self, out: Path, num_classes: int):
+        self.out, self.lines = out, []
+        self.names = [class_name(c) for c in range(num_classes)]
+        (out / "images").mkdir(parents=True, exist_ok=True)
+
+    def add(self, split, c, pole, view, img, box):
+        i = len(self.lines)
+        if i % 10 == 9:
+            name = f"images/{i:05d}.jpg"
+            exif = Image.Exif()
+            exif[0x0112] = 6  # shown turned 90 degrees clockwise: the pixels are stored turned back
+            img.transpose(Image.Transpose.ROTATE_90).save(self.out / name, quality=95, exif=exif)
+        else:
+            name = f"images/{i:05d}.png"
+            img.save(self.out / name)
+        self.lines.append(f"{name},{self.names[c]},{','.join(str(v) for v in box)},sign-{pole}")
+
+    def finish(self, rng, duplicate_rows):
+        (self.out / "classes.csv").write_text(
+            "class_id,name\n" + "".join(f"{c},{n}\n" for c, n in enumerate(self.names)))
+        (self.out / "manifest.csv").write_text(
+            "path,label,left,top,right,bottom,group\n" + "".join(line + "\n" for line in self.lines))
+
+
+WRITERS = {"belgiumtsc": _BelgiumTSC, "gtsrb": _GTSRB, "manifest": _Manifest}
+# Images per class of each format's synthetic twin (training, test): BelgiumTSC's real counts; GTSRB's
+# 43 classes, all of them tested; a manifest of 20 classes with no test side (the split carves one).
+PROFILES = {"belgiumtsc": (REAL_TRAIN, REAL_TEST),
+            "gtsrb": (REAL_TRAIN[:43], tuple(max(n, 6) for n in REAL_TEST[:43])),
+            "manifest": (tuple(a + b for a, b in zip(REAL_TRAIN[:20], REAL_TEST[:20])), (0,) * 20)}
+
+
+def class_name(class_id: int) -> str:
+    """A readable name for a synthetic class: its look."""
+    shape, scheme, glyph = class_look(class_id)
+    colours = ("white-red", "blue", "yellow", "red")[SCHEMES.index(scheme)]
+    return f"{shape} {colours} {glyph}"
+
+
+def generate(out: Path, size: int = 1800, seed: int = 0, duplicate_rows: int = 2, fmt: str = "belgiumtsc") -> None:
+    """Write a synthetic data set in format `fmt` into `out`; deterministic in `seed`."""
     rng = np.random.default_rng(seed)
-    plan = _plan(size, rng)
+    train_profile, test_profile = PROFILES[fmt]
+    plan = _plan(size, rng, train_profile, test_profile)
+    writer = WRITERS[fmt](Path(out), len(train_profile))
     jobs = [(split, i, item) for split, items in plan.items() for i, item in enumerate(items)]
-    rows: dict[tuple[str, int], list[str]] = {(s, c): [] for s in plan for c in range(NUM_CLASSES)}
     views: dict[tuple[str, int, int], int] = {}
     for split, i, (c, pole, sign) in tqdm(jobs, desc="synthetic images", unit="img", leave=False):
         view_rng = np.random.default_rng([seed, i, SPLITS_INDEX[split]])
-        img, (left, top, right, bottom) = render_view(view_rng, c, sign)
+        img, box = render_view(view_rng, c, sign)
         v = views.get((split, c, pole), 0)
         views[(split, c, pole)] = v + 1
-        name = f"{pole:05d}_{v:05d}.ppm"
-        folder = out / split / f"{c:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        img.save(folder / name, format="PPM")
-        # The official convention: Width holds the height, Roi.X* runs down the rows.
-        rows[(split, c)].append(f"{name};{img.height};{img.width};{top};{left};{bottom};{right};{c}")
-    # Repeat a few rows, as the real csv files do.
-    dup_classes = [key for key, r in rows.items() if key[0] == "Training" and r]
-    for k in range(duplicate_rows):
-        key = dup_classes[int(rng.integers(len(dup_classes)))]
-        rows[key].append(rows[key][k % len(rows[key])])
-    header = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
-    for (split, c), lines in rows.items():
-        folder = out / split / f"{c:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"GT-{c:05d}.csv").write_text("\n".join([header] + lines) + "\n")
-
+        writer.add(split, c, pole, v, img, box)
+    writer.finish(rng, duplicate_rows)

@@ -1,0 +1,86 @@
+"""The one image decoder: ingest, the image store, predict, the shifted views and the galleries all
+read pixels through here, so a box always refers to the same pixels.
+
+- EXIF orientation is applied (a phone photo stored sideways is read upright), and every box in
+  the project refers to the upright image.
+- Greyscale is repeated to RGB; palette and alpha images are flattened onto white.
+- PPM sizes come from the header (fast, and a truncated file is caught without decoding it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from ..errors import DataError
+
+# EXIF orientations 5-8 turn the image by 90 degrees: the upright size swaps width and height.
+_TRANSPOSED = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block is no reason to refuse the pixels
+        return 1
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Any image Pillow reads, upright and RGB. Raises DataError naming the file when it is unreadable."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+            if img.mode in ("P", "PA", "LA", "RGBA", "La") or "transparency" in img.info:
+                rgba = img.convert("RGBA")
+                flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                flat.alpha_composite(rgba)
+                return flat.convert("RGB")
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: unreadable image ({exc})") from exc
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of the upright image, checking that the file is complete."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".ppm":
+            return _ppm_size(path)
+        with Image.open(path) as img:
+            img.load()
+            w, h = img.size
+            return (h, w) if _orientation(img) in _TRANSPOSED else (w, h)
+    except DataError:
+        raise
+    except Exception as exc:  # PIL raises many types for a broken file
+        raise DataError(f"{path}: unreadable image ({exc})") from exc
+
+
+def _ppm_size(path: Path) -> tuple[int, int]:
+    with open(path, "rb") as f:
+        head = f.read(512)
+    fields, pos = [], 0
+    while len(fields) < 4:
+        while pos < len(head) and head[pos:pos + 1].isspace():
+            pos += 1
+        if head[pos:pos + 1] == b"#":
+            pos = head.find(b"\n", pos) + 1 or len(head)
+            continue
+        start = pos
+        while pos < len(head) and not head[pos:pos + 1].isspace():
+            pos += 1
+        if start == pos:
+            raise DataError(f"{path}: unreadable image (incomplete PPM header)")
+        fields.append(head[start:pos])
+    if fields[0] != b"P6" or not all(x.isdigit() for x in fields[1:]):
+        raise DataError(f"{path}: unreadable image (not a binary PPM: header {b' '.join(fields)!r})")
+    width, height, maxval = (int(x) for x in fields[1:])
+    if width == 0 or height == 0 or not 0 < maxval < 65536:
+        raise DataError(f"{path}: unreadable image (bad PPM header {width}x{height}, maxval {maxval})")
+    expected = pos + 1 + width * height * 3 * (1 if maxval < 256 else 2)
+    actual = path.stat().st_size
+    if actual < expected:
+        raise DataError(f"{path}: truncated image ({actual} bytes, its header needs {expected})")
+    return width, height
