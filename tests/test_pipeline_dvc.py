@@ -198,3 +198,73 @@ def test_cv_pools_the_folds_of_exp_runs(repo):
     assert row["images"] == own[0]["images"] + own[1]["images"] and own[0]["images"] > 0 and own[1]["images"] > 0
     proc = _run([BIN / "tsloc", "cv", "fold0"], dst, env, check=False)
     assert proc.returncode == 2 and "fold 1 missing" in proc.stderr
+
+
+# These change the data set, so they come last (tests run in file order and share the repository).
+
+@pytest.mark.parametrize("fmt, classes, first_name", [("gtsrb", 43, "Speed limit (20km/h)"),
+                                                      ("manifest", 20, "circle white-red dot")])
+def test_exp_run_on_each_synthetic_format(repo, fmt, classes, first_name):
+    """The whole pipeline on the synthetic twin of each format: the class count and names come from the data."""
+    import torch
+    dst, env, _ = repo
+    proc = _run([BIN / "dvc", "exp", "run", "-n", f"syn-{fmt}", "-S", f"data.synthetic.format={fmt}"], dst, env)
+    assert "Running stage 'evaluate'" in proc.stdout
+    ingest = json.loads((dst / "metrics" / "ingest.json").read_text())
+    assert ingest["format"] == fmt and ingest["classes"] == classes
+    ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
+    assert ckpt["num_classes"] == classes and ckpt["class_names"][0] == first_name
+    assert ckpt["state_dict"]["classifier.1.weight"].shape[0] == classes
+    table = pd.read_csv(dst / "metrics" / "class_accuracy.csv")
+    assert len(table) == classes and table["class_name"].iloc[0] == first_name
+    card = (dst / "models" / "MODEL_CARD.md").read_text()
+    assert f"format `{fmt}`" in card and f"{classes} classes" in card
+    split = json.loads((dst / "metrics" / "split.json").read_text())
+    assert ("test_carved" in split) == (fmt == "manifest")  # the synthetic manifest has no subset column
+    freq = pd.read_csv(dst / "plots" / "split" / "class_frequency_train.csv")
+    assert len(freq) == classes
+    show = _run([BIN / "dvc", "exp", "show", "--csv"], dst, env).stdout
+    assert fmt in show  # the data set's format is visible beside the metrics
+
+
+def test_hand_written_manifest_trains_and_predicts(repo, tmp_path):
+    """A few JPEG and PNG images (one stored sideways with EXIF orientation), a five-column manifest:
+    `dvc exp run` trains on it and `tsloc predict` answers with its class names."""
+    from PIL import Image
+    dst, env, _ = repo
+    signs = tmp_path / "signs"
+    colours = {"red stop": (220, 30, 30), "blue keep right": (30, 60, 220), "yellow priority": (230, 200, 20)}
+    lines = ["path,label,left,top,right,bottom"]
+    for c, (name, colour) in enumerate(colours.items()):
+        for i in range(6):
+            img = Image.new("RGB", (60 + 4 * i, 40), (90 + 10 * i, 100, 90))
+            img.paste(colour, (10, 8, 40 + 2 * i, 32))
+            path = f"{name.split()[0]}_{i}.{'jpg' if i % 2 else 'png'}"
+            signs.mkdir(exist_ok=True)
+            if c == 0 and i == 1:
+                exif = Image.Exif()
+                exif[0x0112] = 6  # shown turned 90 degrees clockwise: the pixels are stored turned back
+                img.transpose(Image.Transpose.ROTATE_90).save(signs / path, quality=95, exif=exif)
+            else:
+                img.save(signs / path, quality=95)
+            lines.append(f"{path},{name},10,8,{40 + 2 * i},32")
+    (signs / "manifest.csv").write_text("\n".join(lines) + "\n")
+    _run([BIN / "dvc", "exp", "run", "-n", "own", "-S", "data.source=local", "-S", f"data.path={signs / 'manifest.csv'}",
+          "-S", "data.format=manifest"], dst, env)
+    ingest = json.loads((dst / "metrics" / "ingest.json").read_text())
+    assert ingest["format"] == "manifest" and ingest["classes"] == 3 and ingest["Training"]["images"] == 18
+    split = json.loads((dst / "metrics" / "split.json").read_text())
+    assert split["images"]["test"] >= 3 and split["test_carved"]["images"] == split["images"]["test"]
+    proc = _run([BIN / "tsloc", "predict", str(signs), "--model", str(dst / "models" / "model.pt")], dst, env)
+    records = {Path(r["path"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert len(records) == 18 and {r["class_name"] for r in records.values()} <= set(colours)
+    # The sideways-stored JPEG is predicted as its upright copy is: same class, same box in upright pixels.
+    from tsloc.data.images import open_rgb
+    (tmp_path / "upright").mkdir()
+    open_rgb(signs / "red_1.jpg").save(tmp_path / "upright" / "red_1.png")
+    proc = _run([BIN / "tsloc", "predict", str(tmp_path / "upright" / "red_1.png"), "--model",
+                 str(dst / "models" / "model.pt")], dst, env)
+    upright = json.loads(proc.stdout)
+    assert upright["class_name"] == records["red_1.jpg"]["class_name"]
+    assert upright["box"] == pytest.approx(records["red_1.jpg"]["box"], abs=0.05)
+    assert Image.open(signs / "red_1.jpg").size == (40, 64)  # stored sideways; upright it is 64 x 40

@@ -17,7 +17,7 @@ from . import plots
 from .data.ingest import ingest, load_classes, load_metadata
 from .data.split import SUBSETS, class_frequencies, make_split
 from .data.images import open_rgb
-from .data.store import build_store
+from .data.store import write_store
 from .errors import DataError
 from .evaluation import (class_table, class_table_markdown, evaluate_subset, predict_images, relative_boxes,
                          shifted_metrics, shifted_views)
@@ -25,7 +25,7 @@ from .io import atomic_path, write_csv, write_figure, write_json, write_torch
 from .model import backbone_features, build_model, load_model
 from .model_card import model_card
 from .params import Tracked, load_params, record_keys, uses_cached_features
-from .training import (Batches, LossConfig, OptimConfig, checkpoint, compute_features, features_source, fit,
+from .training import (Batches, LossConfig, OptimConfig, checkpoint, feature_extractor, features_source, fit,
                        epoch_sizes, images_source, select_device)
 
 SPLIT_TABLE = Path("data/split.csv")
@@ -82,12 +82,12 @@ def run_features(params_file: str = "params.yaml") -> dict:
     p = _params(params_file)
     meta = load_metadata()
     body, _ = backbone_features(p.model.backbone, p.model.weights)  # before decoding: a bad weights file fails fast
+    features, pooled = feature_extractor(body, select_device(p.train.device)), []
     with atomic_path(FEATURES / "images.npy") as tmp:
-        store = build_store(meta, p.data.image_size, tmp)  # written as decoded: memory stays bounded
-        pooled = compute_features(body, store, select_device(p.train.device))
+        # Decoded, written and run through the backbone chunk by chunk: memory stays bounded.
+        shape = write_store(meta, p.data.image_size, tmp, on_chunk=lambda images: pooled.append(features(images)))
+        pooled = np.concatenate(pooled) if pooled else np.zeros((0, 0), np.float32)
         _save_npy(FEATURES / "pooled.npy", pooled)
-        shape = store.shape
-        del store
     record_keys("features", p)
     return {"images": int(shape[0]), "store_shape": list(shape), "features": list(pooled.shape)}
 

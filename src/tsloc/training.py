@@ -33,15 +33,27 @@ def select_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
+def feature_extractor(backbone: torch.nn.Module, device: torch.device, batch_size: int = 64):
+    """A function from uint8 images (N, S, S, 3) to pooled backbone features (N, C), the backbone fused
+    once and in eval mode; batches of `batch_size` (a chunked caller keeps its chunks a multiple of it,
+    so the numbers do not depend on the chunking)."""
+    backbone = fuse_conv_bn(backbone).to(device, memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def run(images, progress: bool = False) -> np.ndarray:
+        out = []
+        for start in tqdm(range(0, len(images), batch_size), desc="backbone features", unit="batch",
+                          disable=not progress, leave=False):
+            x = normalise(images[start:start + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
+            out.append(pool(backbone(x)).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    return run
+
+
 def compute_features(backbone: torch.nn.Module, images: np.ndarray, device: torch.device,
                      batch_size: int = 64) -> np.ndarray:
     """Pooled backbone features (N, C) of uint8 images, the backbone in eval mode."""
-    backbone = fuse_conv_bn(backbone).to(device, memory_format=torch.channels_last)
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="backbone features", unit="batch"):
-        x = normalise(images[start:start + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
-        out.append(pool(backbone(x)).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    return feature_extractor(backbone, device, batch_size)(images, progress=True)
 
 
 def class_weights(labels: np.ndarray, num_classes: int, kind: str = "inverse") -> torch.Tensor:

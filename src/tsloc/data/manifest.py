@@ -172,8 +172,8 @@ def read(path: Path, crop_margin: float = 0.0, crops: Path | None = None) -> Dat
         by_frame = [(i, f, df[df["file"] == f]) for i, f in enumerate(frames)]
         cut = map_threads(lambda job: _crop(job[1], list(job[2][BOX].itertuples(index=False, name=None)),
                                             crop_margin, crops, f"{job[0]:06d}"), by_frame, desc="crop boxes")
-        for (_, _, rows), results in zip(by_frame, cut):
-            for r, (file, w, h, box) in zip(rows.itertuples(index=False), results):
+        for (_, _, boxes), results in zip(by_frame, cut):
+            for r, (file, w, h, box) in zip(boxes.itertuples(index=False), results):
                 records.append((r.split, r.class_id, file.name, str(file), w, h, *box, r.group, str(r.line)))
     else:
         for r in df.itertuples(index=False):

@@ -1,9 +1,9 @@
 """A compact array store: every image decoded once and resized to the model's input size.
 
 uint8 (N, S, S, 3), in the row order of data/metadata.csv. The resize squashes the image to a square,
-as the notebook does, which leaves relative boxes unchanged. It is written to disk as it is decoded
-(a memory-mapped .npy), in chunks decoded by parallel threads, so memory stays bounded whatever the
-number of images (GTSRB has 50,000)."""
+as the notebook does, which leaves relative boxes unchanged. It is written to disk as it is decoded,
+in chunks decoded by parallel threads, so memory stays bounded whatever the number of images (GTSRB
+has 50,000); training and evaluation read it memory-mapped."""
 from __future__ import annotations
 
 import os
@@ -34,23 +34,35 @@ def load_image(path: str, size: int) -> np.ndarray:
     return to_input(open_rgb(path), size)
 
 
-def build_store(meta: pd.DataFrame, size: int, path: str | os.PathLike | None = None,
-                threads: int = 8, chunk: int = 512) -> np.ndarray:
-    """Decode every image of `meta` into (N, S, S, 3) uint8: in memory, or into the .npy at `path`
-    (memory-mapped, written chunk by chunk)."""
-    shape = (len(meta), size, size, 3)
-    store = (np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape) if path is not None
-             else np.empty(shape, dtype=np.uint8))
-    paths = meta["path"].tolist()
+def decoded_chunks(paths: list[str], size: int, threads: int = 8, chunk: int = 512):
+    """Yield the images of `paths` decoded (by parallel threads) as uint8 (n, S, S, 3) arrays of `chunk`."""
     with ThreadPoolExecutor(threads) as pool, tqdm(total=len(paths), desc="decode images", unit="img") as bar:
         for start in range(0, len(paths), chunk):
             part = paths[start:start + chunk]
-            for i, image in enumerate(pool.map(lambda p: load_image(p, size), part), start):
-                store[i] = image
+            yield np.stack(list(pool.map(lambda p: load_image(p, size), part)))
             bar.update(len(part))
-    if path is not None:
-        store.flush()
-    return store
+
+
+def write_store(meta: pd.DataFrame, size: int, path: str | os.PathLike, on_chunk=None, threads: int = 8,
+                chunk: int = 512) -> tuple:
+    """Decode every image of `meta` into the .npy file `path` (uint8 (N, S, S, 3)), chunk by chunk with
+    plain writes (no mapping: the process's memory holds one chunk, whatever N), calling `on_chunk` on
+    each chunk. The bytes are those `np.save` writes. Returns the shape."""
+    shape = (len(meta), size, size, 3)
+    header = np.lib.format.header_data_from_array_1_0(np.empty((0, size, size, 3), np.uint8))
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
+        for images in decoded_chunks(meta["path"].tolist(), size, threads, chunk) if len(meta) else ():
+            f.write(images.tobytes())
+            if on_chunk is not None:
+                on_chunk(images)
+    return shape
+
+
+def build_store(meta: pd.DataFrame, size: int, threads: int = 8, chunk: int = 512) -> np.ndarray:
+    """The same images in memory (tests, benchmarks)."""
+    parts = list(decoded_chunks(meta["path"].tolist(), size, threads, chunk))
+    return np.concatenate(parts) if parts else np.empty((0, size, size, 3), np.uint8)
 
 
 def normalise(images: np.ndarray | torch.Tensor) -> torch.Tensor:
