@@ -27,13 +27,15 @@ from tsloc.data.synthetic import generate
 
 def run_stage(stage: str, cwd: Path) -> tuple[float, float]:
     """(seconds, peak RSS in MiB) of `tsloc <stage>` run alone in a child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "tsloc.cli", stage], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
+    log = cwd / f"{stage}.log"  # a file, not a pipe: progress bars would fill a pipe and stall the stage
+    with open(log, "w") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "tsloc.cli", stage], cwd=cwd, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"tsloc {stage} failed:\n{proc.stderr.read()[-3000:]}")
+        raise SystemExit(f"tsloc {stage} failed:\n{log.read_text()[-3000:]}")
     return seconds, usage.ru_maxrss / 1024  # KiB on Linux
 
 

@@ -34,7 +34,7 @@ import yaml
 from PIL import Image
 
 from tsloc import pipeline
-from tsloc.data.belgiumtsc import SPLITS, read_dataset
+from tsloc.data.belgiumtsc import NUM_CLASSES, SPLITS, read_dataset
 from tsloc.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 
 
@@ -70,7 +70,7 @@ def notebook_item(df: pd.DataFrame, idx: int, size: int):
 def time_notebook(df: pd.DataFrame, subset: int, size: int, backbone: str, batch: int = 32) -> float:
     """Seconds per image per epoch of the notebook's loop (training pass: forward, backward, step)."""
     # The notebook's plain model: contiguous (NCHW) tensors, no folded BatchNorm.
-    model = build_model(backbone, "none", image_size=size).to(memory_format=torch.contiguous_format)
+    model = build_model(backbone, "none", NUM_CLASSES, image_size=size).to(memory_format=torch.contiguous_format)
     model.train()
     for m in model.backbone.modules():  # the notebook's model.train() also trains the frozen BatchNorms
         m.train()
@@ -121,7 +121,7 @@ def time_inference(files: list[str], size: int, backbone: str) -> tuple[float, f
     """`tsloc predict` from image files to records: images per second in batches of 32 and one by one."""
     from tsloc.predict import predict_files
     from tsloc.data.belgiumtsc import class_names
-    model = build_model(backbone, "none", image_size=size).eval()
+    model = build_model(backbone, "none", NUM_CLASSES, image_size=size).eval()
     ckpt = {"image_size": size, "class_names": class_names()}
     rates = []
     for batch in (32, 1):
@@ -168,7 +168,7 @@ def main() -> int:
     store_t = time.perf_counter()
     from tsloc.data.store import build_store
     from tsloc.training import compute_features
-    model = build_model(args.backbone, "none", image_size=args.size)
+    model = build_model(args.backbone, "none", NUM_CLASSES, image_size=args.size)
     store = build_store(meta, args.size)
     decode = time.perf_counter() - store_t
     t = time.perf_counter()

@@ -1,11 +1,13 @@
 """Data set formats: detection, the GTSRB and manifest readers, their bad input, the synthetic twins."""
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -298,3 +300,60 @@ def test_store_written_to_disk_equals_the_one_in_memory(tmp_path):
     jpg = meta.index[meta.filename.str.endswith(".jpg")][0]  # stored sideways; the store holds it upright
     upright = np.asarray(open_rgb(meta.path[jpg]).resize((32, 32), Image.BILINEAR))
     assert np.array_equal(in_memory[jpg], upright)
+
+
+def test_synthetic_twin_needs_two_images_per_class(tmp_path):
+    with pytest.raises(DataError, match=r"data\.synthetic\.size must be at least 86 for the gtsrb twin"):
+        generate(tmp_path / "g", size=80, fmt="gtsrb")
+
+
+@pytest.mark.parametrize("fmt", ["gtsrb", "manifest", "nothing"])
+def test_cli_ingest_of_each_format_bad_input_exits_2_and_writes_nothing(tmp_path, fmt):
+    """Through the command, as DVC runs it: one line naming the file, exit 2, no output, no leftovers."""
+    import os
+    import subprocess
+    import sys
+    if fmt == "gtsrb":
+        data = write_gtsrb(tmp_path / "g")
+        (data / "GTSRB" / "Final_Test" / "Images" / "00001.ppm").unlink()
+        expected = r"GT-final_test\.csv, line 3: image .*00001\.ppm not found"
+    elif fmt == "manifest":
+        data = tmp_path / "m"
+        _photo(data / "a.png")
+        _hand_manifest(data, ["a.png,stop,10,10,30,30", "a.png,stop,10,10"])
+        expected = r"manifest\.csv, line 3: right is '', not a number"
+    else:
+        data = tmp_path / "photos"
+        _photo(data / "a.png")
+        expected = r"photos: no data set format recognised \(looked for BelgiumTSC"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(f"data: {{source: local, path: {data}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "tsloc.cli", "ingest"], cwd=work, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert re.search(expected, proc.stderr) and proc.stderr.count("\n") == 1, proc.stderr
+    assert os.listdir(work / "data") == [] and not (work / "metrics").exists()
+
+
+def test_cli_ingest_manifest_with_crops_writes_them_under_data_raw(tmp_path):
+    import json
+    import subprocess
+    import sys
+    data = tmp_path / "frames"
+    data.mkdir()
+    frame = Image.new("RGB", (120, 80), (40, 40, 40))
+    frame.paste((250, 250, 250), (10, 10, 50, 50))
+    frame.paste((250, 0, 0), (70, 20, 110, 60))
+    frame.save(data / "f.jpg")
+    _hand_manifest(data, ["f.jpg,white,10,10,50,50,train", "f.jpg,red,70,20,110,60,train",
+                          "f.jpg,white,10,10,50,50,test"], header="path,label,left,top,right,bottom,subset")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(f"data: {{source: local, path: {data}, crop_margin: 0.1}}\n")
+    proc = subprocess.run([sys.executable, "-m", "tsloc.cli", "ingest"], cwd=work, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    meta = pd.read_csv(work / "data" / "metadata.csv")
+    assert meta.path.str.startswith("data/raw/crops/").all() and len(meta) == 3
+    assert all((work / p).is_file() for p in meta.path)
+    assert pd.read_csv(work / "data" / "classes.csv").name.tolist() == ["red", "white"]
+    assert json.loads((work / "metrics" / "ingest.json").read_text())["format"] == "manifest"

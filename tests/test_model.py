@@ -239,7 +239,7 @@ def test_clear_error_without_network(hub, monkeypatch):
 
 
 def test_finetune_last_blocks():
-    net = build_model("mobilenet_v2", "none", trainable_blocks=2)
+    net = build_model("mobilenet_v2", "none", num_classes=5, trainable_blocks=2)
     trainable = [i for i, block in enumerate(net.backbone) if any(p.requires_grad for p in block.parameters())]
     assert trainable == [17, 18]  # the last two blocks of MobileNetV2's 19 feature blocks
     net.train()
@@ -247,12 +247,12 @@ def test_finetune_last_blocks():
     logits, boxes = net(torch.randn(2, 3, 64, 64))
     (logits.sum() + boxes.sum()).backward()
     assert net.backbone[18][0].weight.grad is not None and net.backbone[16].conv[0][0].weight.grad is None
-    everything = build_model("resnet18", "none", trainable_blocks=-1)
+    everything = build_model("resnet18", "none", num_classes=5, trainable_blocks=-1)
     assert all(p.requires_grad for p in everything.backbone.parameters())
 
 
 def test_optimizer_groups_and_cosine_schedule():
-    net = build_model("mobilenet_v2", "none", trainable_blocks=1)
+    net = build_model("mobilenet_v2", "none", num_classes=5, trainable_blocks=1)
     opt, sched = make_optimizer(net, OptimConfig(lr=1e-2, optimizer="adamw", weight_decay=0.05, backbone_lr=0.1,
                                                  schedule="cosine", warmup_epochs=1), steps_per_epoch=10, epochs=5)
     assert isinstance(opt, torch.optim.AdamW)

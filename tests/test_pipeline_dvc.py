@@ -223,8 +223,10 @@ def test_exp_run_on_each_synthetic_format(repo, fmt, classes, first_name):
     assert ("test_carved" in split) == (fmt == "manifest")  # the synthetic manifest has no subset column
     freq = pd.read_csv(dst / "plots" / "split" / "class_frequency_train.csv")
     assert len(freq) == classes
-    show = _run([BIN / "dvc", "exp", "show", "--csv"], dst, env).stdout
-    assert fmt in show  # the data set's format is visible beside the metrics
+    import io
+    show = pd.read_csv(io.StringIO(_run([BIN / "dvc", "exp", "show", "--csv"], dst, env).stdout))
+    row = show[show["Experiment"] == f"syn-{fmt}"].iloc[0]  # the data set's format beside the metrics
+    assert row["format"] == fmt and row["classes"] == classes and row["data.format"] == "auto"
 
 
 def test_hand_written_manifest_trains_and_predicts(repo, tmp_path):

@@ -21,7 +21,7 @@ NAMES = [f"class {i}" for i in range(62)]
 
 def _stub(path, image_size=64, winner=3):
     """A real checkpoint whose heads ignore the image: class `winner` first, class i+1 next, and BOX."""
-    net = build_model("mobilenet_v2", "none", image_size=image_size).eval()
+    net = build_model("mobilenet_v2", "none", len(NAMES), image_size=image_size).eval()
     with torch.no_grad():
         net.classifier[1].weight.zero_()
         net.classifier[1].bias.copy_(-torch.arange(62, dtype=torch.float32) * 0.1)
@@ -103,7 +103,7 @@ def test_missing_and_incompatible_model(images, tmp_path):
 
 def _random_model(tmp_path, box="pooled"):
     torch.manual_seed(0)
-    net = build_model("mobilenet_v2", "none", image_size=64, box=box).eval()
+    net = build_model("mobilenet_v2", "none", len(NAMES), image_size=64, box=box).eval()
     with torch.no_grad():  # non-trivial heads
         net.box[-1].weight.normal_(0, 0.05)
         net.box[-1].bias.copy_(torch.tensor([10.0, 12.0, 50.0, 55.0]))

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tsloc", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("ingest", help="read the data set named by data.source into data/metadata.csv")
+    sub.add_parser("ingest", help="read the data set (data.source, data.format) into data/metadata.csv")
     sub.add_parser("split", help="split data/metadata.csv into train/valid/test (data/split.csv)")
     sub.add_parser("features", help="decode images once into data/features/ and compute backbone features")
     sub.add_parser("train", help="train the heads; best validation checkpoint to models/model.pt")
@@ -53,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions, "
                     "every fold of each configuration")
     cv.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
-    gen = sub.add_parser("synthetic", help="write the synthetic data set in the official layout to a folder")
+    gen = sub.add_parser("synthetic", help="write a synthetic data set in a format's layout to a folder")
     gen.add_argument("out")
     gen.add_argument("--size", type=int, default=1800)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--format", choices=("belgiumtsc", "gtsrb", "manifest"), default="belgiumtsc")
     args = parser.parse_args(argv)
 
     from . import pipeline  # imported here so that `tsloc --help` stays fast
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             from pathlib import Path
 
             from .data.synthetic import generate
-            generate(Path(args.out), size=args.size, seed=args.seed)
+            generate(Path(args.out), size=args.size, seed=args.seed, fmt=args.format)
     except (DataError, ParamsError, WeightsError, ModelFileError, ExportError) as exc:
         print(f"tsloc {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -144,7 +144,7 @@ class SignNet(nn.Module):
 
     Convolutions run channels-last (about 1.3x faster on CPU for MobileNetV2, benchmarks/speed.py)."""
 
-    def __init__(self, backbone: nn.Sequential, features: int, num_classes: int = 62, dropout: float = 0.2,
+    def __init__(self, backbone: nn.Sequential, features: int, num_classes: int, dropout: float = 0.2,
                  loss_weight: float = 100.0, image_size: int = 128, trainable_blocks: int = 0,
                  box: str = "pooled"):
         super().__init__()
@@ -215,7 +215,7 @@ class SignNet(nn.Module):
         return self.heads(self.features(images))
 
 
-def build_model(backbone: str, weights: str, num_classes: int = 62, dropout: float = 0.2,
+def build_model(backbone: str, weights: str, num_classes: int, dropout: float = 0.2,
                 image_size: int = 128, trainable_blocks: int = 0, box: str = "pooled") -> SignNet:
     body, features = backbone_features(backbone, weights)
     return SignNet(body, features, num_classes, dropout, image_size=image_size,

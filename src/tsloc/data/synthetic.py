@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from ..errors import DataError
+
 # Unique images per class in the real sets (Training 4575, Testing 2520).
 REAL_TRAIN = (15, 110, 13, 15, 15, 11, 18, 157, 27, 18, 21, 7, 18, 90, 43, 9, 9, 79, 81, 231, 42, 43,
               375, 15, 48, 42, 6, 18, 125, 33, 37, 63, 316, 12, 46, 60, 18, 98, 285, 196, 242, 148, 35,
@@ -277,6 +279,9 @@ def generate(out: Path, size: int = 1800, seed: int = 0, duplicate_rows: int = 2
     """Write a synthetic data set in format `fmt` into `out`; deterministic in `seed`."""
     rng = np.random.default_rng(seed)
     train_profile, test_profile = PROFILES[fmt]
+    if size < 2 * len(train_profile):
+        raise DataError(f"data.synthetic.size must be at least {2 * len(train_profile)} for the {fmt} twin "
+                        f"(2 images per class, {len(train_profile)} classes), got {size}")
     plan = _plan(size, rng, train_profile, test_profile)
     writer = WRITERS[fmt](Path(out), len(train_profile))
     jobs = [(split, i, item) for split, items in plan.items() for i, item in enumerate(items)]
