@@ -54,7 +54,10 @@ def main() -> None:
             data = data_root / f"{args.format}-{n}"
             if not data.exists():
                 print(f"generating {n} synthetic {args.format} images (not timed) ...", file=sys.stderr)
-                generate(data, size=n, seed=0, fmt=args.format)
+                partial = data.with_name(data.name + ".partial")  # an interrupted generation is not reused
+                shutil.rmtree(partial, ignore_errors=True)
+                generate(partial, size=n, seed=0, fmt=args.format)
+                partial.rename(data)
             work = scratch / f"run-{n}"
             work.mkdir(parents=True)
             params = {"data": {"source": "local", "path": str(data), "format": args.format,

@@ -15,7 +15,7 @@ from conftest import write_ppm
 from tsloc.data import formats
 from tsloc.data.images import image_size, open_rgb
 from tsloc.data.split import make_split, sign_ids
-from tsloc.data.store import build_store, write_store
+from tsloc.data.store import NpyWriter, build_store, write_store
 from tsloc.data.synthetic import PROFILES, generate
 from tsloc.errors import DataError
 
@@ -331,7 +331,8 @@ def test_cli_ingest_of_each_format_bad_input_exits_2_and_writes_nothing(tmp_path
     (work / "params.yaml").write_text(f"data: {{source: local, path: {data}}}\n")
     proc = subprocess.run([sys.executable, "-m", "tsloc.cli", "ingest"], cwd=work, capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert re.search(expected, proc.stderr) and proc.stderr.count("\n") == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]  # progress bars aside
+    assert len(errors) == 1 and errors[0].startswith("tsloc ingest: error:") and re.search(expected, errors[0]), errors
     assert os.listdir(work / "data") == [] and not (work / "metrics").exists()
 
 
@@ -357,3 +358,12 @@ def test_cli_ingest_manifest_with_crops_writes_them_under_data_raw(tmp_path):
     assert all((work / p).is_file() for p in meta.path)
     assert pd.read_csv(work / "data" / "classes.csv").name.tolist() == ["red", "white"]
     assert json.loads((work / "metrics" / "ingest.json").read_text())["format"] == "manifest"
+
+
+def test_npy_writer_refuses_a_short_or_misshapen_array(tmp_path):
+    with pytest.raises(ValueError, match="rows of shape"):
+        with NpyWriter(tmp_path / "a.npy", (4, 3), np.float32) as out:
+            out.write(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="2 rows written of 4"):
+        with NpyWriter(tmp_path / "b.npy", (4, 3), np.float32) as out:
+            out.write(np.zeros((2, 3)))

@@ -200,6 +200,39 @@ def test_cv_pools_the_folds_of_exp_runs(repo):
     assert proc.returncode == 2 and "fold 1 missing" in proc.stderr
 
 
+def test_plots_page_draws_every_plot_offline_in_chromium(repo, tmp_path):
+    """`dvc plots show` / `plots diff` with the repository's configuration, opened in headless Chromium
+    with the network cut: a canvas or SVG for each Vega plot, a loaded image for each PNG. DVC's own page
+    (libraries from a CDN) drawn the same way shows no Vega plot: the network really is cut."""
+    from browser import check_page, chromium
+    if chromium() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Chromium is not installed: .ci/run installs Debian's chromium package")
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+    from dvc_render.html import PAGE_HTML
+    dst, env, _ = repo
+    plots = yaml.safe_load((dst / "dvc.yaml").read_text())["plots"]
+    vega = [next(iter(p)) for p in plots if isinstance(p, dict)]
+    pngs = [p for p in plots if isinstance(p, str)]
+    assert len(vega) == 6 and len(pngs) == 6
+    _run([BIN / "dvc", "plots", "show", "-o", str(tmp_path / "show")], dst, env)
+    shot = os.environ.get("TSLOC_SCREENSHOT")  # TSLOC_SCREENSHOT=$PWD/docs/plots_page.png refreshes the README's
+    page = check_page(tmp_path / "show" / "index.html", tmp_path / "profile", Path(shot) if shot else None)
+    assert len(page["vega"]) == len(vega), page
+    for plot, drawn in page["vega"].items():
+        assert drawn["element"] in ("canvas", "svg") and drawn["width"] > 100 and drawn["height"] > 100, (plot, drawn)
+    assert len(page["images"]) == len(pngs) and all(page["images"].values()), page["images"]
+    _run([BIN / "dvc", "plots", "diff", "HEAD", "-o", str(tmp_path / "diff")], dst, env)
+    diff = check_page(tmp_path / "diff" / "index.html", tmp_path / "profile")
+    assert len(diff["vega"]) == len(vega) and all(d["element"] for d in diff["vega"].values()), diff
+    (tmp_path / "cdn.html").write_text(PAGE_HTML)
+    _run([BIN / "dvc", "plots", "show", "-o", str(tmp_path / "cdn"), "--html-template", str(tmp_path / "cdn.html")],
+         dst, env)
+    cdn = check_page(tmp_path / "cdn" / "index.html", tmp_path / "profile")
+    assert len(cdn["vega"]) == len(vega) and not any(d["element"] for d in cdn["vega"].values()), cdn
+    assert all(cdn["images"].values())
+
+
 # These change the data set, so they come last (tests run in file order and share the repository).
 
 @pytest.mark.parametrize("fmt, classes, first_name", [("gtsrb", 43, "Speed limit (20km/h)"),

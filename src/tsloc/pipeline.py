@@ -17,7 +17,7 @@ from . import plots
 from .data.ingest import ingest, load_classes, load_metadata
 from .data.split import SUBSETS, class_frequencies, make_split
 from .data.images import open_rgb
-from .data.store import write_store
+from .data.store import NpyWriter, write_store
 from .errors import DataError
 from .evaluation import (class_table, class_table_markdown, evaluate_subset, predict_images, relative_boxes,
                          shifted_metrics, shifted_views)
@@ -41,11 +41,6 @@ def _load(path: Path, what: str):
     if path.suffix == ".npy":
         return np.load(path, mmap_mode="r")
     return pd.read_csv(path, dtype={"row_ids": str, "group": str})
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
 
 
 def _params(params_file: str) -> Tracked:
@@ -81,13 +76,13 @@ def run_features(params_file: str = "params.yaml") -> dict:
     """Decode every image once into the array store and run the frozen backbone once per image."""
     p = _params(params_file)
     meta = load_metadata()
-    body, _ = backbone_features(p.model.backbone, p.model.weights)  # before decoding: a bad weights file fails fast
-    features, pooled = feature_extractor(body, select_device(p.train.device)), []
-    with atomic_path(FEATURES / "images.npy") as tmp:
-        # Decoded, written and run through the backbone chunk by chunk: memory stays bounded.
-        shape = write_store(meta, p.data.image_size, tmp, on_chunk=lambda images: pooled.append(features(images)))
-        pooled = np.concatenate(pooled) if pooled else np.zeros((0, 0), np.float32)
-        _save_npy(FEATURES / "pooled.npy", pooled)
+    body, channels = backbone_features(p.model.backbone, p.model.weights)  # before decoding: bad weights fail fast
+    features = feature_extractor(body, select_device(p.train.device))
+    # Decoded, written and run through the backbone chunk by chunk, both files written as they come:
+    # memory holds one chunk whatever the number of images.
+    with (atomic_path(FEATURES / "images.npy") as images, atomic_path(FEATURES / "pooled.npy") as tmp,
+          NpyWriter(tmp, (len(meta), channels), np.float32) as pooled):
+        shape = write_store(meta, p.data.image_size, images, on_chunk=lambda chunk: pooled.write(features(chunk)))
     record_keys("features", p)
     return {"images": int(shape[0]), "store_shape": list(shape), "features": list(pooled.shape)}
 

@@ -169,7 +169,7 @@ def read(path: Path, crop_margin: float = 0.0, crops: Path | None = None) -> Dat
         if crops is None:
             raise ValueError("crop_margin needs a folder for the crops")
         crops.mkdir(parents=True, exist_ok=True)
-        by_frame = [(i, f, df[df["file"] == f]) for i, f in enumerate(frames)]
+        by_frame = [(i, f, rows) for i, (f, rows) in enumerate(df.groupby("file", sort=False))]  # frames' order
         cut = map_threads(lambda job: _crop(job[1], list(job[2][BOX].itertuples(index=False, name=None)),
                                             crop_margin, crops, f"{job[0]:06d}"), by_frame, desc="crop boxes")
         for (_, _, boxes), results in zip(by_frame, cut):

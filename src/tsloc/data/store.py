@@ -43,17 +43,40 @@ def decoded_chunks(paths: list[str], size: int, threads: int = 8, chunk: int = 5
             bar.update(len(part))
 
 
+class NpyWriter:
+    """An .npy file written piece by piece along its first axis, with plain writes (no memory map, so
+    the process holds only the piece in hand). The bytes are those `np.save` writes for the whole array."""
+
+    def __init__(self, path: str | os.PathLike, shape: tuple, dtype):
+        self.shape, self.dtype, self.rows = tuple(shape), np.dtype(dtype), 0
+        header = np.lib.format.header_data_from_array_1_0(np.empty((0, *self.shape[1:]), self.dtype))
+        self.file = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.file, {**header, "shape": self.shape})
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.shape[1:] or self.rows + len(rows) > self.shape[0]:
+            raise ValueError(f"rows of shape {rows.shape} do not fit an array of {self.shape} at row {self.rows}")
+        self.file.write(rows.tobytes())
+        self.rows += len(rows)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_):
+        self.file.close()
+        if kind is None and self.rows != self.shape[0]:
+            raise ValueError(f"{self.file.name}: {self.rows} rows written of {self.shape[0]}")
+
+
 def write_store(meta: pd.DataFrame, size: int, path: str | os.PathLike, on_chunk=None, threads: int = 8,
                 chunk: int = 512) -> tuple:
-    """Decode every image of `meta` into the .npy file `path` (uint8 (N, S, S, 3)), chunk by chunk with
-    plain writes (no mapping: the process's memory holds one chunk, whatever N), calling `on_chunk` on
-    each chunk. The bytes are those `np.save` writes. Returns the shape."""
+    """Decode every image of `meta` into the .npy file `path` (uint8 (N, S, S, 3)) chunk by chunk,
+    calling `on_chunk` on each chunk: memory holds one chunk, whatever N. Returns the shape."""
     shape = (len(meta), size, size, 3)
-    header = np.lib.format.header_data_from_array_1_0(np.empty((0, size, size, 3), np.uint8))
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {**header, "shape": shape})
+    with NpyWriter(path, shape, np.uint8) as out:
         for images in decoded_chunks(meta["path"].tolist(), size, threads, chunk) if len(meta) else ():
-            f.write(images.tobytes())
+            out.write(images)
             if on_chunk is not None:
                 on_chunk(images)
     return shape
