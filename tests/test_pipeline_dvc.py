@@ -17,6 +17,8 @@ from tsloc.params import leaf_keys
 
 BIN = Path(sys.executable).parent
 
+pytestmark = pytest.mark.slow
+
 
 def _run(args, cwd, env=None, check=True):
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
@@ -290,6 +292,8 @@ def test_hand_written_manifest_trains_and_predicts(repo, tmp_path):
     assert ingest["format"] == "manifest" and ingest["classes"] == 3 and ingest["Training"]["images"] == 18
     split = json.loads((dst / "metrics" / "split.json").read_text())
     assert split["images"]["test"] >= 3 and split["test_carved"]["images"] == split["images"]["test"]
+    assert "test_shifted" not in json.loads((dst / "metrics" / "evaluate.json").read_text())  # signs under 40 px
+    assert "Shifted test views: none" in (dst / "models" / "MODEL_CARD.md").read_text()
     proc = _run([BIN / "tsloc", "predict", str(signs), "--model", str(dst / "models" / "model.pt")], dst, env)
     records = {Path(r["path"]).name: r for r in map(json.loads, proc.stdout.splitlines())}
     assert len(records) == 18 and {r["class_name"] for r in records.values()} <= set(colours)

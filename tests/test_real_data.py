@@ -14,6 +14,8 @@ from tsloc.data.belgiumtsc import read_dataset
 from tsloc.data.download import OFFICIAL_DIGESTS, verify
 from tsloc.data.split import make_split
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
@@ -56,3 +58,10 @@ def test_split_adds_no_shared_sign(real):
     assert report["images"]["test"] == 2520 and report["classes"]["train"] == 62
     nb, info = make_split(df, "notebook", 0.2, 42)
     assert info["notebook"]["rows"] == 2534 and info["notebook"]["valid_rows"] == 1444
+
+
+def test_recognised_as_belgiumtsc_with_poles_as_groups(real):
+    from tsloc.data import formats
+    out, df, _ = real
+    assert formats.detect(out) == "belgiumtsc"
+    assert (df.group == df.filename.str[:5].astype(int)).all()  # the pole, PPPPP of PPPPP_VVVVV.ppm

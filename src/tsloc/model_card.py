@@ -93,6 +93,10 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
             f"Shifted test views ({s['images']} test images with boxes of at least 40 px, re-cropped with random "
             f"margins of 0-45% per side): mean IoU {_pct(s['mean_iou'])} against {_pct(s['mean_box_iou'])} for the "
             f"constant box; accuracy {_pct(s['accuracy'])}.",
+        ]
+    else:
+        lines += ["", "Shifted test views: none (no test sign has a box of at least 40 px)."]
+    lines += [
         "",
         "## Weak spots: the five classes with the lowest test accuracy",
         "| class | name | test images | accuracy | share of training data |",
