@@ -307,6 +307,7 @@ def test_synthetic_twin_needs_two_images_per_class(tmp_path):
         generate(tmp_path / "g", size=80, fmt="gtsrb")
 
 
+@pytest.mark.slow  # a process each (the command's start-up is most of it)
 @pytest.mark.parametrize("fmt", ["gtsrb", "manifest", "nothing"])
 def test_cli_ingest_of_each_format_bad_input_exits_2_and_writes_nothing(tmp_path, fmt):
     """Through the command, as DVC runs it: one line naming the file, exit 2, no output, no leftovers."""
@@ -336,6 +337,7 @@ def test_cli_ingest_of_each_format_bad_input_exits_2_and_writes_nothing(tmp_path
     assert os.listdir(work / "data") == [] and not (work / "metrics").exists()
 
 
+@pytest.mark.slow
 def test_cli_ingest_manifest_with_crops_writes_them_under_data_raw(tmp_path):
     import json
     import subprocess
