@@ -31,7 +31,15 @@ def test_repository_params_are_the_defaults():
     ("train: {lr: 0}", "train.lr must be > 0"),
     ("model: {box_head: grid}", "model.box_head must be pooled or spatial"),
     ("train: {augment: {recrop: 1.5}}", "train.augment.recrop must be in [0, 1]"),
-    ("train: {colour: 1}", "unknown key(s) ['colour'] under 'train'"),
+    ("train: {colour: 1}", "'train.colour' is an unknown key (known under 'train': lr, epochs"),
+    ("train: {lrr: 0.1}", "'train.lrr' is an unknown key, did you mean train.lr?"),
+    ("dat: {source: local}", "'dat' is an unknown key, did you mean data?"),
+    ("train: {seed: -1}", "train.seed must be >= 0"),
+    ("split: {seed: -3}", "split.seed must be >= 0"),
+    ("train: {lr: -1e-3}", "train.lr must be > 0"),
+    ("train: {backbone_lr: -0.5}", "train.backbone_lr must be > 0"),
+    ("model: {finetune_blocks: -2}", "model.finetune_blocks must be -1 (all), 0 (frozen)"),
+    ("train: {lr: 1e-3", "params.yaml: not valid YAML"),
     ("train: {start_size: 160}", "train.start_size must be 0 (off) or from 32 to data.image_size (128), got 160"),
     ("train: {start_size: 16, augment: {enabled: true}}", "train.start_size must be 0 (off) or from 32"),
     ("train: {start_size: 96}", "train.start_size (progressive resizing) needs the image path"),
@@ -73,3 +81,13 @@ def test_start_size_accepted_on_the_image_path(tmp_path):
 ])
 def test_cached_features_only_for_frozen_unaugmented_pooled(tmp_path, text, cached):
     assert uses_cached_features(load_params(_write(tmp_path, text))) is cached
+
+
+@pytest.mark.parametrize("text, value", [("1e-3", 0.001), ("5E-4", 0.0005), ("2.5e+1", 25.0), (".5", 0.5), ("1.0e-3", 0.001)])
+def test_numbers_in_exponent_form_are_numbers(tmp_path, text, value):
+    """YAML 1.2 (as DVC reads params.yaml): `1e-3` is a float, not the string PyYAML's YAML 1.1 makes of it."""
+    assert load_params(_write(tmp_path, f"train: {{lr: {text}}}")).train.lr == value
+
+
+def test_strings_that_look_like_versions_stay_strings(tmp_path):
+    assert load_params(_write(tmp_path, "model: {weights: 1.2.3}")).model.weights == "1.2.3"

@@ -7,12 +7,26 @@ declared (an experiment that would not rerun the stage) or declared but unused f
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's numbers, as DVC reads params.yaml: `1e-3` is a float (PyYAML's YAML 1.1 reads a
+    string), so `-S train.lr=1e-3` and what DVC shows agree with what the code gets."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
 
 
 class ParamsError(ValueError):
@@ -113,9 +127,14 @@ def _build(cls, raw, where: str):
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: '{where}' must be a mapping, got {raw!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(raw) - set(known)
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ParamsError(f"params.yaml: unknown key(s) {sorted(unknown)} under '{where}'")
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        near = difflib.get_close_matches(unknown[0], list(known), n=1)
+        hint = f", did you mean {where + '.' if where else ''}{near[0]}?" if near else \
+            f" (known under '{where or 'the top'}': {', '.join(known)})"
+        raise ParamsError(f"params.yaml: '{key}' is an unknown key{hint}"
+                          + (f" (and {len(unknown) - 1} more unknown: {unknown[1:]})" if len(unknown) > 1 else ""))
     values = {}
     for name, f in known.items():
         key = f"{where}.{name}" if where else name
@@ -189,6 +208,15 @@ def _check(p: Params) -> None:
         raise ParamsError(f"params.yaml: model.dropout must be in [0, 1), got {p.model.dropout}")
     if p.train.lr <= 0 or p.train.epochs < 1 or p.train.batch_size < 2:
         raise ParamsError("params.yaml: train.lr must be > 0, train.epochs >= 1 and train.batch_size >= 2")
+    for key, value in (("data.synthetic.seed", p.data.synthetic.seed), ("split.seed", p.split.seed),
+                       ("train.seed", p.train.seed), ("visualize.seed", p.visualize.seed)):
+        if value < 0:
+            raise ParamsError(f"params.yaml: {key} must be >= 0 (NumPy and PyTorch take non-negative seeds), got {value}")
+    if p.model.finetune_blocks < -1:
+        raise ParamsError(f"params.yaml: model.finetune_blocks must be -1 (all), 0 (frozen) or the number of last "
+                          f"blocks to fine-tune, got {p.model.finetune_blocks}")
+    if p.train.backbone_lr <= 0:
+        raise ParamsError(f"params.yaml: train.backbone_lr must be > 0, got {p.train.backbone_lr}")
     t = p.train
     for key, value, allowed in (("optimizer", t.optimizer, ("adam", "adamw")), ("schedule", t.schedule, ("none", "cosine")),
                                 ("box_loss", t.box_loss, ("l1", "giou", "l1+giou")),
@@ -225,8 +253,11 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found (run from the repository root)")
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            raw = yaml.load(f, Loader=_Loader) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from exc
     params = _build(Params, raw, "")
     _check(params)
     return params
