@@ -147,3 +147,62 @@ def test_export_onnx_matches_pytorch(tmp_path):
     ref_p, ref_b = _reference(model, ckpt, x)
     assert (probs.argmax(1) == ref_p.argmax(1).numpy()).all()
     assert np.allclose(probs, ref_p.numpy(), atol=1e-4) and np.allclose(boxes, ref_b.numpy(), atol=1e-4)
+
+
+def test_draw_never_overwrites(tmp_path):
+    """a.jpg and a.png both draw (a.png, a-1.png), and a file already in the folder is left as it was."""
+    from tsloc.predict import predict_files
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.jpg", "a.png", "b.png"):
+        Image.new("RGB", (30, 20), (200, 10, 10)).save(folder / name)
+    drawn = tmp_path / "drawn"
+    drawn.mkdir()
+    (drawn / "b.png").write_bytes(b"mine")
+    model, ckpt = load_model(_stub(tmp_path / "stub.pt"))
+    assert predict_files(model, ckpt, [str(folder)], draw_dir=str(drawn), out=io.StringIO()) == 0
+    assert sorted(p.name for p in drawn.iterdir()) == ["a-1.png", "a.png", "b-1.png", "b.png"]
+    assert (drawn / "b.png").read_bytes() == b"mine"
+
+
+def test_no_images_is_a_message_and_exit_1(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image here")
+    proc = _predict(tmp_path / "empty", model=_stub(tmp_path / "stub.pt"))
+    assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert "tsloc predict: no image files in" in proc.stderr and "empty" in proc.stderr
+
+
+def test_exif_orientation_is_applied_and_boxes_refer_to_the_upright_image(tmp_path):
+    """A photo stored sideways (EXIF orientation 6) is 60 x 40 upright: its box is in those pixels."""
+    from tsloc.predict import predict_files
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (60, 40), (10, 200, 10)).transpose(Image.Transpose.ROTATE_90).save(
+        tmp_path / "turned.jpg", exif=exif)
+    model, ckpt = load_model(_stub(tmp_path / "stub.pt"))
+    out = io.StringIO()
+    predict_files(model, ckpt, [str(tmp_path / "turned.jpg")], out=out)
+    box = json.loads(out.getvalue())["box"]
+    assert box == pytest.approx([BOX[0] * 60, BOX[1] * 40, BOX[2] * 60, BOX[3] * 40], abs=0.02)
+
+
+def test_huge_images_are_refused_by_name_and_the_rest_go_on(tmp_path, monkeypatch):
+    from tsloc.predict import predict_files
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's bomb limit, made small for the test
+    for name, size in (("small.png", (20, 20)), ("over.png", (40, 30)), ("bomb.png", (100, 100))):
+        Image.new("RGB", size).save(tmp_path / name)
+    model, ckpt = load_model(_stub(tmp_path / "stub.pt"))
+    out, err = io.StringIO(), io.StringIO()
+    assert predict_files(model, ckpt, [str(tmp_path)], out=out, err=err) == 2
+    assert [json.loads(line)["path"].rsplit("/", 1)[1] for line in out.getvalue().splitlines()] == ["small.png"]
+    for name in ("over.png", "bomb.png"):
+        assert f"{name}: image too large to decode" in err.getvalue()
+
+
+def test_a_symlink_loop_does_not_trap_the_walk(tmp_path):
+    from tsloc.predict import collect
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "sub" / "x.png")
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    assert [name.as_posix() for _, name in collect([str(tmp_path)])] == ["sub/x.png"]

@@ -67,14 +67,18 @@ def main(argv: list[str] | None = None) -> int:
             _print(getattr(pipeline, f"run_{args.command}")(args.params))
         elif args.command == "predict":
             from .model import load_model
-            from .predict import predict_files
+            from .predict import NoImages, predict_files
             from .training import select_device
             if args.top_k < 1 or args.batch_size < 1:
                 raise DataError("--top-k and --batch-size must be at least 1")
             model, ckpt = load_model(args.model)
-            failed = predict_files(model, ckpt, args.paths, top_k=args.top_k, fmt=args.format,
-                                   draw_dir=args.draw, batch_size=args.batch_size,
-                                   device=select_device(args.device))
+            try:
+                failed = predict_files(model, ckpt, args.paths, top_k=args.top_k, fmt=args.format,
+                                       draw_dir=args.draw, batch_size=args.batch_size,
+                                       device=select_device(args.device))
+            except NoImages as exc:
+                print(f"tsloc predict: {exc}", file=sys.stderr)
+                return 1
             if failed:
                 print(f"tsloc predict: {failed} file(s) could not be read", file=sys.stderr)
                 return 1

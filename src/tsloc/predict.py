@@ -22,8 +22,13 @@ from .errors import DataError
 IMAGE_SUFFIXES = {".ppm", ".pgm", ".pbm", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+class NoImages(DataError):
+    """Nothing to predict: the folders hold no image file."""
+
+
 def collect(paths: list[str]) -> list[tuple[Path, Path]]:
-    """(file, name for --draw) for files given as such and image files found in folders, recursively."""
+    """(file, name for --draw) for files given as such and image files found in folders, recursively
+    (symbolic links to folders are not followed, so a link loop cannot trap the walk)."""
     out = []
     for arg in map(Path, paths):
         if arg.is_dir():
@@ -56,6 +61,24 @@ def record(path: Path, img: Image.Image, probs: torch.Tensor, box: torch.Tensor,
                   for q, i in zip(p, ids)],
         "box": [round(v, 2) for v in (left, top, right, bottom)],
     }
+
+
+class DrawNames:
+    """Where --draw writes each picture: `<name>.png` under the folder, or `<name>-1.png`, `-2`, ... when
+    another image of this run took that name (a.jpg and a.png) or a file of that name exists already:
+    nothing is overwritten."""
+
+    def __init__(self, folder: str | Path):
+        self.folder, self.taken = Path(folder), set()
+
+    def __call__(self, name: Path) -> Path:
+        base, k = name.with_suffix(""), 0
+        while True:
+            out = self.folder / (f"{base}.png" if k == 0 else f"{base}-{k}.png")
+            if out not in self.taken and not out.exists():
+                self.taken.add(out)
+                return out
+            k += 1
 
 
 def draw(img: Image.Image, rec: dict, out: Path) -> None:
@@ -99,10 +122,15 @@ class Writer:
 def predict_files(model, ckpt: dict, paths: list[str], *, top_k: int = 5, fmt: str = "jsonl",
                   draw_dir: str | None = None, batch_size: int = 32, device="cpu", out=sys.stdout,
                   err=sys.stderr) -> int:
-    """Predict every image; unreadable files are reported on `err` and skipped. Returns how many failed."""
+    """Predict every image; unreadable files are reported on `err` and skipped. Returns how many failed.
+    Images are read a batch at a time, so a folder of any size streams in bounded memory."""
+    files = collect(paths)
+    if not files:
+        raise NoImages(f"no image files in {', '.join(map(str, paths))} (looked for "
+                       f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     model = model.eval().to(device)
     writer = Writer(fmt, out)
-    files = collect(paths)
+    names = DrawNames(draw_dir) if draw_dir else None
     failed = 0
     for start in range(0, len(files), batch_size):
         batch = []
@@ -118,6 +146,6 @@ def predict_files(model, ckpt: dict, paths: list[str], *, top_k: int = 5, fmt: s
         for (path, name, img), p, b in zip(batch, probs, boxes):
             rec = record(path, img, p, b, ckpt["class_names"], top_k)
             writer.write(rec)
-            if draw_dir:
-                draw(img, rec, Path(draw_dir) / name.with_suffix(".png"))
+            if names:
+                draw(img, rec, names(name))
     return failed

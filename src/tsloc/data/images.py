@@ -5,9 +5,12 @@ read pixels through here, so a box always refers to the same pixels.
   the project refers to the upright image.
 - Greyscale is repeated to RGB; palette and alpha images are flattened onto white.
 - PPM sizes come from the header (fast, and a truncated file is caught without decoding it).
+- An image over Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`, 89 million pixels) is
+  refused by name before it is decoded, not decoded with a warning.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -27,19 +30,28 @@ def _orientation(img: Image.Image) -> int:
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """Any image Pillow reads, upright and RGB. Raises DataError naming the file when it is unreadable."""
+    """Any image Pillow reads, upright and RGB. Raises DataError naming the file when it is unreadable
+    or too large."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
-            if img.mode in ("P", "PA", "LA", "RGBA", "La") or "transparency" in img.info:
-                rgba = img.convert("RGBA")
-                flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                flat.alpha_composite(rgba)
-                return flat.convert("RGB")
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not decoded with a warning
+            with Image.open(path) as img:
+                img.load()
+                return _upright_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: image too large to decode ({exc})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: unreadable image ({exc})") from exc
+
+
+def _upright_rgb(img: Image.Image) -> Image.Image:
+    img = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+    if img.mode in ("P", "PA", "LA", "RGBA", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        flat.alpha_composite(rgba)
+        return flat.convert("RGB")
+    return img.convert("RGB")
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
