@@ -369,3 +369,12 @@ def test_npy_writer_refuses_a_short_or_misshapen_array(tmp_path):
     with pytest.raises(ValueError, match="2 rows written of 4"):
         with NpyWriter(tmp_path / "b.npy", (4, 3), np.float32) as out:
             out.write(np.zeros((2, 3)))
+
+
+def test_too_few_signs_to_carve_valid_and_test_is_refused_clearly():
+    """Two images per class (the README's five-line manifest): no sign can go to test or valid."""
+    meta = pd.DataFrame({"split": "Training", "class_id": [0, 0, 1, 1], "group": ["a", "b", "c", "d"],
+                         "path": list("wxyz")})
+    with pytest.raises(DataError, match=r"split: the test set is empty: 4 images in 4 physical signs \(groups\) "
+                                        r"over 2 classes.*raise split\.test_fraction"):
+        make_split(meta, "pole-grouped", 0.2, seed=0, test_fraction=0.2)

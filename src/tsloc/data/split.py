@@ -147,6 +147,13 @@ def make_split(meta: pd.DataFrame, strategy: str, valid_fraction: float, seed: i
     leaks = check_no_leak(meta, subset, strict=strategy != "notebook")
     out = meta.assign(subset=subset.to_numpy())
     counts = out["subset"].value_counts()
+    for side, key, fraction in (("test", "split.test_fraction", test_fraction),
+                                ("valid", "split.valid_fraction", valid_fraction)):
+        if not counts.get(side, 0):  # too few signs to carve from: say so here, not as a crash in training
+            raise DataError(f"split: the {side} set is empty: {len(meta)} images in {sign_ids(meta).nunique()} "
+                            f"physical signs (groups) over {meta['class_id'].nunique()} classes, and each class "
+                            f"gives {side} only whole signs, never its last one, about {key} = {fraction} of its "
+                            f"images; add images (more signs per class) or raise {key}")
     report = {
         "strategy": strategy,
         "images": {s: int(counts.get(s, 0)) for s in SUBSETS},
