@@ -11,7 +11,8 @@ from ..errors import DataError
 from . import belgiumtsc, gtsrb, manifest
 from .table import Dataset, check_test_classes
 
-FORMATS = ("belgiumtsc", "gtsrb", "manifest")
+READERS = {"belgiumtsc": belgiumtsc, "gtsrb": gtsrb, "manifest": manifest}  # in the order auto tries them
+FORMATS = tuple(READERS)
 LOOKED_FOR = ("BelgiumTSC: Training/ and Testing/ (here or one folder down); "
               "GTSRB: GTSRB/Final_Training/Images/ (here or one folder down); "
               f"manifest: a .csv file given as data.path, or {manifest.NAME} in the folder; "
@@ -20,7 +21,7 @@ LOOKED_FOR = ("BelgiumTSC: Training/ and Testing/ (here or one folder down); "
 
 def detect(path: Path) -> str:
     """The format of the data at `path`; one message saying what was looked for when none fits."""
-    for name, module in (("belgiumtsc", belgiumtsc), ("gtsrb", gtsrb), ("manifest", manifest)):
+    for name, module in READERS.items():
         if module.locate(path) is not None:
             return name
     raise DataError(f"{path}: no data set format recognised (looked for {LOOKED_FOR})")
@@ -28,8 +29,7 @@ def detect(path: Path) -> str:
 
 def recognised(fmt: str, path: Path) -> bool:
     """Whether `path` holds a data set of format `fmt` (auto: of any format) as it is, unextracted."""
-    modules = {"belgiumtsc": belgiumtsc, "gtsrb": gtsrb, "manifest": manifest}
-    return any(modules[f].locate(path) is not None for f in (FORMATS if fmt == "auto" else (fmt,)))
+    return any(READERS[f].locate(path) is not None for f in (FORMATS if fmt == "auto" else (fmt,)))
 
 
 def read(fmt: str, path: Path, crop_margin: float = 0.0, crops: Path | None = None) -> Dataset:
@@ -41,7 +41,7 @@ def read(fmt: str, path: Path, crop_margin: float = 0.0, crops: Path | None = No
         raise DataError(f"{path}: data.crop_margin applies to a manifest of whole frames, not to {fmt} (its "
                         f"images are sign crops already)")
     else:
-        data = {"belgiumtsc": belgiumtsc.read, "gtsrb": gtsrb.read}[fmt](path)
+        data = READERS[fmt].read(path)
     check_test_classes(data.table, data.names)
     data.format = fmt
     return data
