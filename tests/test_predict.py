@@ -206,3 +206,16 @@ def test_a_symlink_loop_does_not_trap_the_walk(tmp_path):
     Image.new("RGB", (20, 20)).save(tmp_path / "sub" / "x.png")
     (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
     assert [name.as_posix() for _, name in collect([str(tmp_path)])] == ["sub/x.png"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_for_without_cuda_is_one_clear_error(images, tmp_path):
+    from tsloc.errors import DataError
+    from tsloc.training import select_device
+    with pytest.raises(DataError, match=r"device 'cuda': CUDA is not available on this machine"):
+        select_device("cuda")
+    assert select_device("auto").type == "cpu" and select_device("cpu").type == "cpu"
+    proc = subprocess.run([sys.executable, "-m", "tsloc.cli", "predict", str(images / "a.ppm"), "--model",
+                           str(_stub(tmp_path / "stub.pt")), "--device", "cuda:1"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
+    assert "tsloc predict: error: device 'cuda:1': CUDA is not available" in proc.stderr

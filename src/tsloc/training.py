@@ -23,13 +23,24 @@ from tqdm import tqdm
 from .augment import augment
 from .boxes import make_valid, paired_iou
 from .data.store import normalise, standardise, to_float
+from .errors import DataError
 from .model import IMAGENET_MEAN, IMAGENET_STD, SignNet, fuse_conv_bn, pool
 
 
 def select_device(name: str) -> torch.device:
+    """auto: CUDA when present, else the CPU. Asking for a GPU that is not there is an error, not a
+    traceback from deep inside PyTorch at the first tensor moved."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DataError(f"device {name!r}: CUDA is not available on this machine (torch {torch.__version__} "
+                            f"sees no GPU); use auto or cpu")
+        if device.index is not None and device.index >= count:
+            raise DataError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 @torch.no_grad()
