@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .data.table import DTYPES
 from .errors import DataError
 from .evaluation import evaluate_subset, predict_images, relative_boxes
 from .model import ModelFileError, load_model
@@ -40,7 +41,7 @@ def _read(rev: str, path) -> io.BytesIO:
 
 
 def _split(rev: str) -> pd.DataFrame:
-    return pd.read_csv(_read(rev, SPLIT_TABLE), dtype={"row_ids": str})
+    return pd.read_csv(_read(rev, SPLIT_TABLE), dtype=DTYPES)
 
 
 def heldout_rows(reference: pd.DataFrame, split: pd.DataFrame, name: str) -> np.ndarray:

@@ -18,6 +18,7 @@ from .data.ingest import ingest, load_classes, load_metadata
 from .data.split import SUBSETS, class_frequencies, make_split
 from .data.images import open_rgb
 from .data.store import NpyWriter, write_store
+from .data.table import DTYPES
 from .errors import DataError
 from .evaluation import (class_table, class_table_markdown, evaluate_subset, predict_images, relative_boxes,
                          shifted_metrics, shifted_views)
@@ -40,7 +41,7 @@ def _load(path: Path, what: str):
         raise DataError(f"{path}: not found (run the {what} stage first: dvc repro {what})")
     if path.suffix == ".npy":
         return np.load(path, mmap_mode="r")
-    return pd.read_csv(path, dtype={"row_ids": str, "group": str})
+    return pd.read_csv(path, dtype=DTYPES)
 
 
 def _params(params_file: str) -> Tracked:

@@ -11,14 +11,14 @@ The quirks of the real files, all handled here and nowhere else:
 from __future__ import annotations
 
 import re
-from importlib.resources import files
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import DataError
 from .images import image_size
-from .table import COLUMNS as METADATA_COLUMNS, SIDES as SPLITS, Dataset, check_box, files_digest, map_threads
+from .table import (COLUMNS as METADATA_COLUMNS, SIDES as SPLITS, Dataset, check_box, files_digest, map_threads,
+                    packaged_names)
 
 COLUMNS = ["Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId"]
 INT_COLUMNS = COLUMNS[1:]
@@ -28,8 +28,7 @@ NUM_CLASSES = 62
 
 def class_names() -> list[str]:
     """English names of the 62 classes (checked against the images; see data/classes/belgiumtsc.csv)."""
-    table = pd.read_csv(files("tsloc") / "data" / "classes" / "belgiumtsc.csv")
-    return table.sort_values("class_id")["name"].tolist()
+    return packaged_names("belgiumtsc")
 
 
 def read_gt(csv: Path, class_id: int | None, columns: list[str] = COLUMNS) -> pd.DataFrame:

@@ -16,7 +16,6 @@ car approached): the group of the split. Test images carry no track, so each is 
 from __future__ import annotations
 
 import re
-from importlib.resources import files
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +23,8 @@ import pandas as pd
 from ..errors import DataError
 from .belgiumtsc import read_gt
 from .images import image_size
-from .table import COLUMNS as METADATA_COLUMNS, SIDES, Dataset, check_box, files_digest, map_threads, summary
+from .table import (COLUMNS as METADATA_COLUMNS, SIDES, Dataset, check_box, files_digest, map_threads, packaged_names,
+                    summary)
 
 NUM_CLASSES = 43
 TRAIN_DIR = Path("Final_Training/Images")
@@ -35,8 +35,7 @@ TRACK_RE = re.compile(r"^(\d{5})_(\d{5})\.\w+$")
 
 
 def class_names() -> list[str]:
-    table = pd.read_csv(files("tsloc") / "data" / "classes" / "gtsrb.csv")
-    return table.sort_values("class_id")["name"].tolist()
+    return packaged_names("gtsrb")
 
 
 def locate(folder: Path) -> Path | None:

@@ -22,7 +22,7 @@ from ..io import atomic_path, write_csv, write_json
 from . import formats
 from .download import extract, fetch_official, is_archive
 from .synthetic import generate
-from .table import SIDES
+from .table import DTYPES, SIDES, read_names
 
 RAW = Path("data/raw")
 DOWNLOADS = Path("data/downloads")
@@ -100,12 +100,11 @@ def ingest(data) -> dict:
 def load_metadata(path: Path = METADATA) -> pd.DataFrame:
     if not Path(path).exists():
         raise DataError(f"{path}: not found (run the ingest stage first: dvc repro ingest)")
-    return pd.read_csv(path, dtype={"row_ids": str, "group": str})
+    return pd.read_csv(path, dtype=DTYPES)
 
 
 def load_classes(path: Path = CLASSES) -> list[str]:
     """The data set's class names, index = class id (written by ingest from the data set itself)."""
     if not Path(path).exists():
         raise DataError(f"{path}: not found (run the ingest stage first: dvc repro ingest)")
-    table = pd.read_csv(path, keep_default_na=False)
-    return table.sort_values("class_id")["name"].astype(str).tolist()
+    return read_names(path)

@@ -21,6 +21,7 @@ from ..errors import DataError
 from ..io import sha256_file
 
 SIDES = ("Training", "Testing")
+DTYPES = {"row_ids": str, "group": str}  # how metadata.csv and split.csv are read back
 COLUMNS = ["split", "class_id", "filename", "path", "width", "height", "left", "top", "right", "bottom",
            "group", "row_ids"]
 
@@ -31,6 +32,19 @@ def check_box(where: str, box, width: int, height: int) -> None:
     if not (0 <= left < right <= width and 0 <= top < bottom <= height):
         raise DataError(f"{where}: box (left {left}, top {top}, right {right}, bottom {bottom}) "
                         f"is not inside its {width}x{height} image")
+
+
+def read_names(path) -> list[str]:
+    """Class names from a `class_id,name` table, index = class id: the names shipped for BelgiumTSC and
+    GTSRB, and data/classes.csv that ingest writes."""
+    table = pd.read_csv(path, keep_default_na=False)
+    return table.sort_values("class_id")["name"].astype(str).tolist()
+
+
+def packaged_names(fmt: str) -> list[str]:
+    """The class names shipped with the project for a format (src/tsloc/data/classes/<fmt>.csv)."""
+    from importlib.resources import files
+    return read_names(files("tsloc") / "data" / "classes" / f"{fmt}.csv")
 
 
 def summary(df: pd.DataFrame, side: str, **extra) -> dict:
