@@ -38,6 +38,7 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         f"- Input: RGB resized (squashed) to {ckpt['image_size']}x{ckpt['image_size']} px, normalised with mean "
         f"{ckpt['mean']} and std {ckpt['std']}.",
         f"- Output: class probabilities and one box ({ckpt['box_format']}).",
+        f"- Recipe: `{ckpt.get('recipe', 'notebook')}` (conf/recipe/{ckpt.get('recipe', 'notebook')}.yaml).",
         f"- Training: {train.get('optimizer', 'adam')}, lr {train.get('lr')}"
         + (f" (backbone x {train.get('backbone_lr')})" if blocks else "")
         + (f", weight decay {train['weight_decay']}" if train.get("weight_decay") else "")

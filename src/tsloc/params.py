@@ -113,6 +113,7 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class Params:
+    recipe: str = "notebook"      # the name of the recipe composed into params.yaml (conf/recipe/<name>.yaml)
     data: DataParams = field(default_factory=DataParams)
     split: SplitParams = field(default_factory=SplitParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -168,6 +169,8 @@ def uses_cached_features(p: Params) -> bool:
 
 
 def _check(p: Params) -> None:
+    if not p.recipe or not re.fullmatch(r"[\w.-]+", p.recipe):
+        raise ParamsError(f"params.yaml: recipe must be a recipe's name (conf/recipe/<name>.yaml), got {p.recipe!r}")
     if p.data.source not in ("synthetic", "download", "local"):
         raise ParamsError(f"params.yaml: data.source must be synthetic, download or local, got {p.data.source!r}")
     if p.data.source == "local" and not p.data.path:

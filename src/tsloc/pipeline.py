@@ -148,6 +148,7 @@ def run_train(params_file: str = "params.yaml") -> dict:
     ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
                       image_size=p.data.image_size, class_names=names, epoch=best["epoch"])
     ckpt["weights"] = p.model.weights
+    ckpt["recipe"] = p.recipe
     ckpt["train"] = {**t.as_dict(), "finetune_blocks": p.model.finetune_blocks}
     write_torch(MODEL, ckpt)
     # The training time, measured here, is what the 20-minute budget of a recipe is about.
