@@ -117,7 +117,7 @@ def test_ingest_local_archives_tar_and_zip(tiny_layout, tmp_path):
     assert proc.returncode == 0, proc.stderr
     meta = (work / "data" / "metadata.csv").read_text().splitlines()
     assert len(meta) == 1 + 6 and all(",data/raw/" in line for line in meta[1:])
-    assert json.loads((work / "metrics" / "ingest.json").read_text())["Training"]["fingerprint"] == \
+    assert json.loads((work / "reports" / "ingest.json").read_text())["Training"]["fingerprint"] == \
         folder_digest(tiny_layout, "Training")
 
 

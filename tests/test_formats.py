@@ -359,7 +359,7 @@ def test_cli_ingest_manifest_with_crops_writes_them_under_data_raw(tmp_path):
     assert meta.path.str.startswith("data/raw/crops/").all() and len(meta) == 3
     assert all((work / p).is_file() for p in meta.path)
     assert pd.read_csv(work / "data" / "classes.csv").name.tolist() == ["red", "white"]
-    assert json.loads((work / "metrics" / "ingest.json").read_text())["format"] == "manifest"
+    assert json.loads((work / "reports" / "ingest.json").read_text())["format"] == "manifest"
 
 
 def test_npy_writer_refuses_a_short_or_misshapen_array(tmp_path):

@@ -14,6 +14,7 @@ import yaml
 
 from conftest import REPO
 from tsloc.params import leaf_keys
+from test_recipes import compose
 
 BIN = Path(sys.executable).parent
 
@@ -39,11 +40,13 @@ def repo(tmp_path_factory):
         if src.is_file() and not rel.startswith(".dvc/cache"):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    params["data"]["synthetic"]["size"] = 250
-    params["data"]["image_size"] = 64
-    params["train"]["epochs"] = 3
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # `dvc exp run` composes params.yaml from conf/ (Hydra): the small settings go into the base config.
+    config = yaml.safe_load((dst / "conf" / "config.yaml").read_text())
+    config["data"]["synthetic"]["size"] = 250
+    config["data"]["image_size"] = 64
+    config["train"]["epochs"] = 3
+    (dst / "conf" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    compose(dst / "params.yaml", dst / "conf", [])
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "TSLOC_PARAMS_LOG": str(dst / ".params-read.jsonl"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
@@ -66,7 +69,7 @@ def test_repro_runs_every_stage_then_nothing(repo):
     assert "Data and pipelines are up to date" in _run([BIN / "dvc", "status"], dst, env).stdout
     status = _run(["git", "status", "--porcelain"], dst).stdout.splitlines()
     assert not [line for line in status if line.startswith("??")], status  # outputs are ignored or tracked
-    assert json.loads((dst / "metrics" / "split.json").read_text())["shared_signs"]["train_valid"] == 0
+    assert json.loads((dst / "reports" / "split.json").read_text())["shared_signs"]["train_valid"] == 0
 
 
 def test_forced_rerun_gives_identical_metrics(repo):
@@ -102,8 +105,7 @@ def test_changed_split_seed_reruns_only_split(repo):
     proc = _run([BIN / "dvc", "exp", "run", "-S", "split.seed=7"], dst, env)
     assert "Running stage 'split'" in proc.stdout
     assert "Running stage 'ingest'" not in proc.stdout
-    diff = _run([BIN / "dvc", "metrics", "diff", "--json"], dst, env).stdout
-    assert "metrics/split.json" in json.loads(diff)
+    assert json.loads((dst / "reports" / "split.json").read_text())["images"]["train"] > 0
 
 
 def test_checkpoint_and_metrics(repo):
@@ -112,17 +114,24 @@ def test_checkpoint_and_metrics(repo):
     ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
     assert ckpt["backbone"] == "mobilenet_v2" and ckpt["image_size"] == 64 and len(ckpt["class_names"]) == 62
     assert {"state_dict", "mean", "std", "class_ids", "versions"} <= set(ckpt)
-    metrics = json.loads((dst / "metrics" / "evaluate.json").read_text())
+    report = json.loads((dst / "reports" / "evaluate.json").read_text())
     for subset in ("valid", "test"):
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "mean_iou", "iou_at_0.5", "iou_at_0.75",
-                    "mean_box_iou"):
-            assert 0.0 <= metrics[subset][key] <= 1.0
-    assert metrics["loss_weight"] > 0
-    train = json.loads((dst / "metrics" / "train.json").read_text())
+                    "constant_box_iou"):
+            assert 0.0 <= report[subset][key] <= 1.0
+    assert report["loss_weight"] > 0
+    # DVC's metrics are the headline figures only, taken from the full report
+    metrics = json.loads((dst / "metrics" / "evaluate.json").read_text())
+    assert {k: sorted(v) for k, v in metrics.items()} == {
+        "valid": ["accuracy", "mean_iou"], "test_shifted": ["mean_iou"],
+        "test": ["accuracy", "balanced_accuracy", "constant_box_iou", "macro_f1", "mean_iou"]}
+    assert all(metrics[s][k] == report[s][k] for s in metrics for k in metrics[s])
+    train = json.loads((dst / "reports" / "train.json").read_text())
     assert 1 <= train["best_epoch"] <= 3 and train["train_seconds"] > 0 and train["threads"] >= 1
     assert train["train_minutes"] == pytest.approx(train["train_seconds"] / 60, abs=0.01)
-    table = (dst / "metrics" / "class_accuracy.csv").read_text().splitlines()
-    assert table[0] == "class_id,class_name,train_share,test_images,correct,accuracy,precision,recall"
+    assert json.loads((dst / "metrics" / "train.json").read_text()) == {"train_minutes": train["train_minutes"]}
+    table = (dst / "reports" / "class_accuracy.csv").read_text().splitlines()
+    assert table[0] == "class_id,class_name,train_share,test_images,correct,accuracy,precision"
     assert len(table) == 63
     for png in ("history", "train_gallery", "predictions", "class_frequency_train"):
         assert (dst / "plots" / f"{png}.png").stat().st_size > 10_000
@@ -136,8 +145,8 @@ def test_exp_run_lr_reruns_train_evaluate_visualize(repo):
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
     assert ran == {"train", "evaluate", "visualize"}
     diff = json.loads(_run([BIN / "dvc", "metrics", "diff", "--json"], dst, env).stdout)
-    assert "metrics/evaluate.json" in diff and "test.accuracy" in diff["metrics/evaluate.json"] \
-        or "loss_weight" in diff["metrics/evaluate.json"]
+    assert "metrics/evaluate.json" in diff and "metrics/train.json" in diff
+    assert set(diff) == {"metrics/evaluate.json", "metrics/train.json"}  # reports are not DVC metrics
     show = _run([BIN / "dvc", "exp", "show", "--csv"], dst, env).stdout
     assert "0.0005" in show
     out = dst / "plots_html"
@@ -245,23 +254,23 @@ def test_exp_run_on_each_synthetic_format(repo, fmt, classes, first_name):
     dst, env, _ = repo
     proc = _run([BIN / "dvc", "exp", "run", "-n", f"syn-{fmt}", "-S", f"data.synthetic.format={fmt}"], dst, env)
     assert "Running stage 'evaluate'" in proc.stdout
-    ingest = json.loads((dst / "metrics" / "ingest.json").read_text())
+    ingest = json.loads((dst / "reports" / "ingest.json").read_text())
     assert ingest["format"] == fmt and ingest["classes"] == classes
     ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
     assert ckpt["num_classes"] == classes and ckpt["class_names"][0] == first_name
     assert ckpt["state_dict"]["classifier.1.weight"].shape[0] == classes
-    table = pd.read_csv(dst / "metrics" / "class_accuracy.csv")
+    table = pd.read_csv(dst / "reports" / "class_accuracy.csv")
     assert len(table) == classes and table["class_name"].iloc[0] == first_name
     card = (dst / "models" / "MODEL_CARD.md").read_text()
     assert f"format `{fmt}`" in card and f"{classes} classes" in card
-    split = json.loads((dst / "metrics" / "split.json").read_text())
+    split = json.loads((dst / "reports" / "split.json").read_text())
     assert ("test_carved" in split) == (fmt == "manifest")  # the synthetic manifest has no subset column
     freq = pd.read_csv(dst / "plots" / "split" / "class_frequency_train.csv")
     assert len(freq) == classes
     import io
     show = pd.read_csv(io.StringIO(_run([BIN / "dvc", "exp", "show", "--csv"], dst, env).stdout))
-    row = show[show["Experiment"] == f"syn-{fmt}"].iloc[0]  # the data set's format beside the metrics
-    assert row["format"] == fmt and row["classes"] == classes and row["data.format"] == "auto"
+    row = show[show["Experiment"] == f"syn-{fmt}"].iloc[0]  # the data reports are no DVC metrics
+    assert row["data.synthetic.format"] == fmt and "Training.fingerprint.digest" not in show.columns
 
 
 def test_hand_written_manifest_trains_and_predicts(repo, tmp_path):
@@ -288,9 +297,9 @@ def test_hand_written_manifest_trains_and_predicts(repo, tmp_path):
     (signs / "manifest.csv").write_text("\n".join(lines) + "\n")
     _run([BIN / "dvc", "exp", "run", "-n", "own", "-S", "data.source=local", "-S", f"data.path={signs / 'manifest.csv'}",
           "-S", "data.format=manifest"], dst, env)
-    ingest = json.loads((dst / "metrics" / "ingest.json").read_text())
+    ingest = json.loads((dst / "reports" / "ingest.json").read_text())
     assert ingest["format"] == "manifest" and ingest["classes"] == 3 and ingest["Training"]["images"] == 18
-    split = json.loads((dst / "metrics" / "split.json").read_text())
+    split = json.loads((dst / "reports" / "split.json").read_text())
     assert split["images"]["test"] >= 3 and split["test_carved"]["images"] == split["images"]["test"]
     assert "test_shifted" not in json.loads((dst / "metrics" / "evaluate.json").read_text())  # signs under 40 px
     assert "Shifted test views: none" in (dst / "models" / "MODEL_CARD.md").read_text()

@@ -111,7 +111,7 @@ def test_cli_ingest_local_folder_in_place(tmp_path, tiny_layout):
     (tmp_path / "params.yaml").write_text("data: {source: local, path: tiny}\n")
     proc = subprocess.run([sys.executable, "-m", "tsloc.cli", "ingest"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((tmp_path / "metrics" / "ingest.json").read_text())
+    metrics = json.loads((tmp_path / "reports" / "ingest.json").read_text())
     assert metrics["Training"]["images"] == 5 and metrics["Training"]["duplicate_rows_dropped"] == 1
     assert metrics["Training"]["fingerprint"] == folder_digest(tiny_layout, "Training")
     source = json.loads((tmp_path / "data" / "raw" / "SOURCE.json").read_text())

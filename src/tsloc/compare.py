@@ -112,7 +112,7 @@ def cross_validation(runs: dict[str, dict]) -> pd.DataFrame:
     flat = {}
     for name, run in runs.items():
         if run["data"] != runs[first]["data"]:
-            raise DataError(f"{name}: read other data than {first} (their metrics/ingest.json differ)")
+            raise DataError(f"{name}: read other data than {first} (their reports/ingest.json differ)")
         flat[name] = flatten(run["params"])
         if not flat[name].get("split.folds"):
             raise DataError(f"{name}: not a cross-validation run (split.folds is "
@@ -149,5 +149,5 @@ def cross_validation(runs: dict[str, dict]) -> pd.DataFrame:
 def load_runs(names: list[str]) -> dict[str, dict]:
     """What `cross_validation` reads of each experiment: small files from git, no DVC cache needed."""
     return {name: {"params": yaml.safe_load(_read(name, "params.yaml")),
-                   "valid": json.load(_read(name, "metrics/evaluate.json"))["valid"],
-                   "data": json.load(_read(name, "metrics/ingest.json"))} for name in names}
+                   "valid": json.load(_read(name, "reports/evaluate.json"))["valid"],
+                   "data": json.load(_read(name, "reports/ingest.json"))} for name in names}

@@ -20,7 +20,7 @@ from .data.images import open_rgb
 from .data.store import NpyWriter, write_store
 from .data.table import DTYPES
 from .errors import DataError
-from .evaluation import (class_table, class_table_markdown, evaluate_subset, predict_images, relative_boxes,
+from .evaluation import (class_table, headline, class_table_markdown, evaluate_subset, predict_images, relative_boxes,
                          shifted_metrics, shifted_views)
 from .io import atomic_path, write_csv, write_figure, write_json, write_torch
 from .model import backbone_features, build_model, load_model
@@ -68,7 +68,7 @@ def run_split(params_file: str = "params.yaml") -> dict:
         write_figure(f"plots/class_frequency_{subset}.png", fig)
         plt.close(fig)
     write_csv(SPLIT_TABLE, table)
-    write_json("metrics/split.json", report)
+    write_json("reports/split.json", report)
     record_keys("split", p)
     return report
 
@@ -127,7 +127,7 @@ def run_train(params_file: str = "params.yaml") -> dict:
                  images_source(model, np.array(store[rows]), boxes, device, augmentation, generator))
         subsets[s] = Batches(fetch, torch.as_tensor(part["class_id"].to_numpy(copy=True)), boxes)
     model.start_boxes_at(subsets["train"].boxes.mean(0))
-    loss_cfg = LossConfig(p.data.image_size, t.box_loss, t.loss_balance, t.label_smoothing)
+    loss_cfg = LossConfig(p.data.image_size, t.box_loss, t.loss_balance, t.label_smoothing, t.loss_weight)
     optim_cfg = OptimConfig(t.lr, t.optimizer, t.weight_decay, t.backbone_lr, t.schedule, t.warmup_epochs)
     with Live(str(LIVE), dvcyaml=False, save_dvc_exp=False) as live:
         def log(epoch, row):
@@ -156,7 +156,8 @@ def run_train(params_file: str = "params.yaml") -> dict:
               "train_minutes": round(seconds / 60, 2), "train_seconds": round(seconds, 2),
               "seconds_per_epoch": round(seconds / t.epochs, 2),
               "device": str(device), "threads": torch.get_num_threads()}
-    write_json("metrics/train.json", report)
+    write_json("reports/train.json", report)
+    write_json("metrics/train.json", {"train_minutes": report["train_minutes"]})
     record_keys("train", p)
     return report
 
@@ -183,16 +184,17 @@ def run_evaluate(params_file: str = "params.yaml") -> dict:
     report["best_epoch"] = ckpt["epoch"]
     report["constant_box"] = [round(v, 4) for v in constant_box[0].tolist()]
     table = class_table(rows["test"], train["class_id"].to_numpy(), ckpt["class_names"])
-    write_csv("metrics/class_accuracy.csv", table, float_format="%.4f")
-    with atomic_path("metrics/class_accuracy.md") as tmp:
+    write_csv("reports/class_accuracy.csv", table, float_format="%.4f")
+    with atomic_path("reports/class_accuracy.md") as tmp:
         tmp.write_text(class_table_markdown(table))
     write_csv("plots/evaluate/confusion_test.csv", rows["test"][["actual", "predicted"]])
     write_csv("plots/evaluate/class_accuracy_test.csv",
               table.loc[table["test_images"] > 0, ["class_id", "accuracy"]], float_format="%.4f")
     write_csv(PREDICTIONS, rows["test"], float_format="%.5f")
-    write_json("metrics/evaluate.json", report)
-    card = model_card(ckpt, json.loads(Path("metrics/ingest.json").read_text()),
-                      json.loads(Path("metrics/split.json").read_text()), report, table)
+    write_json("reports/evaluate.json", report)
+    write_json("metrics/evaluate.json", headline(report))
+    card = model_card(ckpt, json.loads(Path("reports/ingest.json").read_text()),
+                      json.loads(Path("reports/split.json").read_text()), report, table)
     with atomic_path(MODEL.parent / "MODEL_CARD.md") as tmp:
         tmp.write_text(card)
     record_keys("evaluate", p)

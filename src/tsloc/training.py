@@ -90,6 +90,7 @@ class LossConfig:
     box: str = "l1"
     balance: str = "learned"
     label_smoothing: float = 0.0
+    report_weight: float = 100.0    # the fixed box-loss divisor of the reported loss (train.loss_weight)
 
 
 def losses(logits, boxes, y, target_boxes, weights, model, cfg: LossConfig, box_weights=None):
@@ -98,12 +99,7 @@ def losses(logits, boxes, y, target_boxes, weights, model, cfg: LossConfig, box_
     w = weights[y]
     ce = F.cross_entropy(logits, y, reduction="none", label_smoothing=cfg.label_smoothing)
     cls = (ce * w).sum() / w.sum()
-    per_box = torch.zeros_like(ce)
-    if "l1" in cfg.box:
-        per_box = per_box + F.l1_loss(boxes, target_boxes, reduction="none").sum(1) * cfg.image_size
-    if "giou" in cfg.box:
-        valid = torch.cat([torch.minimum(boxes[:, :2], boxes[:, 2:]), torch.maximum(boxes[:, :2], boxes[:, 2:])], 1)
-        per_box = per_box + generalized_box_iou_loss(valid, target_boxes, reduction="none") * cfg.image_size
+    per_box = box_losses(boxes, target_boxes, cfg)
     wb = w if box_weights is None else box_weights[y]
     box = (per_box * wb).sum() / wb.sum()
     if cfg.balance == "uncertainty":
@@ -114,6 +110,24 @@ def losses(logits, boxes, y, target_boxes, weights, model, cfg: LossConfig, box_
     else:
         total = cls + box / model.loss_weight
     return total, cls, box
+
+
+def box_losses(boxes, target_boxes, cfg: LossConfig) -> torch.Tensor:
+    """Each image's box loss (`cfg.box`), in pixels of the input."""
+    per_box = boxes.new_zeros(len(boxes))
+    if "l1" in cfg.box:
+        per_box = per_box + F.l1_loss(boxes, target_boxes, reduction="none").sum(1) * cfg.image_size
+    if "giou" in cfg.box:
+        valid = torch.cat([torch.minimum(boxes[:, :2], boxes[:, 2:]), torch.maximum(boxes[:, :2], boxes[:, 2:])], 1)
+        per_box = per_box + generalized_box_iou_loss(valid, target_boxes, reduction="none") * cfg.image_size
+    return per_box
+
+
+def reported_losses(logits, boxes, y, target_boxes, cfg: LossConfig) -> torch.Tensor:
+    """Each image's loss as reported and as `keep: best` compares it: plain cross-entropy (no class
+    weights, no smoothing) plus the box loss over the fixed `cfg.report_weight`. Its mean over a
+    subset depends on neither the batch size nor a learned balance, so epochs and runs compare."""
+    return F.cross_entropy(logits, y, reduction="none") + box_losses(boxes, target_boxes, cfg) / cfg.report_weight
 
 
 @dataclass
@@ -168,7 +182,8 @@ def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batc
               box_weights=None, size: int | None = None, after_step=None) -> dict:
     """One pass; trains when given an optimizer (shuffled, a last batch of one dropped: BatchNorm1d
     cannot train on it), on inputs of `size` when given; `after_step(model)` follows each step
-    (the EMA update). Returns the sample-weighted mean loss, accuracy and mean IoU."""
+    (the EMA update). Returns the mean per image of the reported loss (`reported_losses`; training
+    follows its own weighted objective), the accuracy and the mean IoU."""
     train = optimizer is not None
     model.train(train)
     n = len(data)
@@ -185,6 +200,7 @@ def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batc
             feats, tb = data.fetch(idx, train, size)
             logits, boxes = model.heads(feats)
             loss, _, _ = losses(logits, boxes, y, tb, weights, model, loss_cfg, box_weights)
+            reported = reported_losses(logits.detach(), boxes.detach(), y, tb, loss_cfg)
         if train:
             optimizer.zero_grad()
             loss.backward()
@@ -194,7 +210,7 @@ def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batc
             if after_step is not None:
                 after_step(model)
         k = len(idx)
-        total["loss"] += loss.item() * k
+        total["loss"] += reported.sum().item()
         total["correct"] += (logits.argmax(1) == y).sum().item()
         total["iou"] += paired_iou(make_valid(boxes.detach()), tb).sum().item()
         total["n"] += k
@@ -254,8 +270,8 @@ def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size:
         weighting: str = "inverse", box_weighting: str = "same", keep: str = "best",
         eval_subsets=("valid",), generator: torch.Generator | None = None, progress: bool = False,
         sizes: list[int] | None = None, eval_every: int = 1, ema_decay: float = 0.0) -> dict:
-    """Train the trainable parameters; returns the weights of the best validation loss (`keep="best"`,
-    the notebook's) or of the last epoch (`keep="last"`: a schedule that anneals to zero ends at
+    """Train the trainable parameters; returns the weights of the lowest validation loss (`keep="best"`,
+    the notebook's; the loss of `reported_losses`, averaged over every validation image) or of the last epoch (`keep="last"`: a schedule that anneals to zero ends at
     its best point, and the validation set then only chooses recipes, never an epoch).
     `log(epoch, row)` receives every epoch's figures. `weighting` weighs the classes in the
     cross-entropy; `box_weighting` in the box loss ("same": as `weighting`, the notebook's).
@@ -264,6 +280,9 @@ def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size:
     training: the same seed trains the same weights). `ema_decay` > 0: an exponential moving average
     of the weights and BatchNorm statistics, updated every step (torch.optim.swa_utils, as
     torchvision's references), is what is evaluated and kept."""
+    for name in ("train",) + tuple(eval_subsets):
+        if not len(subsets[name]):
+            raise DataError(f"no {name} images: the {name} set is empty (see data/split.csv and reports/split.json)")
     torch.manual_seed(seed)
     generator = generator or torch.Generator().manual_seed(seed)
     labels = subsets["train"].labels.numpy()

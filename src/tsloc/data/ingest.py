@@ -28,7 +28,7 @@ RAW = Path("data/raw")
 DOWNLOADS = Path("data/downloads")
 METADATA = Path("data/metadata.csv")
 CLASSES = Path("data/classes.csv")
-METRICS = Path("metrics/ingest.json")
+METRICS = Path("reports/ingest.json")
 
 
 def repo_root(cwd: Path | None = None) -> Path:
@@ -82,7 +82,7 @@ def _relative(path: str, tmp: Path) -> str:
 
 
 def ingest(data) -> dict:
-    """Run the stage; returns the summary also written to metrics/ingest.json."""
+    """Run the stage; returns the summary also written to reports/ingest.json."""
     with atomic_path(RAW, is_dir=True) as tmp:
         root, source = _stage_images(data, tmp)
         dataset = formats.read(data.format, root, data.crop_margin, tmp / "crops")

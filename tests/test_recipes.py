@@ -1,0 +1,71 @@
+"""Named recipes: conf/config.yaml composed with conf/recipe/<name>.yaml by DVC's Hydra support, as
+`dvc exp run -S recipe=<name>` does (DVC's own compose_and_dump)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from tsloc.params import flatten, load_params
+
+RECIPES = sorted((REPO / "conf" / "recipe").glob("*.yaml"))
+
+
+def compose(output: Path, conf: Path, overrides: list[str]) -> dict:
+    """Write what `dvc exp run -S ...` writes to params.yaml, with DVC's function; return it."""
+    from dvc.utils.hydra import compose_and_dump
+    compose_and_dump(output, str(Path(conf).resolve()), None, "config", str(Path(conf).resolve()), overrides)
+    return yaml.safe_load(Path(output).read_text())
+
+
+def _base() -> dict:
+    base = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())
+    base.pop("defaults")
+    return base
+
+
+def test_params_yaml_is_the_default_composition(tmp_path):
+    """`dvc repro` reads params.yaml as committed; `dvc exp run` recomposes it: they must agree, to the byte."""
+    composed = compose(tmp_path / "params.yaml", REPO / "conf", [])
+    assert (tmp_path / "params.yaml").read_text() == (REPO / "params.yaml").read_text()
+    assert composed["recipe"] == "notebook" and composed == _base()
+
+
+def test_recipes_exist():
+    assert {p.stem for p in RECIPES} >= {"notebook", "best"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_a_recipe_sets_exactly_its_params(tmp_path, recipe):
+    own = flatten(yaml.safe_load(recipe.read_text()))
+    base = flatten(_base())
+    assert own["recipe"] == recipe.stem  # the name dvc exp show / params diff display is the file's
+    assert set(own) <= set(base), f"{recipe.name} sets keys the base config does not have: {set(own) - set(base)}"
+    composed = flatten(compose(tmp_path / "params.yaml", REPO / "conf", [f"recipe={recipe.stem}"]))
+    assert composed == {**base, **own}  # the recipe's keys take its values; every other key keeps the base's
+    load_params(tmp_path / "params.yaml")  # and the result is valid
+
+
+def test_best_recipe_is_the_cross_validated_one(tmp_path):
+    p = load_params_from(tmp_path, ["recipe=best"])
+    assert (p.recipe, p.data.image_size, p.model.finetune_blocks, p.model.box_head) == ("best", 144, 8, "spatial")
+    assert (p.train.class_weights, p.train.box_weights, p.train.keep, p.train.eval_every) == ("sqrt", "none", "last", 6)
+    assert p.split.valid_fraction == 0.15 and p.train.augment.enabled and p.train.augment.recrop == 0.3
+    assert p.data.source == "synthetic"  # the data stay a separate choice
+
+
+def test_set_flags_apply_after_the_recipe(tmp_path):
+    p = load_params_from(tmp_path, ["recipe=best", "train.seed=3", "data.source=local", "data.path=../belgiumtsc"])
+    assert (p.recipe, p.train.seed, p.data.source, p.data.path, p.train.epochs) == ("best", 3, "local",
+                                                                                    "../belgiumtsc", 18)
+
+
+def test_notebook_recipe_is_the_default(tmp_path):
+    assert load_params_from(tmp_path, ["recipe=notebook"]) == load_params(REPO / "params.yaml")
+
+
+def load_params_from(tmp_path, overrides):
+    compose(tmp_path / "params.yaml", REPO / "conf", overrides)
+    return load_params(tmp_path / "params.yaml")
