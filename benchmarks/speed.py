@@ -33,7 +33,7 @@ import torchvision.transforms.functional as TF
 import yaml
 from PIL import Image
 
-from tsloc import pipeline
+import importlib
 from tsloc.data.belgiumtsc import NUM_CLASSES, SPLITS, read_dataset
 from tsloc.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 
@@ -108,7 +108,7 @@ def time_project(data: Path, epochs: int, size: int, backbone: str, repo: Path) 
         try:
             for stage in ("ingest", "split", "features", "train"):
                 t = time.perf_counter()
-                getattr(pipeline, f"run_{stage}")()
+                importlib.import_module(f"tsloc.pipeline.{stage}").run()
                 times[stage] = time.perf_counter() - t
         finally:
             os.chdir(cwd)

@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: parameters from params.yaml, the work in tsloc.pipeline.run_evaluate."""
+"""DVC stage `evaluate`: parameters from params.yaml, the work in tsloc.pipeline.evaluate.run."""
 import sys
 
 from tsloc.cli import main

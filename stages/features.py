@@ -1,4 +1,4 @@
-"""DVC stage `features`: parameters from params.yaml, the work in tsloc.pipeline.run_features."""
+"""DVC stage `features`: parameters from params.yaml, the work in tsloc.pipeline.features.run."""
 import sys
 
 from tsloc.cli import main

@@ -1,4 +1,4 @@
-"""DVC stage `ingest`: parameters from params.yaml, the work in tsloc.pipeline.run_ingest."""
+"""DVC stage `ingest`: parameters from params.yaml, the work in tsloc.pipeline.ingest.run."""
 import sys
 
 from tsloc.cli import main

@@ -1,4 +1,4 @@
-"""DVC stage `split`: parameters from params.yaml, the work in tsloc.pipeline.run_split."""
+"""DVC stage `split`: parameters from params.yaml, the work in tsloc.pipeline.split.run."""
 import sys
 
 from tsloc.cli import main

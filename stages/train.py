@@ -1,4 +1,4 @@
-"""DVC stage `train`: parameters from params.yaml, the work in tsloc.pipeline.run_train."""
+"""DVC stage `train`: parameters from params.yaml, the work in tsloc.pipeline.train.run."""
 import sys
 
 from tsloc.cli import main

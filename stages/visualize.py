@@ -1,4 +1,4 @@
-"""DVC stage `visualize`: parameters from params.yaml, the work in tsloc.pipeline.run_visualize."""
+"""DVC stage `visualize`: parameters from params.yaml, the work in tsloc.pipeline.visualize.run."""
 import sys
 
 from tsloc.cli import main

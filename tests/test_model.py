@@ -383,3 +383,39 @@ def test_equal_checkpoints_are_equal_files(tmp_path):
     assert (tmp_path / "one" / "model.pt").read_bytes() == (tmp_path / "two" / "model.pt").read_bytes()
     assert torch.equal(torch.load(tmp_path / "one" / "model.pt", weights_only=True)["state_dict"]["w"], ckpt["state_dict"]["w"])
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["model.pt"]  # no temporary file left
+
+
+def test_validation_loss_is_the_plain_per_image_mean_at_a_fixed_weight():
+    """keep=best compares this figure: one value per image, averaged over the whole set, so neither the
+    batch size, the class weights, label smoothing nor the learned loss weight moves it."""
+    import torch.nn.functional as F
+    from tsloc.training import run_epoch
+    images, labels, boxes = _tiny(n=23)
+    feats = np.random.default_rng(3).normal(size=(len(images), 1280)).astype(np.float32)
+    torch.manual_seed(0)
+    net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=3).eval()
+    data = Batches(features_source(feats, boxes, "cpu"), labels, boxes)
+    cfg = LossConfig(48, report_weight=100.0)
+    weights = torch.tensor([0.2, 0.3, 0.5])
+    losses = [run_epoch(net, data, weights, cfg, bs)["loss"] for bs in (1, 4, 7, 23)]
+    assert losses == pytest.approx([losses[0]] * 4, rel=1e-6)
+    with torch.no_grad():
+        net.loss_weight.fill_(7.0)   # the learned divisor: not part of the reported loss
+    smoothed = LossConfig(48, label_smoothing=0.3, report_weight=100.0)
+    assert run_epoch(net, data, torch.ones(3), smoothed, 5)["loss"] == pytest.approx(losses[0], rel=1e-6)
+    with torch.no_grad():             # by hand
+        logits, pred = net.heads(torch.as_tensor(feats))
+        expected = (F.cross_entropy(logits, labels, reduction="none")
+                    + (pred - boxes).abs().sum(1) * 48 / 100.0).mean().item()
+    assert losses[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_an_empty_validation_set_is_refused():
+    from tsloc.errors import DataError
+    images, labels, boxes = _tiny(n=10)
+    feats = np.zeros((10, 1280), np.float32)
+    net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=3)
+    subsets = {"train": Batches(features_source(feats, boxes, "cpu"), labels, boxes),
+               "valid": Batches(features_source(feats[:0], boxes[:0], "cpu"), labels[:0], boxes[:0])}
+    with pytest.raises(DataError, match="no valid images"):
+        fit(net, subsets, epochs=1, batch_size=4, seed=0, num_classes=3, loss_cfg=LossConfig(48))

@@ -100,6 +100,22 @@ def test_declared_params_match_the_keys_read(repo):
         assert declared - optional <= read[stage], f"{stage} declares unread {declared - read[stage]}"
 
 
+def test_declared_code_deps_match_the_modules_loaded(repo):
+    """Each stage's `deps` under src/ are exactly the tsloc modules the stage imported (so editing a
+    module reruns the stages that use it, and only those)."""
+    dst, _, _ = repo
+    dvc_yaml = yaml.safe_load((dst / "dvc.yaml").read_text())
+    loaded = {}
+    for line in (dst / ".params-read.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        loaded.setdefault(rec["stage"], set()).update(rec["modules"])
+    for stage, spec in dvc_yaml["stages"].items():
+        declared = {d for d in spec["deps"] if d.startswith("src/") and d.endswith(".py")}
+        assert loaded[stage] <= declared, f"{stage} imports undeclared {sorted(loaded[stage] - declared)}"
+        assert declared <= loaded[stage], f"{stage} declares unimported {sorted(declared - loaded[stage])}"
+        assert f"stages/{stage}.py" in spec["deps"]
+
+
 def test_changed_split_seed_reruns_only_split(repo):
     dst, env, _ = repo
     proc = _run([BIN / "dvc", "exp", "run", "-S", "split.seed=7"], dst, env)

@@ -219,3 +219,22 @@ def test_cuda_asked_for_without_cuda_is_one_clear_error(images, tmp_path):
                            str(_stub(tmp_path / "stub.pt")), "--device", "cuda:1"], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stdout == ""
     assert "tsloc predict: error: device 'cuda:1': CUDA is not available" in proc.stderr
+
+
+def test_predict_without_model_says_which_model_answers(images, tmp_path):
+    """After the Quickstart models/model.pt is the synthetic data's: predict says so on stderr."""
+    (tmp_path / "models").mkdir()
+    _stub(tmp_path / "models" / "model.pt")
+    run = lambda: subprocess.run([sys.executable, "-m", "tsloc.cli", "predict", str(images / "a.ppm")],  # noqa: E731
+                                 capture_output=True, text=True, cwd=tmp_path)
+    bare = run()
+    assert bare.returncode == 0 and json.loads(bare.stdout)["class_id"] == 3
+    assert "models/model.pt: recipe notebook, 62 classes (no pipeline reports" in bare.stderr
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "reports" / "ingest.json").write_text(json.dumps({"source": "synthetic", "format": "gtsrb"}))
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps({"test": {"accuracy": 0.9421875}}))
+    told = run().stderr
+    assert "trained on synthetic GTSRB data; test accuracy 94.22% (metrics/evaluate.json)" in told
+    assert "--model FILE" in told
+    assert _predict(images / "a.ppm", model=tmp_path / "models" / "model.pt").stderr == ""  # asked for: quiet

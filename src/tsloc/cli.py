@@ -5,14 +5,14 @@ Bad input ends with one clear line on stderr and exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 
-from .errors import DataError
-from .export import ExportError
-from .model import ModelFileError, WeightsError
+from .errors import DataError, ExportError, ModelFileError, WeightsError
 from .params import ParamsError
 
+DEFAULT_MODEL = "models/model.pt"
 STAGES = ("ingest", "split", "features", "train", "evaluate", "visualize")
 
 
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("visualize", help="history, training gallery and prediction gallery under plots/")
     pred = sub.add_parser("predict", help="classes and boxes for image files and folders (recursively)")
     pred.add_argument("paths", nargs="+", metavar="PATH")
-    pred.add_argument("--model", default="models/model.pt")
+    pred.add_argument("--model", help=f"a model file (default: {DEFAULT_MODEL}, the pipeline's; "
+                                      "which one it is goes to stderr)")
     pred.add_argument("--top-k", type=int, default=5)
     pred.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     pred.add_argument("--draw", metavar="DIR", help="also write each image with its box and label to DIR")
@@ -60,18 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--format", choices=("belgiumtsc", "gtsrb", "manifest"), default="belgiumtsc")
     args = parser.parse_args(argv)
 
-    from . import pipeline  # imported here so that `tsloc --help` stays fast
-
     try:
-        if args.command in STAGES:
-            _print(getattr(pipeline, f"run_{args.command}")(args.params))
+        if args.command in STAGES:  # each stage's module imports only what that stage uses (dvc.yaml's deps)
+            _print(importlib.import_module(f"{__package__}.pipeline.{args.command}").run(args.params))
         elif args.command == "predict":
             from .model import load_model
             from .predict import NoImages, predict_files
             from .training import select_device
             if args.top_k < 1 or args.batch_size < 1:
                 raise DataError("--top-k and --batch-size must be at least 1")
-            model, ckpt = load_model(args.model)
+            model, ckpt = load_model(args.model or DEFAULT_MODEL)
+            if args.model is None:  # say which model answers: after the Quickstart, the synthetic data's
+                from .model_card import one_line
+                print(f"tsloc predict: {DEFAULT_MODEL}: {one_line(ckpt)}", file=sys.stderr)
             try:
                 failed = predict_files(model, ckpt, args.paths, top_k=args.top_k, fmt=args.format,
                                        draw_dir=args.draw, batch_size=args.batch_size,

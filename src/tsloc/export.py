@@ -14,14 +14,11 @@ import torch
 from torch import nn
 
 from .boxes import make_valid
+from .errors import ExportError
 from .io import atomic_path
 from .model import SignNet
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
-
-
-class ExportError(RuntimeError):
-    """An export that cannot run here (a missing optional dependency)."""
 
 
 class Exportable(nn.Module):

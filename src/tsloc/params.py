@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,11 +297,16 @@ class Tracked:
 
 
 def record_keys(stage: str, tracked: Tracked) -> None:
-    """Append the keys a stage read to $TSLOC_PARAMS_LOG (set by the tests), one JSON line."""
+    """Append the keys a stage read and the tsloc modules it loaded to $TSLOC_PARAMS_LOG (set by the
+    tests, which compare both with the stage's `params` and `deps` in dvc.yaml), one JSON line."""
     log = os.environ.get("TSLOC_PARAMS_LOG")
     if log:
+        package = Path(__file__).resolve().parent
+        modules = sorted(Path(m.__file__).resolve().relative_to(package.parent.parent).as_posix()
+                         for name, m in list(sys.modules.items())
+                         if (name == "tsloc" or name.startswith("tsloc.")) and getattr(m, "__file__", None))
         with open(log, "a") as f:
-            f.write(json.dumps({"stage": stage, "keys": sorted(tracked.keys_read)}) + "\n")
+            f.write(json.dumps({"stage": stage, "keys": sorted(tracked.keys_read), "modules": modules}) + "\n")
 
 
 def flatten(raw: dict, prefix: str = "") -> dict:

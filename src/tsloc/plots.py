@@ -24,17 +24,27 @@ def class_frequency(counts: pd.DataFrame, title: str):
     return fig
 
 
+HISTORY = (("loss", "Loss (cross-entropy + box loss / fixed weight)"), ("accuracy", "Accuracy"),
+           ("mean_iou", "Mean IoU"))
+
+
 def history(hist: pd.DataFrame):
-    """The notebook's history figure: accuracy and loss per epoch, train solid, valid dashed."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for subset, ls in (("train", "-"), ("valid", "--"), ("test", ":")):
-        if f"{subset}/accuracy" in hist:
-            ax.plot(hist["epoch"], hist[f"{subset}/accuracy"], ls=ls, label=f"{subset.title()} accuracy")
-            ax.plot(hist["epoch"], hist[f"{subset}/loss"], ls=ls, label=f"{subset.title()} loss")
-    ax.set_xlabel("Epoch")
-    ax.grid(True)
-    ax.set_ylim(-0.05, max(2.05, 1.05))
-    ax.legend()
+    """Loss, accuracy and mean IoU per epoch, each on its own axes with its whole range. Training is a
+    line; validation (and test) passes, which may run only every N epochs, are points joined by a
+    dashed line, so a pass every 6th epoch still shows."""
+    fig, axes = plt.subplots(1, len(HISTORY), figsize=(15, 4.2))
+    for ax, (name, title) in zip(axes, HISTORY):
+        for subset, style in (("train", {"ls": "-"}), ("valid", {"ls": "--", "marker": "o"}),
+                              ("test", {"ls": ":", "marker": "s"})):
+            key = f"{subset}/{name}"
+            if key in hist:
+                seen = hist[["epoch", key]].dropna()
+                ax.plot(seen["epoch"], seen[key], label=subset.title(), markersize=4, **style)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("Epoch")
+        ax.grid(True)
+        ax.margins(y=0.08)
+        ax.legend()
     fig.tight_layout()
     return fig
 
@@ -44,9 +54,10 @@ def _box_patch(box, color, ls):
     return plt.Rectangle((left, top), right - left, bottom - top, fill=False, color=color, ls=ls, lw=2)
 
 
-def gallery(items: list[dict], cols: int = 5):
+def gallery(items: list[dict], cols: int = 5, legend: dict | None = None):
     """Images as they are, with boxes in their pixels: each item has `image`, `boxes` [(box, colour,
-    linestyle)], `title` and optionally `title_color`."""
+    linestyle)], `title` and optionally `title_color`; `legend` maps a label to a box's (colour,
+    linestyle) for a key under the images."""
     rows = max(1, (len(items) + cols - 1) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
     for ax in axes.flat:
@@ -56,5 +67,10 @@ def gallery(items: list[dict], cols: int = 5):
         for box, color, ls in item["boxes"]:
             ax.add_patch(_box_patch(box, color, ls))
         ax.set_title(item["title"], color=item.get("title_color", "black"), fontsize=9)
-    fig.tight_layout()
+    if legend:
+        handles = [plt.Line2D([], [], color=color, ls=ls, lw=2, label=label) for label, (color, ls) in legend.items()]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+    else:
+        fig.tight_layout()
     return fig

@@ -22,12 +22,10 @@ from ..io import atomic_path, write_csv, write_json
 from . import formats
 from .download import extract, fetch_official, is_archive
 from .synthetic import generate
-from .table import DTYPES, SIDES, read_names
+from .table import CLASSES, METADATA, SIDES
 
 RAW = Path("data/raw")
 DOWNLOADS = Path("data/downloads")
-METADATA = Path("data/metadata.csv")
-CLASSES = Path("data/classes.csv")
 METRICS = Path("reports/ingest.json")
 
 
@@ -97,14 +95,3 @@ def ingest(data) -> dict:
     return metrics
 
 
-def load_metadata(path: Path = METADATA) -> pd.DataFrame:
-    if not Path(path).exists():
-        raise DataError(f"{path}: not found (run the ingest stage first: dvc repro ingest)")
-    return pd.read_csv(path, dtype=DTYPES)
-
-
-def load_classes(path: Path = CLASSES) -> list[str]:
-    """The data set's class names, index = class id (written by ingest from the data set itself)."""
-    if not Path(path).exists():
-        raise DataError(f"{path}: not found (run the ingest stage first: dvc repro ingest)")
-    return read_names(path)

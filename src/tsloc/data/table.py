@@ -93,3 +93,20 @@ class Dataset:
     summary: dict
     fingerprint: dict
     format: str = ""
+
+
+METADATA = Path("data/metadata.csv")
+CLASSES = Path("data/classes.csv")
+
+
+def load_metadata(path: Path = METADATA) -> pd.DataFrame:
+    if not Path(path).exists():
+        raise DataError(f"{path}: not found (run the ingest stage first: dvc repro ingest)")
+    return pd.read_csv(path, dtype=DTYPES)
+
+
+def load_classes(path: Path = CLASSES) -> list[str]:
+    """The data set's class names, index = class id (written by ingest from the data set itself)."""
+    if not Path(path).exists():
+        raise DataError(f"{path}: not found (run the ingest stage first: dvc repro ingest)")
+    return read_names(path)

@@ -1,0 +1,87 @@
+"""Stage `train`: fit the model on the training subset, log each epoch with DVCLive, write the model."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..data.table import load_classes
+from ..errors import DataError
+from ..evaluation import relative_boxes
+from ..io import significant, write_json, write_torch
+from ..model import build_model
+from ..params import record_keys, uses_cached_features
+from ..training import (Batches, LossConfig, OptimConfig, checkpoint, epoch_sizes, features_source, fit,
+                        images_source, select_device)
+from . import FEATURES, LIVE, MODEL, SPLIT_TABLE, load, subset_rows, tracked_params
+
+
+def run(params_file: str = "params.yaml") -> dict:
+    from dvclive import Live
+
+    p = tracked_params(params_file)
+    split = load(SPLIT_TABLE, "split")
+    pooled = load(FEATURES / "pooled.npy", "features")
+    if len(pooled) != len(split):
+        raise DataError(f"{FEATURES / 'pooled.npy'}: {len(pooled)} rows but {SPLIT_TABLE} has {len(split)}; "
+                        f"run dvc repro")
+    device = select_device(p.train.device)
+    t = p.train
+    names = load_classes()
+    torch.manual_seed(t.seed)  # the heads' initialisation too: a CPU run repeats exactly
+    model = build_model(p.model.backbone, p.model.weights, len(names), p.model.dropout,
+                        image_size=p.data.image_size, trainable_blocks=p.model.finetune_blocks,
+                        box=p.model.box_head).to(device)
+    with torch.no_grad():
+        model.loss_weight.fill_(t.loss_weight)
+    eval_subsets = ("valid", "test") if t.eval_test_each_epoch else ("valid",)
+    a = t.augment
+    augmentation = {"margin": a.margin, "rotation": a.rotation, "color": a.color, "blur": a.blur,
+                    "recrop": a.recrop}
+    augmentation = augmentation if a.enabled else None
+    cached = uses_cached_features(p)
+    store = None if cached else load(FEATURES / "images.npy", "features")
+    generator = torch.Generator().manual_seed(t.seed)
+    subsets = {}
+    for s in ("train",) + eval_subsets:
+        rows = subset_rows(split, s)
+        part = split.iloc[rows]
+        boxes = relative_boxes(part)
+        fetch = (features_source(np.array(pooled[rows]), boxes, device) if cached else
+                 images_source(model, np.array(store[rows]), boxes, device, augmentation, generator))
+        subsets[s] = Batches(fetch, torch.as_tensor(part["class_id"].to_numpy(copy=True)), boxes)
+    model.start_boxes_at(subsets["train"].boxes.mean(0))
+    loss_cfg = LossConfig(p.data.image_size, t.box_loss, t.loss_balance, t.label_smoothing, t.loss_weight)
+    optim_cfg = OptimConfig(t.lr, t.optimizer, t.weight_decay, t.backbone_lr, t.schedule, t.warmup_epochs)
+    with Live(str(LIVE), dvcyaml=False, save_dvc_exp=False) as live:
+        def log(epoch, row):
+            for subset, metrics in row.items():
+                for name, value in metrics.items():
+                    live.log_metric(f"{subset}/{name}", significant(value) if isinstance(value, float) else value)
+            live.log_metric("loss_weight", significant(model.loss_weight.item()))
+            live.next_step()
+
+        started = time.perf_counter()
+        best = fit(model, subsets, epochs=t.epochs, batch_size=t.batch_size, seed=t.seed,
+                   num_classes=len(names), loss_cfg=loss_cfg, optim_cfg=optim_cfg, log=log,
+                   eval_subsets=eval_subsets, generator=generator, progress=not cached,
+                   weighting=t.class_weights, box_weighting=t.box_weights, keep=t.keep,
+                   sizes=epoch_sizes(t.start_size, p.data.image_size, t.epochs) if t.start_size else None,
+                   eval_every=t.eval_every, ema_decay=t.ema_decay)
+        seconds = time.perf_counter() - started
+    ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
+                      image_size=p.data.image_size, class_names=names, epoch=best["epoch"])
+    ckpt["weights"] = p.model.weights
+    ckpt["recipe"] = p.recipe
+    ckpt["train"] = {**t.as_dict(), "finetune_blocks": p.model.finetune_blocks}
+    write_torch(MODEL, ckpt)
+    # The training time, measured here, is what the 20-minute budget of a recipe is about.
+    report = {"best_epoch": best["epoch"], "best_valid_loss": best["loss"], "loss_weight": ckpt["loss_weight"],
+              "train_minutes": round(seconds / 60, 2), "train_seconds": round(seconds, 2),
+              "seconds_per_epoch": round(seconds / t.epochs, 2),
+              "device": str(device), "threads": torch.get_num_threads()}
+    write_json("reports/train.json", report)
+    write_json("metrics/train.json", {"train_minutes": report["train_minutes"]})
+    record_keys("train", p)
+    return report
