@@ -8,6 +8,29 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*argv, cwd: Path | None = None):
+    """`tsloc ARGV` in this process (the command's own `main`, without a new interpreter's torch import):
+    its exit status and what it wrote, like subprocess.run's result."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from tsloc.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    old = Path.cwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in argv])
+            except SystemExit as exc:  # argparse
+                code = exc.code
+    finally:
+        os.chdir(old)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_cli
 from tsloc.model import build_model, load_model
 from tsloc.training import checkpoint
 
@@ -49,8 +50,7 @@ def images(tmp_path_factory):
 
 
 def _predict(*args, model):
-    return subprocess.run([sys.executable, "-m", "tsloc.cli", "predict", *map(str, args), "--model", str(model)],
-                          capture_output=True, text=True)
+    return run_cli("predict", *args, "--model", model)
 
 
 SIZES = {"a.ppm": (40, 30), "grey.png": (25, 50), "alpha.png": (33, 21), "palette.png": (44, 36), "c.jpg": (60, 45)}
@@ -225,8 +225,7 @@ def test_predict_without_model_says_which_model_answers(images, tmp_path):
     """After the Quickstart models/model.pt is the synthetic data's: predict says so on stderr."""
     (tmp_path / "models").mkdir()
     _stub(tmp_path / "models" / "model.pt")
-    run = lambda: subprocess.run([sys.executable, "-m", "tsloc.cli", "predict", str(images / "a.ppm")],  # noqa: E731
-                                 capture_output=True, text=True, cwd=tmp_path)
+    run = lambda: run_cli("predict", images / "a.ppm", cwd=tmp_path)  # noqa: E731
     bare = run()
     assert bare.returncode == 0 and json.loads(bare.stdout)["class_id"] == 3
     assert "models/model.pt: recipe notebook, 62 classes (no pipeline reports" in bare.stderr

@@ -99,8 +99,8 @@ CSV_FIELDS = ["path", "class_id", "class_name", "probability", "left", "top", "r
 class Writer:
     """jsonl: one JSON object per line; csv: a header, then one row per image."""
 
-    def __init__(self, fmt: str, stream=sys.stdout):
-        self.fmt, self.stream = fmt, stream
+    def __init__(self, fmt: str, stream=None):
+        self.fmt, self.stream = fmt, stream or sys.stdout
         if fmt == "csv":
             self.csv = csv.DictWriter(stream, CSV_FIELDS)
             self.csv.writeheader()
@@ -120,10 +120,12 @@ class Writer:
 
 
 def predict_files(model, ckpt: dict, paths: list[str], *, top_k: int = 5, fmt: str = "jsonl",
-                  draw_dir: str | None = None, batch_size: int = 32, device="cpu", out=sys.stdout,
-                  err=sys.stderr) -> int:
+                  draw_dir: str | None = None, batch_size: int = 32, device="cpu", out=None,
+                  err=None) -> int:
     """Predict every image; unreadable files are reported on `err` and skipped. Returns how many failed.
-    Images are read a batch at a time, so a folder of any size streams in bounded memory."""
+    Images are read a batch at a time, so a folder of any size streams in bounded memory. `out` and
+    `err` default to sys.stdout and sys.stderr as they are at the call (so redirection works)."""
+    out, err = out or sys.stdout, err or sys.stderr
     files = collect(paths)
     if not files:
         raise NoImages(f"no image files in {', '.join(map(str, paths))} (looked for "
