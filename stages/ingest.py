@@ -1,6 +1,8 @@
 """DVC stage `ingest`: parameters from params.yaml, the work in tsloc.pipeline.ingest.run."""
 import sys
+from pathlib import Path
 
-from tsloc.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this tree's code, also in a queued copy
+from tsloc.cli import main  # noqa: E402
 
 sys.exit(main(["ingest"]))

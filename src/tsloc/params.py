@@ -306,7 +306,8 @@ def record_keys(stage: str, tracked: Tracked) -> None:
                          for name, m in list(sys.modules.items())
                          if (name == "tsloc" or name.startswith("tsloc.")) and getattr(m, "__file__", None))
         with open(log, "a") as f:
-            f.write(json.dumps({"stage": stage, "keys": sorted(tracked.keys_read), "modules": modules}) + "\n")
+            f.write(json.dumps({"stage": stage, "keys": sorted(tracked.keys_read), "modules": modules,
+                                "package": str(package)}) + "\n")
 
 
 def flatten(raw: dict, prefix: str = "") -> dict:
