@@ -292,6 +292,7 @@ def test_epoch_sizes_grow_to_the_full_size():
     assert epoch_sizes(112, 144, 1) == [144]
 
 
+@pytest.mark.slow  # a MobileNetV2 fine-tuned for three epochs: CI runs it, the edit-test loop does not
 def test_fit_trains_at_each_epochs_size_and_evaluates_at_the_stored_one():
     images, labels, boxes = _tiny(size=64)
     torch.manual_seed(0)

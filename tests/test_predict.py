@@ -122,6 +122,7 @@ def _reference(model, ckpt, x):
     return torch.softmax(logits, 1), make_valid(boxes)
 
 
+@pytest.mark.slow  # torch.export traces the whole network (about 10 s each)
 @pytest.mark.parametrize("box", ["pooled", "spatial"])
 def test_export_pt2_matches_pytorch(tmp_path, box):
     from tsloc.export import export
@@ -208,6 +209,7 @@ def test_a_symlink_loop_does_not_trap_the_walk(tmp_path):
     assert [name.as_posix() for _, name in collect([str(tmp_path)])] == ["sub/x.png"]
 
 
+@pytest.mark.slow  # a real process (exit status, no traceback): a fresh interpreter imports torch
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_asked_for_without_cuda_is_one_clear_error(images, tmp_path):
     from tsloc.errors import DataError
