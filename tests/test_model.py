@@ -225,6 +225,28 @@ def test_weights_from_a_path(tmp_path):
         backbone_features("resnet18", str(tmp_path / "missing.pt"))
 
 
+def test_weights_files_that_are_bad_or_outside_weights_are_named(tmp_path, monkeypatch, capsys):
+    """A truncated or foreign weights file is one clear error; a file outside weights/ (the folder the
+    stages depend on) works, with a note that DVC will not see it change."""
+    from torchvision import models
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    good = models.resnet18().state_dict()
+    torch.save(good, tmp_path / "weights" / "r18.pt")
+    backbone_features("resnet18", "weights/r18.pt")
+    assert capsys.readouterr().err == ""
+    torch.save(good, tmp_path / "r18.pt")
+    backbone_features("resnet18", "r18.pt")
+    assert "model.weights r18.pt is outside weights/" in capsys.readouterr().err
+    data = (tmp_path / "weights" / "r18.pt").read_bytes()
+    (tmp_path / "weights" / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="cut.pt: model.weights is not a readable PyTorch state dict"):
+        backbone_features("resnet18", "weights/cut.pt")
+    torch.save(models.mobilenet_v2().state_dict(), tmp_path / "weights" / "mnv2.pt")
+    with pytest.raises(WeightsError, match="mnv2.pt: model.weights does not fit torchvision's resnet18"):
+        backbone_features("resnet18", "weights/mnv2.pt")
+
+
 def test_clear_error_without_network(hub, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")

@@ -5,6 +5,7 @@ import copy
 import importlib.resources
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -71,6 +72,9 @@ def imagenet_state_dict(backbone: str, hub_dir: str | None = None, allow_downloa
            if backbone == "mobilenet_v2" else ""))
 
 
+WEIGHTS_DIR = Path("weights")  # a folder the features and train stages depend on (dvc.yaml)
+
+
 def backbone_features(backbone: str, weights: str) -> tuple[nn.Sequential, int]:
     """The backbone up to its last feature map (N, C, h, w), with `weights`: imagenet, none, or a file."""
     if backbone not in BACKBONES:
@@ -82,8 +86,20 @@ def backbone_features(backbone: str, weights: str) -> tuple[nn.Sequential, int]:
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"{path}: model.weights file not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        if not path.resolve().is_relative_to(WEIGHTS_DIR.resolve()):
+            print(f"tsloc: model.weights {path} is outside {WEIGHTS_DIR}/, which the features and train stages "
+                  f"depend on: DVC will not rerun them when this file changes (put it in {WEIGHTS_DIR}/)",
+                  file=sys.stderr)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, not a torch file, or pickled code weights_only refuses
+            raise WeightsError(f"{path}: model.weights is not a readable PyTorch state dict "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        try:
+            net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise WeightsError(f"{path}: model.weights does not fit torchvision's {backbone} "
+                               f"({str(exc).splitlines()[0][:200]})") from exc
     # A flat sequence of blocks, so that fine-tuning can unfreeze the last N of them (the pooling
     # that followed them has no weights: models saved with it load unchanged).
     blocks = [*net.features] if backbone == "mobilenet_v2" else list(net.children())[:-2]
