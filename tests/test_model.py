@@ -442,3 +442,40 @@ def test_an_empty_validation_set_is_refused():
                "valid": Batches(features_source(feats[:0], boxes[:0], "cpu"), labels[:0], boxes[:0])}
     with pytest.raises(DataError, match="no valid images"):
         fit(net, subsets, epochs=1, batch_size=4, seed=0, num_classes=3, loss_cfg=LossConfig(48))
+
+
+def _resumable_run(resume, stop_after=None):
+    """Three epochs with everything that carries state: dropout, a cosine schedule, AdamW, a moving
+    average of the weights, validation every 2nd epoch, keep=best."""
+    subsets = _feature_subsets()
+    net = _net()
+    history = []
+
+    def log(epoch, row):
+        history.append((epoch, row))
+        if epoch == stop_after:
+            raise KeyboardInterrupt  # after the log, before the state of this epoch is written
+
+    best = fit(net, subsets, epochs=3, batch_size=8, seed=4, num_classes=3, loss_cfg=LossConfig(48),
+               optim_cfg=OptimConfig(lr=0.01, optimizer="adamw", schedule="cosine", warmup_epochs=1),
+               eval_every=2, ema_decay=0.9, log=log, resume=resume)
+    return best, history, net
+
+
+def test_an_interrupted_fit_continues_to_the_same_weights(tmp_path, capsys):
+    from tsloc.training import Resume
+    whole, hist_whole, _ = _resumable_run(None)
+    resume = Resume(tmp_path / "state.pt", "key-1")
+    with pytest.raises(KeyboardInterrupt):
+        _resumable_run(resume, stop_after=3)          # epochs 1 and 2 saved, 3 interrupted
+    assert resume.epochs_done() == 2
+    best, hist, net = _resumable_run(resume)
+    assert "continuing after epoch 2 of 3" in capsys.readouterr().err
+    assert [e for e, _ in hist] == [3]                  # only the missing epoch ran
+    assert hist[0][1] == hist_whole[2][1]               # its figures are the uninterrupted run's
+    assert best["epoch"] == whole["epoch"] and best["loss"] == whole["loss"]
+    for k, v in whole["state"].items():
+        assert torch.equal(best["state"][k], v), k
+    other = Resume(tmp_path / "state.pt", "key-2")      # other params or data: not continued
+    assert other.epochs_done() == 0 and not other.path.exists()
+    assert "from other params or data, discarded" in capsys.readouterr().err

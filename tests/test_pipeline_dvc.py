@@ -301,6 +301,27 @@ def test_plots_page_draws_every_plot_offline_in_chromium(repo, tmp_path):
     assert all(cdn["images"].values())
 
 
+def test_training_killed_midway_continues_to_the_same_results(repo):
+    """kill -9 after epoch 2 of 3 (TSLOC_KILL_AFTER_EPOCH, as a lost machine would), then `dvc repro`:
+    training continues after epoch 2 and ends with the uninterrupted run's metrics and history
+    (augmentation, a moving average and dropout all carry random state)."""
+    dst, env, _ = repo
+    _run([BIN / "dvc", "exp", "run", "-S", "train.augment.enabled=true", "-S", "train.ema_decay=0.9"], dst, env)
+    whole = (dst / "reports" / "evaluate.json").read_text()
+    history = lambda: pd.read_csv(dst / "dvclive" / "plots" / "metrics" / "valid" / "loss.tsv",  # noqa: E731
+                                  sep="\t")[["step", "loss"]]
+    whole_history = history()
+    killed = _run([BIN / "dvc", "repro", "-f", "train"], dst, {**env, "TSLOC_KILL_AFTER_EPOCH": "2"}, check=False)
+    assert killed.returncode != 0
+    assert (dst / "checkpoints" / "train.pt").exists() and not (dst / "models" / "model.pt").exists()
+    again = _run([BIN / "dvc", "repro"], dst, env)
+    assert "continuing after epoch 2 of 3" in again.stderr + again.stdout
+    assert (dst / "reports" / "evaluate.json").read_text() == whole
+    assert history().equals(whole_history)
+    assert not (dst / "checkpoints" / "train.pt").exists()  # removed once the model is written
+    assert json.loads((dst / "reports" / "train.json").read_text())["resumed_after_epoch"] == 2
+
+
 def test_exp_run_recipe_best_composes_the_recipe(repo):
     """`-S recipe=best` through DVC's Hydra composition: params.yaml holds the recipe's values, the
     model records the recipe, and `dvc params diff` lists what the recipe changed."""

@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `tsloc predict ... | head`: the reader left; not an error of ours
         sys.stdout = None
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written whole (temporary file, then rename) or not at all
+        saved = " (checkpoints/train.pt holds the last complete epoch: run it again to continue)" \
+            if args.command == "train" else ""
+        print(f"\ntsloc {args.command}: interrupted; no output was half-written{saved}", file=sys.stderr)
+        return 130
     return 0
 
 

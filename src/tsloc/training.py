@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import platform
+import signal
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +28,7 @@ from .augment import augment
 from .boxes import make_valid, paired_iou
 from .data.store import normalise, standardise, to_float
 from .errors import DataError
+from .io import write_torch
 from .model import IMAGENET_MEAN, IMAGENET_STD, SignNet, fuse_conv_bn, pool
 
 
@@ -265,11 +270,39 @@ def loaded(model: torch.nn.Module, state: dict | None):
         model.load_state_dict(own)
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where `fit` keeps its whole state after every epoch (model, optimizer, schedule, moving
+    average, random generators, the checkpoint kept so far), and what that state belongs to: a file
+    with another `key` (other params or data) is discarded, not continued."""
+    path: Path
+    key: str
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated file: the write is atomic, so only a damaged disk
+            tqdm.write(f"{self.path}: unreadable ({type(exc).__name__}), starting from epoch 1", file=sys.stderr)
+            return None
+        if state.get("key") != self.key:
+            tqdm.write(f"{self.path}: from other params or data, discarded; starting from epoch 1", file=sys.stderr)
+            self.path.unlink()
+            return None
+        return state
+
+    def epochs_done(self) -> int:
+        state = self.load()
+        return state["epoch"] if state else 0
+
+
 def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size: int, seed: int,
         num_classes: int, loss_cfg: LossConfig, optim_cfg: OptimConfig = OptimConfig(), log=None,
         weighting: str = "inverse", box_weighting: str = "same", keep: str = "best",
         eval_subsets=("valid",), generator: torch.Generator | None = None, progress: bool = False,
-        sizes: list[int] | None = None, eval_every: int = 1, ema_decay: float = 0.0) -> dict:
+        sizes: list[int] | None = None, eval_every: int = 1, ema_decay: float = 0.0,
+        resume: Resume | None = None) -> dict:
     """Train the trainable parameters; returns the weights of the lowest validation loss (`keep="best"`,
     the notebook's; the loss of `reported_losses`, averaged over every validation image) or of the last epoch (`keep="last"`: a schedule that anneals to zero ends at
     its best point, and the validation set then only chooses recipes, never an epoch).
@@ -279,7 +312,9 @@ def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size:
     `eval_every`: the evaluation passes run every N epochs and after the last (they do not touch
     training: the same seed trains the same weights). `ema_decay` > 0: an exponential moving average
     of the weights and BatchNorm statistics, updated every step (torch.optim.swa_utils, as
-    torchvision's references), is what is evaluated and kept."""
+    torchvision's references), is what is evaluated and kept. `resume`: the state is written there
+    after every epoch, and a run that finds its own state there continues after that epoch; on a
+    CPU it ends exactly where an uninterrupted run ends."""
     for name in ("train",) + tuple(eval_subsets):
         if not len(subsets[name]):
             raise DataError(f"no {name} images: the {name} set is empty (see data/split.csv and reports/split.json)")
@@ -294,7 +329,20 @@ def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size:
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
            if ema_decay else None)
     best = {"loss": float("inf"), "epoch": 0, "state": None}
-    for epoch in tqdm(range(1, epochs + 1), desc="epochs", unit="epoch"):
+    start = 1
+    state = resume.load() if resume else None
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        best, start = state["best"], state["epoch"] + 1
+        tqdm.write(f"{resume.path}: continuing after epoch {state['epoch']} of {epochs}", file=sys.stderr)
+    for epoch in tqdm(range(start, epochs + 1), desc="epochs", unit="epoch", initial=start - 1, total=epochs):
         row = {"train": run_epoch(model, subsets["train"], weights, loss_cfg, batch_size, optimizer, scheduler,
                                   generator, progress=f"epoch {epoch} train" if progress else None,
                                   box_weights=box_weights, size=sizes[epoch - 1] if sizes else None,
@@ -309,13 +357,25 @@ def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size:
         if log:
             log(epoch, row)
         watched = "valid" if "valid" in eval_subsets else "train"
-        if watched not in row:  # not evaluated this epoch (the last always is)
-            continue
-        watch = row[watched]["loss"]
-        keep_this = watch < best["loss"] if keep == "best" else epoch == epochs  # copy only what is kept
-        if keep_this:
-            best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(averaged or model.state_dict())}
+        if watched in row:  # evaluated this epoch (the last always is)
+            watch = row[watched]["loss"]
+            keep_this = watch < best["loss"] if keep == "best" else epoch == epochs  # copy only what is kept
+            if keep_this:
+                best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(averaged or model.state_dict())}
+        if resume:
+            write_torch(resume.path, {
+                "key": resume.key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None, "ema": ema.state_dict() if ema else None,
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "best": best})
+            _fault_point(epoch)
     return best
+
+
+def _fault_point(epoch: int) -> None:
+    """Fault injection for the tests: TSLOC_KILL_AFTER_EPOCH=N kills this process (SIGKILL, as a
+    lost machine or `kill -9` would) right after epoch N's state is written."""
+    if os.environ.get("TSLOC_KILL_AFTER_EPOCH") == str(epoch):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def checkpoint(model: SignNet, state: dict, *, backbone: str, image_size: int, class_names: list[str],

@@ -1,20 +1,47 @@
 """Stage `train`: fit the model on the training subset, log each epoch with DVCLive, write the model."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from ..data.table import load_classes
+from ..data.table import CLASSES, load_classes
 from ..errors import DataError
 from ..evaluation import relative_boxes
 from ..io import significant, write_json, write_torch
 from ..model import build_model
 from ..params import record_keys, uses_cached_features
-from ..training import (Batches, LossConfig, OptimConfig, checkpoint, epoch_sizes, features_source, fit,
+from ..training import (Batches, LossConfig, OptimConfig, Resume, checkpoint, epoch_sizes, features_source, fit,
                         images_source, select_device)
 from . import FEATURES, LIVE, MODEL, SPLIT_TABLE, load, subset_rows, tracked_params
+
+
+RESUME = Path("checkpoints/train.pt")  # the state after the last complete epoch (not a DVC output)
+
+
+def _resume_key(p) -> str:
+    """What a saved training state belongs to: the params train reads and its inputs (the feature
+    stores by size and time: hashing gigabytes on every start would cost more than an epoch)."""
+    h = hashlib.sha256(json.dumps({"recipe": p.recipe, "image_size": p.data.image_size, "model": p.model.as_dict(),
+                                   "train": p.train.as_dict()}, sort_keys=True).encode())
+    for path in (SPLIT_TABLE, CLASSES):
+        h.update(path.read_bytes())
+    for path in (FEATURES / "pooled.npy", FEATURES / "images.npy"):
+        st = path.stat()
+        h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _trim_history(epochs: int) -> None:
+    """Keep DVCLive's per-epoch rows of the first `epochs` epochs (steps 0 .. epochs - 1)."""
+    for tsv in (LIVE / "plots" / "metrics").rglob("*.tsv"):
+        rows = pd.read_csv(tsv, sep="\t")
+        rows[rows["step"] < epochs].to_csv(tsv, sep="\t", index=False)
 
 
 def run(params_file: str = "params.yaml") -> dict:
@@ -54,7 +81,12 @@ def run(params_file: str = "params.yaml") -> dict:
     model.start_boxes_at(subsets["train"].boxes.mean(0))
     loss_cfg = LossConfig(p.data.image_size, t.box_loss, t.loss_balance, t.label_smoothing, t.loss_weight)
     optim_cfg = OptimConfig(t.lr, t.optimizer, t.weight_decay, t.backbone_lr, t.schedule, t.warmup_epochs)
-    with Live(str(LIVE), dvcyaml=False, save_dvc_exp=False) as live:
+    resume = Resume(RESUME, _resume_key(p))
+    done = resume.epochs_done()
+    if done:
+        _trim_history(done)  # epochs logged after the saved state are logged again
+    with Live(str(LIVE), dvcyaml=False, save_dvc_exp=False, resume=bool(done)) as live:
+        live.step = done
         def log(epoch, row):
             for subset, metrics in row.items():
                 for name, value in metrics.items():
@@ -68,7 +100,7 @@ def run(params_file: str = "params.yaml") -> dict:
                    eval_subsets=eval_subsets, generator=generator, progress=not cached,
                    weighting=t.class_weights, box_weighting=t.box_weights, keep=t.keep,
                    sizes=epoch_sizes(t.start_size, p.data.image_size, t.epochs) if t.start_size else None,
-                   eval_every=t.eval_every, ema_decay=t.ema_decay)
+                   eval_every=t.eval_every, ema_decay=t.ema_decay, resume=resume)
         seconds = time.perf_counter() - started
     ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
                       image_size=p.data.image_size, class_names=names, epoch=best["epoch"])
@@ -76,11 +108,12 @@ def run(params_file: str = "params.yaml") -> dict:
     ckpt["recipe"] = p.recipe
     ckpt["train"] = {**t.as_dict(), "finetune_blocks": p.model.finetune_blocks}
     write_torch(MODEL, ckpt)
+    RESUME.unlink(missing_ok=True)  # the model is written: nothing left to continue
     # The training time, measured here, is what the 20-minute budget of a recipe is about.
     report = {"best_epoch": best["epoch"], "best_valid_loss": best["loss"], "loss_weight": ckpt["loss_weight"],
               "train_minutes": round(seconds / 60, 2), "train_seconds": round(seconds, 2),
               "seconds_per_epoch": round(seconds / t.epochs, 2),
-              "device": str(device), "threads": torch.get_num_threads()}
+              "device": str(device), "threads": torch.get_num_threads(), "resumed_after_epoch": done}
     write_json("reports/train.json", report)
     write_json("metrics/train.json", {"train_minutes": report["train_minutes"]})
     record_keys("train", p)
