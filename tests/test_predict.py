@@ -239,3 +239,22 @@ def test_predict_without_model_says_which_model_answers(images, tmp_path):
     assert "trained on synthetic GTSRB data; test accuracy 94.22% (metrics/evaluate.json)" in told
     assert "--model FILE" in told
     assert _predict(images / "a.ppm", model=tmp_path / "models" / "model.pt").stderr == ""  # asked for: quiet
+
+
+def test_evaluate_refuses_a_model_that_does_not_fit_the_store_or_the_data(tmp_path):
+    """A stale or copied models/model.pt (another input size, fewer classes): one message, exit 2."""
+    import pandas as pd
+    (tmp_path / "models").mkdir()
+    _stub(tmp_path / "models" / "model.pt", image_size=64)
+    (tmp_path / "data" / "features").mkdir(parents=True)
+    np.save(tmp_path / "data" / "features" / "images.npy", np.zeros((2, 96, 96, 3), np.uint8))
+    pd.DataFrame({"subset": ["valid", "test"], "class_id": [0, 70]}).to_csv(tmp_path / "data" / "split.csv",
+                                                                              index=False)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    proc = run_cli("evaluate", cwd=tmp_path)
+    assert proc.returncode == 2 and "the model takes 64-px images but data/features/images.npy holds 96-px" \
+        in proc.stderr
+    np.save(tmp_path / "data" / "features" / "images.npy", np.zeros((2, 64, 64, 3), np.uint8))
+    proc = run_cli("evaluate", cwd=tmp_path)
+    assert proc.returncode == 2 and "knows 62 classes but data/split.csv has class id 70" in proc.stderr
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "reports").exists()  # nothing written

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from ..evaluation import (class_table, class_table_markdown, evaluate_subset, headline, predict_images,
                           relative_boxes, shifted_metrics, shifted_views)
 from ..io import atomic_path, write_csv, write_json
@@ -16,11 +17,25 @@ from ..training import select_device
 from . import FEATURES, MODEL, PREDICTIONS, SPLIT_TABLE, load, subset_rows, tracked_params
 
 
+def check_model_fits(ckpt: dict, store, split) -> None:
+    """A model from another run (a stale or copied models/model.pt) against this image store and
+    data: one clear message instead of a shape error or wrong class names."""
+    size = store.shape[1]
+    if ckpt["image_size"] != size:
+        raise DataError(f"{MODEL}: the model takes {ckpt['image_size']}-px images but {FEATURES / 'images.npy'} "
+                        f"holds {size}-px ones (data.image_size changed since training?): run dvc repro")
+    top = int(split["class_id"].max())
+    if top >= ckpt["num_classes"]:
+        raise DataError(f"{MODEL}: the model knows {ckpt['num_classes']} classes but {SPLIT_TABLE} has class id "
+                        f"{top} (trained on another data set?): run dvc repro")
+
+
 def run(params_file: str = "params.yaml") -> dict:
     p = tracked_params(params_file)
     split = load(SPLIT_TABLE, "split")
     store = load(FEATURES / "images.npy", "features")
     model, ckpt = load_model(MODEL)
+    check_model_fits(ckpt, store, split)
     device = select_device(p.train.device)
     train = split[split["subset"] == "train"]
     constant_box = relative_boxes(train).mean(0, keepdim=True)
