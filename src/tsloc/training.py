@@ -13,7 +13,7 @@ import platform
 import signal
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -270,15 +270,22 @@ def loaded(model: torch.nn.Module, state: dict | None):
         model.load_state_dict(own)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Resume:
     """Where `fit` keeps its whole state after every epoch (model, optimizer, schedule, moving
     average, random generators, the checkpoint kept so far), and what that state belongs to: a file
     with another `key` (other params or data) is discarded, not continued."""
     path: Path
     key: str
+    _state: dict | None = field(default=None, init=False, repr=False)
 
     def load(self) -> dict | None:
+        """The saved state if it is this run's; read once (it holds the model several times over)."""
+        if self._state is None:
+            self._state = self._read()
+        return self._state
+
+    def _read(self) -> dict | None:
         if not self.path.exists():
             return None
         try:
