@@ -190,6 +190,30 @@ def test_checkpoint_and_metrics(repo):
         assert (dst / "plots" / f"{png}.png").stat().st_size > 10_000
 
 
+def test_exported_models_answer_as_the_pt_does(repo):
+    """The export stage's files: fp32 passes the parity check, and predict and evaluate read them as they
+    read the .pt (the backend chosen from the file)."""
+    dst, env, _ = repo
+    report = json.loads((dst / "reports" / "export.json").read_text())["test"]
+    assert report["onnx_fp32"]["against_pytorch"]["same_class"] >= 0.999
+    assert report["onnx_fp32"]["against_pytorch"]["max_box_difference"] <= 1e-3
+    assert abs(report["onnx_int8"]["accuracy"] - report["pytorch"]["accuracy"]) <= 0.1  # 250 images: loose
+    split = pd.read_csv(dst / "data" / "split.csv")
+    files = split.loc[split["subset"] == "test", "path"].head(20).tolist()
+    answers = {}
+    for model in ("model.pt", "model.onnx", "model.int8.onnx"):
+        proc = _run([BIN / "tsloc", "predict", *files, "--model", f"models/{model}"], dst, env)
+        answers[model] = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["class_id"] for r in answers["model.onnx"]] == [r["class_id"] for r in answers["model.pt"]]
+    for a, b in zip(answers["model.onnx"], answers["model.pt"]):
+        assert a["box"] == pytest.approx(b["box"], abs=0.02)
+    assert len(answers["model.int8.onnx"]) == 20
+    scored = json.loads(_run([BIN / "tsloc", "evaluate", "--model", "models/model.onnx"], dst, env).stdout)
+    assert scored["backend"] == "onnxruntime fp32"
+    assert {k: v for k, v in report["onnx_fp32"].items() if k not in ("file", "megabytes", "against_pytorch")} \
+        == pytest.approx(scored["test"], rel=1e-5)
+
+
 def test_exp_run_lr_reruns_train_evaluate_visualize(repo):
     dst, env, _ = repo
     # Each `dvc exp run` composes params.yaml afresh from conf/ and its own -S flags (the split seed
@@ -200,7 +224,7 @@ def test_exp_run_lr_reruns_train_evaluate_visualize(repo):
     _run(["git", "commit", "-qm", "baseline"], dst, env)
     proc = _run([BIN / "dvc", "exp", "run", "-S", "train.lr=0.0005"], dst, env)
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "visualize"}
+    assert ran == {"train", "evaluate", "export", "visualize"}
     diff = json.loads(_run([BIN / "dvc", "metrics", "diff", "--json"], dst, env).stdout)
     assert "metrics/evaluate.json" in diff  # (train_minutes may round to the same 0.01 min)
     assert set(diff) <= {"metrics/evaluate.json", "metrics/train.json"}  # reports are not DVC metrics
@@ -220,7 +244,7 @@ def test_exp_run_spatial_head_and_class_weights(repo):
                  "-S", "train.box_weights=none", "-S", "train.start_size=64", "-S", "train.ema_decay=0.99",
                  "-S", "train.eval_every=2", "-S", "train.keep=last"], dst, env)
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "visualize"}
+    assert ran == {"train", "evaluate", "export", "visualize"}
     ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
     assert ckpt["box_head"] == "spatial" and "box.1.weight" in ckpt["state_dict"]  # the 1x1 convolution
     assert 0.0 <= json.loads((dst / "metrics" / "evaluate.json").read_text())["test_shifted"]["mean_iou"] <= 1.0

@@ -13,7 +13,7 @@ from .errors import DataError, ExportError, ModelFileError, WeightsError
 from .params import ParamsError
 
 DEFAULT_MODEL = "models/model.pt"
-STAGES = ("ingest", "split", "features", "train", "evaluate", "visualize")
+STAGES = ("ingest", "split", "features", "train", "evaluate", "export", "visualize")
 
 
 def _print(obj) -> None:
@@ -28,21 +28,27 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("split", help="split data/metadata.csv into train/valid/test (data/split.csv)")
     sub.add_parser("features", help="decode images once into data/features/ and compute backbone features")
     sub.add_parser("train", help="train the heads; best validation checkpoint to models/model.pt")
-    sub.add_parser("evaluate", help="metrics/evaluate.json, per-class table, confusion data")
+    ev = sub.add_parser("evaluate", help="metrics/evaluate.json, per-class table, confusion data")
+    ev.add_argument("--model", metavar="FILE", help="only score this model file (.pt or .onnx) on the validation and "
+                                                    "test images, print the metrics, write nothing")
+    ev.add_argument("--device", default="cpu", help="with --model: cpu (default), auto or cuda")
     sub.add_parser("visualize", help="history, training gallery and prediction gallery under plots/")
     pred = sub.add_parser("predict", help="classes and boxes for image files and folders (recursively)")
     pred.add_argument("paths", nargs="+", metavar="PATH")
-    pred.add_argument("--model", help=f"a model file (default: {DEFAULT_MODEL}, the pipeline's; "
-                                      "which one it is goes to stderr)")
+    pred.add_argument("--model", help=f"a model file: .pt (PyTorch) or .onnx (ONNX Runtime, fp32 or int8) "
+                                      f"(default: {DEFAULT_MODEL}, the pipeline's; which one it is goes to stderr)")
     pred.add_argument("--top-k", type=int, default=5)
     pred.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     pred.add_argument("--draw", metavar="DIR", help="also write each image with its box and label to DIR")
-    pred.add_argument("--batch-size", type=int, default=32)
+    pred.add_argument("--batch-size", type=int, default=32, help="images per inference call (1 to 256)")
     pred.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    exp = sub.add_parser("export", help="write a self-contained model (ONNX or torch.export .pt2)")
-    exp.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
-    exp.add_argument("--model", default="models/model.pt")
-    exp.add_argument("--out", help="output file (default: models/model.onnx or models/model.pt2)")
+    exp = sub.add_parser("export", help="models/model.onnx and models/model.int8.onnx for ONNX Runtime, checked "
+                                        "against the PyTorch model (reports/export.json); with options, one file")
+    exp.add_argument("--format", choices=("onnx", "pt2"), help="one file: ONNX or torch.export's .pt2")
+    exp.add_argument("--quantize", choices=("int8",), help="with --format onnx: static int8, calibrated on training "
+                     "images of this pipeline's image store (export.calibration_images, export.seed)")
+    exp.add_argument("--model", help=f"the model to export (default: {DEFAULT_MODEL})")
+    exp.add_argument("--out", help="output file (default: models/model.onnx, .int8.onnx or .pt2)")
     cmp = sub.add_parser("compare", help="score experiments on validation images none of them trained on "
                                          "(one experiment's validation set)")
     cmp.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions")
@@ -62,33 +68,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        if args.command in STAGES:  # each stage's module imports only what that stage uses (dvc.yaml's deps)
+        if args.command == "evaluate" and args.model:
+            from .pipeline.evaluate import score
+            _print(score(args.model, args.device))
+        elif args.command == "export" and (args.format or args.quantize or args.model or args.out):
+            from .pipeline.export import export_one
+            print(export_one(args.params, args.model or DEFAULT_MODEL, args.format or "onnx", args.quantize, args.out))
+        elif args.command in STAGES:  # each stage's module imports only what that stage uses (dvc.yaml's deps)
             _print(importlib.import_module(f"{__package__}.pipeline.{args.command}").run(args.params))
         elif args.command == "predict":
-            from .model import load_model
+            from .inference import load_backend
             from .predict import NoImages, predict_files
             from .training import select_device
-            if args.top_k < 1 or args.batch_size < 1:
-                raise DataError("--top-k and --batch-size must be at least 1")
-            model, ckpt = load_model(args.model or DEFAULT_MODEL)
+            if args.top_k < 1:
+                raise DataError("--top-k must be at least 1")
+            backend = load_backend(args.model or DEFAULT_MODEL, select_device(args.device))
             if args.model is None:  # say which model answers: after the Quickstart, the synthetic data's
                 from .model_card import one_line
-                print(f"tsloc predict: {DEFAULT_MODEL}: {one_line(ckpt)}", file=sys.stderr)
+                print(f"tsloc predict: {DEFAULT_MODEL}: {one_line(backend.meta)}", file=sys.stderr)
             try:
-                failed = predict_files(model, ckpt, args.paths, top_k=args.top_k, fmt=args.format,
-                                       draw_dir=args.draw, batch_size=args.batch_size,
-                                       device=select_device(args.device))
+                failed = predict_files(backend, args.paths, top_k=args.top_k, fmt=args.format, draw_dir=args.draw,
+                                       batch_size=args.batch_size)
             except NoImages as exc:
                 print(f"tsloc predict: {exc}", file=sys.stderr)
                 return 1
             if failed:
                 print(f"tsloc predict: {failed} file(s) could not be read", file=sys.stderr)
                 return 1
-        elif args.command == "export":
-            from .export import export
-            from .model import load_model
-            model, ckpt = load_model(args.model)
-            print(export(model, ckpt, args.format, args.out))
         elif args.command in ("compare", "cv"):
             from .compare import compare, cross_validation, load_runs
             from .io import write_csv

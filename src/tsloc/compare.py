@@ -22,9 +22,9 @@ import pandas as pd
 import yaml
 
 from .data.table import DTYPES
-from .errors import DataError
+from .errors import DataError, ModelFileError
 from .evaluation import evaluate_subset, predict_images, relative_boxes
-from .model import ModelFileError, load_model
+from .inference import load_backend
 from .params import flatten
 from .pipeline import FEATURES, MODEL, SPLIT_TABLE
 
@@ -79,7 +79,8 @@ def compare(names: list[str], reference: str, device) -> pd.DataFrame:
         split = _split(name)
         rows = heldout_rows(ref, split, name)
         try:
-            model, ckpt = load_model(f"{name}:{MODEL}", _read(name, MODEL))
+            backend = load_backend(f"{name}:{MODEL}", device, _read(name, MODEL))
+            ckpt = backend.meta
         except ModelFileError as exc:
             raise DataError(str(exc)) from exc
         digest = _store_digest(name)
@@ -90,7 +91,7 @@ def compare(names: list[str], reference: str, device) -> pd.DataFrame:
             raise DataError(f"{name}: its image store holds {images.shape[1]}-px images, its model expects "
                             f"{ckpt['image_size']}")
         constant_box = relative_boxes(split[split["subset"] == "train"]).mean(0, keepdim=True)
-        metrics, _ = evaluate_subset(predict_images(model, images, device), ref.iloc[rows], constant_box)
+        metrics, _ = evaluate_subset(predict_images(backend, images), ref.iloc[rows], constant_box)
         table.append({"experiment": name, "image_size": ckpt["image_size"], "images": metrics["images"],
                       "errors": _errors(metrics),
                       **{k: round(metrics[k], 5) for k in ("accuracy", "balanced_accuracy", "mean_iou")}})

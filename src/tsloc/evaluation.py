@@ -10,22 +10,31 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_fscore_support
 from tqdm import tqdm
 
-from .boxes import make_valid, paired_iou, to_relative
+from .boxes import paired_iou, to_relative
 from .data.images import open_rgb
-from .data.store import normalise, to_input
-from .model import SignNet
+from .data.store import to_input
 
 
-@torch.no_grad()
-def predict_images(model: SignNet, images: np.ndarray, device, batch_size: int = 64) -> dict:
-    """Class probabilities and valid relative boxes for uint8 images (N, S, S, 3)."""
-    model.eval().to(device)
+def predict_images(backend, images: np.ndarray, batch_size: int = 64) -> dict:
+    """Class probabilities and valid relative boxes for uint8 images (N, S, S, 3), from any backend
+    (tsloc.inference.load_backend: the `.pt` model or an ONNX export)."""
     probs, boxes = [], []
     for start in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch", leave=False):
-        logits, box = model(normalise(images[start:start + batch_size]).to(device))
-        probs.append(torch.softmax(logits.float(), 1).cpu())
-        boxes.append(make_valid(box.float()).cpu())
-    return {"probs": torch.cat(probs), "boxes": torch.cat(boxes)}
+        p, b = backend(np.asarray(images[start:start + batch_size]))
+        probs.append(torch.from_numpy(p))
+        boxes.append(torch.from_numpy(b))
+    n = len(backend.meta["class_names"])
+    return {"probs": torch.cat(probs) if probs else torch.empty(0, n), "boxes": torch.cat(boxes) if boxes else torch.empty(0, 4)}
+
+
+def agreement(pred: dict, reference: dict) -> dict:
+    """How far one backend's answers are from another's on the same images (an export against the
+    PyTorch model): the share of images given the same class, and the largest differences in
+    probability and in box coordinates (as shares of the image's width and height)."""
+    return {"images": int(len(pred["probs"])),
+            "same_class": float((pred["probs"].argmax(1) == reference["probs"].argmax(1)).float().mean()),
+            "max_probability_difference": float((pred["probs"] - reference["probs"]).abs().max()),
+            "max_box_difference": float((pred["boxes"] - reference["boxes"]).abs().max())}
 
 
 def relative_boxes(df: pd.DataFrame) -> torch.Tensor:

@@ -1,59 +1,139 @@
-"""Self-contained exports of a trained model: ONNX, and torch.export's ExportedProgram (`.pt2`,
-what current PyTorch recommends over TorchScript).
+"""The exported model files: ONNX (fp32, and static int8 for ONNX Runtime), and torch.export's
+ExportedProgram (`.pt2`). This module owns their format.
 
-The exported model takes float32 RGB images in [0, 1], already resized to the model's square input
-(N, 3, S, S), normalises them itself, and returns class probabilities (N, C) and valid boxes
-(N, 4: left, top, right, bottom, relative to the image): multiply by the original width and height
-for pixels.
+Every export is `tsloc.inference.Predictor` traced: it takes uint8 RGB images (N, S, S, 3), each
+squashed to the model's square input size (bilinear), normalises them itself, and returns class
+probabilities (N, C) and valid boxes (N, 4: left, top, right, bottom, as shares of the width and
+height: multiply by the original image's width and height for pixels).
+
+An ONNX file describes itself in its metadata (key `tsloc`, JSON): everything the `.pt` checkpoint
+carries except the weights (class ids and names, input size, normalisation, box format, backbone,
+recipe, epoch, versions), plus how it was exported (precision, calibration). `read_meta` reads it
+back; a user never needs the `.pt` beside it.
 """
 from __future__ import annotations
 
+import json
+import logging
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
 
-from .boxes import make_valid
-from .errors import ExportError
+from .errors import ExportError, ModelFileError
+from .inference import Predictor
 from .io import atomic_path
 from .model import SignNet
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
+META_KEY = "tsloc"
+INPUT = ("images: uint8 RGB (N, S, S, 3), each image squashed to S x S (bilinear); "
+         "the normalisation is inside the model")
+OUTPUTS = ("probabilities: (N, C) softmax over class ids 0..C-1 (class_names); boxes: (N, 4) left, top, "
+           "right, bottom as shares of the image's width and height")
+# Left in float in the int8 file: the softmax (probabilities quantized to 1/256 steps would be
+# useless as confidences).
+INT8_FLOAT_OPS = ("Softmax",)
 
 
-class Exportable(nn.Module):
-    def __init__(self, model: SignNet, mean, std):
-        super().__init__()
-        self.model = model.eval()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+def _example(ckpt: dict) -> tuple[torch.Tensor]:
+    size = ckpt["image_size"]
+    return (torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8),)
 
-    def forward(self, images: torch.Tensor):
-        x = (images - self.mean) / self.std
-        logits, boxes = self.model(x)
-        return torch.softmax(logits, dim=1), make_valid(boxes)
+
+def description(ckpt: dict, **export: object) -> dict:
+    """The exported file's metadata: the checkpoint's description, without the weights."""
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    meta["export"] = {"input": INPUT, "outputs": OUTPUTS, **export}
+    return meta
 
 
 def export(model: SignNet, ckpt: dict, fmt: str, out: str | Path | None = None) -> Path:
-    """Write the model in `fmt` next to the checkpoint (or to `out`); returns the path."""
+    """Write the model in `fmt` (fp32) next to the checkpoint (or to `out`); returns the path."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(FORMATS)}")
     out = Path(out or Path("models") / f"model{FORMATS[fmt]}")
-    wrapper = Exportable(model, ckpt["mean"], ckpt["std"]).eval()
-    size = ckpt["image_size"]
-    example = (torch.rand(2, 3, size, size),)
+    net = Predictor(model).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     with atomic_path(out) as tmp:
         if fmt == "pt2":
-            program = torch.export.export(wrapper, example, dynamic_shapes=({0: batch},))
+            program = torch.export.export(net, _example(ckpt), dynamic_shapes=({0: batch},))
             torch.export.save(program, tmp)
         else:
-            try:
-                import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
-            except ModuleNotFoundError as exc:
-                raise ExportError("ONNX export needs the optional extra: pip install 'tsloc[onnx]'") from exc
-            onnx_program = torch.onnx.export(wrapper, example, input_names=["images"],
-                                             output_names=["probabilities", "boxes"],
-                                             dynamic_shapes=({0: batch},), dynamo=True)
-            onnx_program.save(str(tmp))
+            program = torch.onnx.export(net, _example(ckpt), input_names=["images"],
+                                        output_names=["probabilities", "boxes"],
+                                        dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+            program.save(str(tmp))
+            _set_meta(tmp, description(ckpt, format="onnx", precision="fp32", torch=str(torch.__version__)))
+    return out
+
+
+def _set_meta(path: Path, meta: dict) -> None:
+    import onnx
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {META_KEY: json.dumps(meta)})
+    model.doc_string = f"tsloc traffic-sign model ({meta.get('recipe', 'notebook')} recipe, " \
+                       f"{meta['num_classes']} classes). {INPUT}. {OUTPUTS}."
+    onnx.save(model, str(path))
+
+
+def read_meta(path: str | Path) -> dict:
+    """The description an ONNX export carries (see the module's docstring)."""
+    import onnx
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found (export one with `dvc repro export`)")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # a truncated or foreign file: protobuf's DecodeError and friends
+        raise ModelFileError(f"{path}: not an ONNX file ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    if META_KEY not in props:
+        raise ModelFileError(f"{path}: an ONNX file, but not a tsloc export (no '{META_KEY}' metadata: "
+                             "export it with `tsloc export`)")
+    return json.loads(props[META_KEY])
+
+
+def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *, batch_size: int = 32,
+                  seed: int | None = None) -> Path:
+    """Static int8 (QDQ: int8 weights per output channel, uint8 activations, min-max ranges) of an
+    fp32 ONNX export, calibrated on `calibration` (uint8 images (N, S, S, 3) from the training set:
+    `seed` says how they were drawn, for the metadata)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    import onnx
+
+    if not len(calibration):
+        raise ExportError("int8 calibration needs at least one training image")
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.starts = iter(range(0, len(calibration), batch_size))
+
+        def get_next(self):
+            start = next(self.starts, None)
+            return None if start is None else {"images": np.ascontiguousarray(calibration[start:start + batch_size])}
+
+    meta = read_meta(fp32)
+    out = Path(out)
+    with tempfile.TemporaryDirectory() as scratch, atomic_path(out) as tmp:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared))  # shape inference and graph fusions, as ORT advises
+        keep = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in INT8_FLOAT_OPS]
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer warns through the root logger that 1-D weights have no axis 1
+        try:
+            quantize_static(str(prepared), str(tmp), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep)
+        finally:
+            root.setLevel(level)
+        meta["export"].update(precision="int8", quantization="static QDQ, int8 weights per channel, uint8 "
+                              "activations, min-max calibration", calibration_images=int(len(calibration)),
+                              calibration_seed=seed, float_ops=list(INT8_FLOAT_OPS))
+        _set_meta(tmp, meta)
     return out

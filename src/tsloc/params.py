@@ -113,6 +113,12 @@ class SplitParams:
 
 
 @dataclass(frozen=True)
+class ExportParams:
+    calibration_images: int = 2048  # training images the int8 ranges are calibrated on (all, when fewer)
+    seed: int = 0                   # which training images
+
+
+@dataclass(frozen=True)
 class Params:
     recipe: str = "notebook"      # the name of the recipe composed into params.yaml (conf/recipe/<name>.yaml)
     data: DataParams = field(default_factory=DataParams)
@@ -120,6 +126,7 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     visualize: VisualizeParams = field(default_factory=VisualizeParams)
+    export: ExportParams = field(default_factory=ExportParams)
 
 
 def _build(cls, raw, where: str):
@@ -213,7 +220,8 @@ def _check(p: Params) -> None:
     if p.train.lr <= 0 or p.train.epochs < 1 or p.train.batch_size < 2:
         raise ParamsError("params.yaml: train.lr must be > 0, train.epochs >= 1 and train.batch_size >= 2")
     for key, value in (("data.synthetic.seed", p.data.synthetic.seed), ("split.seed", p.split.seed),
-                       ("train.seed", p.train.seed), ("visualize.seed", p.visualize.seed)):
+                       ("train.seed", p.train.seed), ("visualize.seed", p.visualize.seed),
+                       ("export.seed", p.export.seed)):
         if value < 0:
             raise ParamsError(f"params.yaml: {key} must be >= 0 (NumPy and PyTorch take non-negative seeds), got {value}")
     if p.model.finetune_blocks < -1:
@@ -248,6 +256,8 @@ def _check(p: Params) -> None:
     if t.start_size and uses_cached_features(p):  # there are no images to resize
         raise ParamsError("params.yaml: train.start_size (progressive resizing) needs the image path: fine-tune "
                           "blocks (model.finetune_blocks), enable train.augment or use the spatial box head")
+    if p.export.calibration_images < 1:
+        raise ParamsError(f"params.yaml: export.calibration_images must be at least 1, got {p.export.calibration_images}")
     if p.train.device not in ("auto", "cpu", "cuda") and not p.train.device.startswith("cuda:"):
         raise ParamsError(f"params.yaml: train.device must be auto, cpu or cuda, got {p.train.device!r}")
 

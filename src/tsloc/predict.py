@@ -1,4 +1,5 @@
-"""Inference on image files: classes and boxes in the pixels of each original image.
+"""Inference on image files: classes and boxes in the pixels of each original image, from the
+`.pt` model or an ONNX export (tsloc.inference), with decoding in parallel threads ahead of inference.
 
 The input domain is BelgiumTSC's: one sign with some margin around it (a crop from a detector or
 a person), not a whole street scene. Images are prepared exactly as for training (RGB, squashed to
@@ -9,14 +10,16 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from .data.images import open_rgb
-from .data.store import normalise, to_input
+from .data.store import to_input
 from .errors import DataError
 
 IMAGE_SUFFIXES = {".ppm", ".pgm", ".pbm", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -39,26 +42,67 @@ def collect(paths: list[str]) -> list[tuple[Path, Path]]:
     return out
 
 
-@torch.no_grad()
-def predict_batch(model, images: list[Image.Image], size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities (N, C) and relative boxes (N, 4) for PIL images."""
-    from .boxes import make_valid
-    x = normalise(np.stack([to_input(img, size) for img in images])).to(device)
-    logits, boxes = model(x)
-    return torch.softmax(logits.float(), 1).cpu(), make_valid(boxes.float()).cpu()
+MAX_BATCH = 256  # images per inference call at most: memory stays bounded whatever --batch-size asks
+AHEAD = 2        # batches decoded ahead of the one being inferred
 
 
-def record(path: Path, img: Image.Image, probs: torch.Tensor, box: torch.Tensor, names: list[str], top_k: int) -> dict:
-    p, ids = probs.topk(min(top_k, len(probs)))
-    w, h = img.size
-    left, top, right, bottom = (box * torch.tensor([w, h, w, h])).tolist()
+class Item(NamedTuple):
+    path: Path
+    name: Path            # where --draw writes it, relative to the --draw folder
+    size: tuple[int, int]  # the upright image's width and height: boxes are scaled back to these
+    pixels: np.ndarray    # (S, S, 3) uint8, as the model sees it
+    image: Image.Image | None  # the decoded image, kept only for --draw
+
+
+def _prepare(path: Path, name: Path, size: int, keep: bool) -> Item:
+    img = open_rgb(path)
+    return Item(path, name, img.size, to_input(img, size), img if keep else None)
+
+
+def decoded_batches(files: list[tuple[Path, Path]], size: int, batch_size: int, *, threads: int = 4,
+                    keep_images: bool = False):
+    """Yield each batch of `files` decoded and squashed, as a list of Item or DataError (an unreadable
+    file), in order. `threads` > 0 decode in parallel, up to AHEAD batches ahead of the caller, so
+    decoding overlaps inference and memory holds at most AHEAD + 1 batches; 0 decodes in the caller."""
+    starts = range(0, len(files), batch_size)
+
+    def run(task, *args):
+        try:
+            return task(*args)
+        except DataError as exc:
+            return exc
+
+    if threads <= 0:
+        for start in starts:
+            yield [run(_prepare, f, n, size, keep_images) for f, n in files[start:start + batch_size]]
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending, queue = deque(), iter(starts)
+
+        def submit():
+            start = next(queue, None)
+            if start is not None:
+                pending.append([pool.submit(run, _prepare, f, n, size, keep_images)
+                                for f, n in files[start:start + batch_size]])
+        for _ in range(AHEAD + 1):
+            submit()
+        while pending:
+            batch = [f.result() for f in pending.popleft()]
+            submit()
+            yield batch
+
+
+def record(item: Item, probs: np.ndarray, box: np.ndarray, names: list[str], top_k: int) -> dict:
+    ids = np.argsort(-probs, kind="stable")[:top_k]
+    w, h = item.size
+    left, top, right, bottom = (box.astype(np.float64) * [w, h, w, h]).tolist()
     return {
-        "path": str(path),
+        "path": str(item.path),
         "class_id": int(ids[0]),
         "class_name": names[int(ids[0])],
-        "probability": round(float(p[0]), 6),
-        "top_k": [{"class_id": int(i), "class_name": names[int(i)], "probability": round(float(q), 6)}
-                  for q, i in zip(p, ids)],
+        "probability": round(float(probs[ids[0]]), 6),
+        "top_k": [{"class_id": int(i), "class_name": names[int(i)], "probability": round(float(probs[i]), 6)}
+                  for i in ids],
         "box": [round(v, 2) for v in (left, top, right, bottom)],
     }
 
@@ -119,35 +163,34 @@ class Writer:
         })
 
 
-def predict_files(model, ckpt: dict, paths: list[str], *, top_k: int = 5, fmt: str = "jsonl",
-                  draw_dir: str | None = None, batch_size: int = 32, device="cpu", out=None,
-                  err=None) -> int:
-    """Predict every image; unreadable files are reported on `err` and skipped. Returns how many failed.
-    Images are read a batch at a time, so a folder of any size streams in bounded memory. `out` and
-    `err` default to sys.stdout and sys.stderr as they are at the call (so redirection works)."""
+def predict_files(backend, paths: list[str], *, top_k: int = 5, fmt: str = "jsonl", draw_dir: str | None = None,
+                  batch_size: int = 32, threads: int = 4, out=None, err=None) -> int:
+    """Predict every image with `backend` (tsloc.inference.load_backend); unreadable files are reported on
+    `err` and skipped. Returns how many failed. Images are decoded a few batches at a time (in parallel,
+    ahead of inference), so a folder of any size streams in bounded memory. `out` and `err` default to
+    sys.stdout and sys.stderr as they are at the call (so redirection works)."""
     out, err = out or sys.stdout, err or sys.stderr
     files = collect(paths)
     if not files:
         raise NoImages(f"no image files in {', '.join(map(str, paths))} (looked for "
                        f"{', '.join(sorted(IMAGE_SUFFIXES))})")
-    model = model.eval().to(device)
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise DataError(f"--batch-size must be between 1 and {MAX_BATCH} (memory stays bounded), not {batch_size}")
+    meta = backend.meta
     writer = Writer(fmt, out)
     names = DrawNames(draw_dir) if draw_dir else None
     failed = 0
-    for start in range(0, len(files), batch_size):
-        batch = []
-        for path, name in files[start:start + batch_size]:
-            try:
-                batch.append((path, name, open_rgb(path)))
-            except DataError as exc:
-                print(f"tsloc predict: error: {exc}", file=err)
-                failed += 1
-        if not batch:
+    for batch in decoded_batches(files, meta["image_size"], batch_size, threads=threads, keep_images=bool(names)):
+        for e in (b for b in batch if isinstance(b, DataError)):
+            print(f"tsloc predict: error: {e}", file=err)
+            failed += 1
+        items = [b for b in batch if isinstance(b, Item)]
+        if not items:
             continue
-        probs, boxes = predict_batch(model, [b[2] for b in batch], ckpt["image_size"], device)
-        for (path, name, img), p, b in zip(batch, probs, boxes):
-            rec = record(path, img, p, b, ckpt["class_names"], top_k)
+        probs, boxes = backend(np.stack([it.pixels for it in items]))
+        for item, p, b in zip(items, probs, boxes):
+            rec = record(item, p, b, meta["class_names"], top_k)
             writer.write(rec)
             if names:
-                draw(img, rec, names(name))
+                draw(item.image, rec, names(item.name))
     return failed

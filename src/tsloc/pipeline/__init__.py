@@ -38,3 +38,16 @@ def tracked_params(params_file: str) -> Tracked:
 
 def subset_rows(split: pd.DataFrame, subset: str) -> np.ndarray:
     return np.flatnonzero(split["subset"].to_numpy() == subset)
+
+
+def check_model_fits(ckpt: dict, store, split, model: Path | str = MODEL) -> None:
+    """A model from another run (a stale or copied models/model.pt) against this image store and
+    data: one clear message instead of a shape error or wrong class names."""
+    size = store.shape[1]
+    if ckpt["image_size"] != size:
+        raise DataError(f"{model}: the model takes {ckpt['image_size']}-px images but {FEATURES / 'images.npy'} "
+                        f"holds {size}-px ones (data.image_size changed since training?): run dvc repro")
+    top = int(split["class_id"].max())
+    if top >= ckpt["num_classes"]:
+        raise DataError(f"{model}: the model knows {ckpt['num_classes']} classes but {SPLIT_TABLE} has class id "
+                        f"{top} (trained on another data set?): run dvc repro")

@@ -4,50 +4,34 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import DataError
 from ..evaluation import (class_table, class_table_markdown, evaluate_subset, headline, predict_images,
                           relative_boxes, shifted_metrics, shifted_views)
 from ..io import atomic_path, write_csv, write_json
-from ..model import load_model
+from ..inference import load_backend
 from ..model_card import model_card
 from ..params import record_keys
 from ..training import select_device
-from . import FEATURES, MODEL, PREDICTIONS, SPLIT_TABLE, load, subset_rows, tracked_params
-
-
-def check_model_fits(ckpt: dict, store, split) -> None:
-    """A model from another run (a stale or copied models/model.pt) against this image store and
-    data: one clear message instead of a shape error or wrong class names."""
-    size = store.shape[1]
-    if ckpt["image_size"] != size:
-        raise DataError(f"{MODEL}: the model takes {ckpt['image_size']}-px images but {FEATURES / 'images.npy'} "
-                        f"holds {size}-px ones (data.image_size changed since training?): run dvc repro")
-    top = int(split["class_id"].max())
-    if top >= ckpt["num_classes"]:
-        raise DataError(f"{MODEL}: the model knows {ckpt['num_classes']} classes but {SPLIT_TABLE} has class id "
-                        f"{top} (trained on another data set?): run dvc repro")
+from . import FEATURES, MODEL, PREDICTIONS, SPLIT_TABLE, check_model_fits, load, subset_rows, tracked_params
 
 
 def run(params_file: str = "params.yaml") -> dict:
     p = tracked_params(params_file)
     split = load(SPLIT_TABLE, "split")
     store = load(FEATURES / "images.npy", "features")
-    model, ckpt = load_model(MODEL)
+    backend = load_backend(MODEL, select_device(p.train.device))
+    ckpt = backend.meta
     check_model_fits(ckpt, store, split)
-    device = select_device(p.train.device)
     train = split[split["subset"] == "train"]
     constant_box = relative_boxes(train).mean(0, keepdim=True)
     report, rows = {}, {}
     for s in ("valid", "test"):
         idx = subset_rows(split, s)
-        pred = predict_images(model, np.array(store[idx]), device)
+        pred = predict_images(backend, store[idx])
         report[s], rows[s] = evaluate_subset(pred, split.iloc[idx], constant_box)
     test = split.iloc[subset_rows(split, "test")]
     images, boxes, keep = shifted_views(test, ckpt["image_size"])
     if len(keep):  # a data set of small images may have no sign large enough to shift
-        report["test_shifted"] = shifted_metrics(predict_images(model, images, device), boxes,
+        report["test_shifted"] = shifted_metrics(predict_images(backend, images), boxes,
                                                  test["class_id"].to_numpy()[keep], constant_box)
     report["loss_weight"] = ckpt["loss_weight"]
     report["best_epoch"] = ckpt["epoch"]
@@ -67,4 +51,19 @@ def run(params_file: str = "params.yaml") -> dict:
     with atomic_path(MODEL.parent / "MODEL_CARD.md") as tmp:
         tmp.write_text(card)
     record_keys("evaluate", p)
+    return report
+
+
+def score(path: str | Path, device: str = "cpu") -> dict:
+    """Any model file (the `.pt`, or an ONNX export: `tsloc evaluate --model FILE`) on this pipeline's
+    validation and test images, with the stage's metrics; nothing is written."""
+    split = load(SPLIT_TABLE, "split")
+    store = load(FEATURES / "images.npy", "features")
+    backend = load_backend(path, select_device(device))
+    check_model_fits(backend.meta, store, split, path)
+    constant_box = relative_boxes(split[split["subset"] == "train"]).mean(0, keepdim=True)
+    report = {"model": str(path), "backend": backend.name}
+    for s in ("valid", "test"):
+        idx = subset_rows(split, s)
+        report[s] = evaluate_subset(predict_images(backend, store[idx]), split.iloc[idx], constant_box)[0]
     return report
