@@ -4,7 +4,8 @@ it before ONNX Runtime), and its exports through ONNX Runtime, fp32 and int8, on
     dvc repro export && python benchmarks/inference.py [--seconds 6] [--files 512]
 
 (a) From decoded tensors: uint8 test images from the image store (data/features/images.npy), at
-    batch 1 and batch 64; the backends take turns in rounds, so a slower moment of the machine is
+    batch 1 and batch 64, PyTorch as the project runs it (channels-last) and in torchvision's
+    default layout (NCHW, the issue's "PyTorch eager" row); the backends take turns in rounds, so a slower moment of the machine is
     shared. Crops per second, and the time per crop at the 50th and 99th percentile of the calls
     (a call's time divided by its batch: at batch 1, the latency).
 (b) From image files to records, as `tsloc predict` runs (decoding in parallel threads, ahead of
@@ -16,6 +17,7 @@ Then the ratios the issue asks for. Every figure comes from this one run.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import subprocess
@@ -27,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tsloc.inference import load_backend
+from tsloc.inference import TorchBackend, load_backend
 from tsloc.predict import predict_files
 
 
@@ -41,6 +43,14 @@ class Timed:
         out = self.backend(images)
         self.ends.append(time.perf_counter())
         return out
+
+
+def nchw(backend: TorchBackend) -> TorchBackend:
+    """The same model in torchvision's default layout (contiguous NCHW, no channels-last): the
+    "PyTorch eager" row of the issue's table. The project's own path is channels-last."""
+    model = copy.deepcopy(backend.net.model).to(memory_format=torch.contiguous_format)
+    model.features = model.backbone  # in eval mode the same blocks; without the switch to channels-last
+    return TorchBackend(model, backend.meta)
 
 
 def per_crop(seconds: list[float], batch: int) -> dict:
@@ -97,10 +107,12 @@ def main() -> int:
     test = np.flatnonzero(split["subset"].to_numpy() == "test")
     images = np.ascontiguousarray(np.load(args.store, mmap_mode="r")[test])
     files = split["path"].to_numpy()[test][:args.files].tolist()
-    backends = {"PyTorch eager": load_backend(args.model), "ONNX Runtime fp32": load_backend(args.onnx),
+    pt = load_backend(args.model)
+    backends = {"PyTorch eager": pt, "PyTorch eager, NCHW": nchw(pt), "ONNX Runtime fp32": load_backend(args.onnx),
                 "ONNX Runtime int8": load_backend(args.int8)}
-    meta = backends["PyTorch eager"].meta
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    meta = pt.meta
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
     import onnxruntime
     print(f"# {meta['backbone']} at {meta['image_size']} px, {meta['box_head'] if 'box_head' in meta else 'pooled'} "
           f"box head, recipe {meta.get('recipe')}; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
@@ -112,6 +124,8 @@ def main() -> int:
             rows.append({"source": "tensors", "backend": name, "batch": batch, **r})
     for batch in (1, 64):
         for name, backend in backends.items():
+            if name == "PyTorch eager, NCHW":
+                continue
             rows.append({"source": "files", "backend": name, "batch": batch,
                          **from_files(backend, files, batch, threads=4)})
         rows.append({"source": "files", "backend": "PyTorch, decoding in the main thread (predict before)",
@@ -125,8 +139,8 @@ def main() -> int:
     print("\nratios (the issue's targets in brackets):")
     for batch in (1, 64):
         fp32, int8 = rate[("tensors", "ONNX Runtime fp32", batch)], rate[("tensors", "ONNX Runtime int8", batch)]
-        print(f"  batch {batch:2}: tensors, ORT fp32 / PyTorch eager {fp32 / rate[('tensors', 'PyTorch eager', batch)]:.2f}x "
-              f"[>= 5]; ORT int8 / fp32 {int8 / fp32:.2f}x [>= 1.5]; files, ORT fp32 / predict before "
+        print(f"  batch {batch:2}: tensors, ORT fp32 / PyTorch eager {fp32 / rate[('tensors', 'PyTorch eager', batch)]:.2f}x, "
+              f"/ PyTorch eager NCHW {fp32 / rate[('tensors', 'PyTorch eager, NCHW', batch)]:.2f}x [>= 5]; ORT int8 / fp32 {int8 / fp32:.2f}x [>= 1.5]; files, ORT fp32 / predict before "
               f"{rate[('files', 'ONNX Runtime fp32', batch)] / rate[('files', 'PyTorch, decoding in the main thread (predict before)', batch)]:.2f}x [>= 3]")
     return 0
 

@@ -96,11 +96,13 @@ def read_meta(path: str | Path) -> dict:
     return json.loads(props[META_KEY])
 
 
-def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *, batch_size: int = 32,
-                  seed: int | None = None) -> Path:
+def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *, float_convs: int = 0,
+                  batch_size: int = 32, seed: int | None = None) -> Path:
     """Static int8 (QDQ: int8 weights per output channel, uint8 activations, min-max ranges) of an
     fp32 ONNX export, calibrated on `calibration` (uint8 images (N, S, S, 3) from the training set:
-    `seed` says how they were drawn, for the metadata)."""
+    `seed` says how they were drawn, for the metadata). The first `float_convs` convolutions in graph
+    order stay float: the early, high-resolution layers are where int8 loses accuracy (for
+    MobileNetV2, 10 is the normalisation, the stem and blocks 1-3; docs/benchmarks.md)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -122,7 +124,9 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *,
     with tempfile.TemporaryDirectory() as scratch, atomic_path(out) as tmp:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))  # shape inference and graph fusions, as ORT advises
-        keep = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in INT8_FLOAT_OPS]
+        nodes = onnx.load(str(prepared)).graph.node
+        keep = [n.name for n in nodes if n.op_type in INT8_FLOAT_OPS]
+        keep += [n.name for n in nodes if n.op_type == "Conv"][:float_convs]
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # the quantizer warns through the root logger that 1-D weights have no axis 1
@@ -134,6 +138,6 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *,
             root.setLevel(level)
         meta["export"].update(precision="int8", quantization="static QDQ, int8 weights per channel, uint8 "
                               "activations, min-max calibration", calibration_images=int(len(calibration)),
-                              calibration_seed=seed, float_ops=list(INT8_FLOAT_OPS))
+                              calibration_seed=seed, float_ops=list(INT8_FLOAT_OPS), float_convs=float_convs)
         _set_meta(tmp, meta)
     return out

@@ -116,6 +116,7 @@ class SplitParams:
 class ExportParams:
     calibration_images: int = 2048  # training images the int8 ranges are calibrated on (all, when fewer)
     seed: int = 0                   # which training images
+    float_convs: int = 10           # the first N convolutions stay float in int8 (MobileNetV2: normalisation, stem, blocks 1-3)
 
 
 @dataclass(frozen=True)
@@ -256,8 +257,9 @@ def _check(p: Params) -> None:
     if t.start_size and uses_cached_features(p):  # there are no images to resize
         raise ParamsError("params.yaml: train.start_size (progressive resizing) needs the image path: fine-tune "
                           "blocks (model.finetune_blocks), enable train.augment or use the spatial box head")
-    if p.export.calibration_images < 1:
-        raise ParamsError(f"params.yaml: export.calibration_images must be at least 1, got {p.export.calibration_images}")
+    if p.export.calibration_images < 1 or p.export.float_convs < 0:
+        raise ParamsError(f"params.yaml: export.calibration_images must be at least 1 and export.float_convs at least 0, "
+                          f"got {p.export.calibration_images} and {p.export.float_convs}")
     if p.train.device not in ("auto", "cpu", "cuda") and not p.train.device.startswith("cuda:"):
         raise ParamsError(f"params.yaml: train.device must be auto, cpu or cuda, got {p.train.device!r}")
 

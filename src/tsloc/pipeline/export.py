@@ -52,7 +52,8 @@ def run(params_file: str = "params.yaml") -> dict:
     with tempfile.TemporaryDirectory(prefix=".export.", dir=MODEL.parent) as scratch:
         made = {ONNX: export(model, ckpt, "onnx", Path(scratch) / ONNX.name)}
         rows = calibration_rows(split, p.export.calibration_images, p.export.seed)
-        made[INT8] = quantize_int8(made[ONNX], Path(scratch) / INT8.name, np.asarray(store[rows]), seed=p.export.seed)
+        made[INT8] = quantize_int8(made[ONNX], Path(scratch) / INT8.name, np.asarray(store[rows]),
+                                   float_convs=p.export.float_convs, seed=p.export.seed)
         for final, path in made.items():
             pred = predict_images(load_backend(path), images)
             precision = "int8" if final == INT8 else "fp32"
@@ -89,4 +90,4 @@ def export_one(params_file: str, model_path: str, fmt: str = "onnx", quantize: s
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = export(model, ckpt, "onnx", Path(scratch) / "model.onnx")
         return quantize_int8(fp32, out or Path(model_path).with_suffix(".int8.onnx"), np.asarray(store[rows]),
-                             seed=p.export.seed)
+                             float_convs=p.export.float_convs, seed=p.export.seed)
