@@ -119,16 +119,17 @@ def time_project(data: Path, epochs: int, size: int, backbone: str, repo: Path) 
 
 def time_inference(files: list[str], size: int, backbone: str) -> tuple[float, float]:
     """`tsloc predict` from image files to records: images per second in batches of 32 and one by one."""
-    from tsloc.predict import predict_files
     from tsloc.data.belgiumtsc import class_names
+    from tsloc.inference import TorchBackend
+    from tsloc.predict import predict_files
     model = build_model(backbone, "none", NUM_CLASSES, image_size=size).eval()
-    ckpt = {"image_size": size, "class_names": class_names()}
+    backend = TorchBackend(model, {"image_size": size, "class_names": class_names()})
     rates = []
     for batch in (32, 1):
         subset = files if batch > 1 else files[:64]
         with open(os.devnull, "w") as null:
             t = time.perf_counter()
-            predict_files(model, ckpt, subset, batch_size=batch, out=null)
+            predict_files(backend, subset, batch_size=batch, out=null)
             rates.append(len(subset) / (time.perf_counter() - t))
     return rates[0], rates[1]
 
