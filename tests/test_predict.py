@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -247,3 +248,33 @@ def test_evaluate_refuses_a_model_that_does_not_fit_the_store_or_the_data(tmp_pa
     proc = run_cli("evaluate", cwd=tmp_path)
     assert proc.returncode == 2 and "knows 62 classes but data/split.csv has class id 70" in proc.stderr
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "reports").exists()  # nothing written
+
+
+def test_decoding_runs_ahead_in_order_and_in_bounded_memory(tmp_path, monkeypatch):
+    """Threads decode up to AHEAD batches ahead of the caller, never more; batches come in file order,
+    the same as decoding in the caller's thread; an unreadable file is its error, in its place."""
+    import tsloc.predict as predict
+    for i in range(23):
+        Image.new("RGB", (20 + i, 20), (i, 0, 0)).save(tmp_path / f"{i:02}.png")
+    (tmp_path / "07.png").write_bytes(b"broken")
+    files = predict.collect([str(tmp_path)])
+    decoded, prepare = [], predict._prepare
+    monkeypatch.setattr(predict, "_prepare", lambda *a: decoded.append(1) or prepare(*a))
+    seen, most_ahead = [], 0
+    for batch in predict.decoded_batches(files, 16, 4, threads=3):
+        seen.append(batch)
+        time.sleep(0.05)  # the threads get time to run as far ahead as they are allowed
+        most_ahead = max(most_ahead, len(decoded) - 4 * len(seen))
+    assert 0 < most_ahead <= predict.AHEAD * 4
+    flat = [b for batch in seen for b in batch]
+    assert [len(b) for b in seen] == [4, 4, 4, 4, 4, 3]
+    assert isinstance(flat[7], predict.DataError) and "07.png" in str(flat[7])
+    assert [b.size[0] for b in flat if not isinstance(b, Exception)] == [20 + i for i in range(23) if i != 7]
+    inline = [b for batch in predict.decoded_batches(files, 16, 4, threads=0) for b in batch]
+    assert [getattr(b, "size", None) for b in inline] == [getattr(b, "size", None) for b in flat]
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(inline, flat) if not isinstance(a, Exception))
+
+
+def test_batch_size_is_bounded(images, tmp_path):
+    proc = _predict(images / "a.ppm", "--batch-size", "257", model=_stub(tmp_path / "stub.pt"))
+    assert proc.returncode == 2 and "--batch-size must be between 1 and 256" in proc.stderr and proc.stdout == ""

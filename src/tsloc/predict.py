@@ -88,8 +88,8 @@ def decoded_batches(files: list[tuple[Path, Path]], size: int, batch_size: int, 
             submit()
         while pending:
             batch = [f.result() for f in pending.popleft()]
+            yield batch  # while the caller works on it, the next AHEAD batches decode
             submit()
-            yield batch
 
 
 def record(item: Item, probs: np.ndarray, box: np.ndarray, names: list[str], top_k: int) -> dict:
