@@ -5,11 +5,12 @@ Bad input ends with one clear line on stderr and exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
 
-from .errors import DataError, ExportError, ModelFileError, WeightsError
+from .errors import DataError, DiskFull, ExportError, ModelFileError, WeightsError
 from .params import ParamsError
 
 DEFAULT_MODEL = "models/model.pt"
@@ -111,8 +112,14 @@ def main(argv: list[str] | None = None) -> int:
 
             from .data.synthetic import generate
             generate(Path(args.out), size=args.size, seed=args.seed, fmt=args.format)
-    except (DataError, ParamsError, WeightsError, ModelFileError, ExportError) as exc:
+    except (DataError, ParamsError, WeightsError, ModelFileError, ExportError, DiskFull) as exc:
         print(f"tsloc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk outside tsloc.io's writes: DVCLive's logs, predict's stdout, --draw
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"tsloc {args.command}: error: {exc.filename or 'an output'}: no space left on device; free some "
+              "space and run it again", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `tsloc predict ... | head`: the reader left; not an error of ours
         sys.stdout = None

@@ -18,4 +18,8 @@ class ModelFileError(RuntimeError):
 
 
 class ExportError(RuntimeError):
-    """An export that cannot run here (a missing optional dependency)."""
+    """An export that cannot be made, or does not answer as the model does."""
+
+
+class DiskFull(Exception):
+    """No space left while writing an output (which was not half-written: see tsloc.io.atomic_path)."""

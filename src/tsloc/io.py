@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from .errors import DiskFull
 
 
 @contextlib.contextmanager
@@ -30,11 +33,14 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False):
         if is_dir and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise DiskFull(f"{path}: no space left on device; free some space and run it again (the file was "
+                           "not half-written)") from exc
         raise
 
 
