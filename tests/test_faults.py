@@ -1,5 +1,20 @@
-"""Faults from outside the data: a full disk. One message naming the file, exit status 2, and no
-output half-written (tsloc.io.atomic_path)."""
+"""Faults and bad input: one message naming the file, a non-zero exit, no output half-written.
+
+Here: a full disk (a real one, and stdout on /dev/full) and CUDA out of memory. The other cases of
+issue 16 are tested beside the code they exercise:
+- resume after Ctrl-C / kill -9, to the same results: test_model.py::test_an_interrupted_fit_continues_to_the_same_weights,
+  test_pipeline_dvc.py::test_training_killed_midway_continues_to_the_same_results
+- `cuda` without CUDA: test_predict.py::test_cuda_asked_for_without_cuda_is_one_clear_error
+- truncated or foreign model, weights and ONNX files: test_predict.py::test_missing_and_incompatible_model,
+  test_model.py::test_weights_files_that_are_bad_or_outside_weights_are_named,
+  test_export.py::test_broken_and_foreign_onnx_files_are_one_clear_error
+- a model that does not fit the store or the data: test_predict.py::test_evaluate_refuses_a_model_that_does_not_fit_the_store_or_the_data
+- params of the wrong type, unknown keys, out-of-range values, `1e-3`: test_params.py::test_bad_values_name_the_key,
+  test_params.py::test_numbers_in_exponent_form_are_numbers
+- predict on real-world files (EXIF, --draw never overwrites, no images, bombs, symlink loops, bounded
+  decoding): test_predict.py
+- an interrupted download leaves nothing: test_download.py::test_interrupted_download_leaves_nothing
+"""
 from __future__ import annotations
 
 import subprocess
@@ -58,3 +73,25 @@ def test_predict_onto_a_full_disk_is_one_message(tmp_path):
                                str(_stub(tmp_path / "stub.pt"))], stdout=full, stderr=subprocess.PIPE, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "tsloc predict: error: an output: no space left on device" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("command, advice", [("train", "a smaller train.batch_size (dvc exp run -S train.batch_size=16)"),
+                                             ("predict", "a smaller --batch-size")])
+def test_cuda_out_of_memory_says_what_to_lower(tmp_path, monkeypatch, command, advice):
+    """No GPU here: the stage or predict raises PyTorch's own OutOfMemoryError where a CUDA call would."""
+    import importlib
+
+    import torch
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    if command == "train":
+        monkeypatch.setattr(importlib.import_module("tsloc.pipeline.train"), "run", oom)
+        proc = run_cli("train", cwd=tmp_path)
+    else:
+        import tsloc.predict
+        monkeypatch.setattr(tsloc.predict, "predict_files", oom)
+        Image.new("RGB", (30, 20)).save(tmp_path / "a.png")
+        proc = run_cli("predict", tmp_path / "a.png", "--model", _stub(tmp_path / "stub.pt"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"tsloc {command}: error: out of GPU memory (CUDA out of memory. Tried to allocate")
+    assert advice in proc.stderr

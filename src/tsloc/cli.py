@@ -14,6 +14,10 @@ from .errors import DataError, DiskFull, ExportError, ModelFileError, WeightsErr
 from .params import ParamsError
 
 DEFAULT_MODEL = "models/model.pt"
+# What to lower when the GPU runs out of memory, per command.
+OUT_OF_MEMORY = {"train": "a smaller train.batch_size (dvc exp run -S train.batch_size=16), or a smaller data.image_size",
+                 "features": "the CPU (-S train.device=cpu): features runs once",
+                 "predict": "a smaller --batch-size (e.g. --batch-size 8)"}
 STAGES = ("ingest", "split", "features", "train", "evaluate", "export", "visualize")
 
 
@@ -114,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             generate(Path(args.out), size=args.size, seed=args.seed, fmt=args.format)
     except (DataError, ParamsError, WeightsError, ModelFileError, ExportError, DiskFull) as exc:
         print(f"tsloc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # torch.OutOfMemoryError, without importing torch here
+        if type(exc).__name__ != "OutOfMemoryError":
+            raise
+        lower = OUT_OF_MEMORY.get(args.command, "a smaller batch size, or the CPU (train.device: cpu)")
+        print(f"tsloc {args.command}: error: out of GPU memory ({str(exc).splitlines()[0][:160]}); try {lower}",
+              file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk outside tsloc.io's writes: DVCLive's logs, predict's stdout, --draw
         if exc.errno != errno.ENOSPC:
