@@ -11,7 +11,8 @@ from torchvision.ops import box_iou
 
 from tsloc import model as model_mod
 from tsloc.boxes import make_valid, paired_iou, to_pixels, to_relative
-from tsloc.model import SignNet, WeightsError, backbone_features, build_model, imagenet_state_dict
+from tsloc.model import (ModelFileError, SignNet, WeightsError, backbone_features, build_model, imagenet_state_dict,
+                         load_model)
 from tsloc.training import (Batches, LossConfig, OptimConfig, class_weights, make_optimizer, compute_features, epoch_sizes,
                             features_source, fit, images_source, losses, run_epoch)
 
@@ -479,3 +480,22 @@ def test_an_interrupted_fit_continues_to_the_same_weights(tmp_path, capsys):
     other = Resume(tmp_path / "state.pt", "key-2")      # other params or data: not continued
     assert other.epochs_done() == 0 and not other.path.exists()
     assert "from other params or data, discarded" in capsys.readouterr().err
+
+
+def test_a_truncated_cached_hub_file_is_named(hub):
+    """A download cut short left half a file in torch's hub cache: named, with what to do."""
+    cached = hub / "checkpoints" / "mobilenet_v2-b0353104.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save({"w": torch.zeros(1000)}, cached)
+    cached.write_bytes(cached.read_bytes()[:500])
+    with pytest.raises(WeightsError, match=r"mobilenet_v2-b0353104.pth: the cached ImageNet weights are unreadable"
+                                           r".*delete the file and run again"):
+        imagenet_state_dict("mobilenet_v2", allow_download=False)
+
+
+def test_a_truncated_model_file_is_named(tmp_path):
+    from test_predict import _stub
+    path = _stub(tmp_path / "model.pt")
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    with pytest.raises(ModelFileError, match=r"model.pt: not a compatible tsloc model"):
+        load_model(path)

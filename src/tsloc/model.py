@@ -55,7 +55,12 @@ def imagenet_state_dict(backbone: str, hub_dir: str | None = None, allow_downloa
             shutil.copyfile(packaged, tmp)
             os.replace(tmp, cached)
     if cached.is_file():
-        return torch.load(cached, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(cached, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a download cut short, a disk error: the cache holds a broken file
+            raise WeightsError(f"{cached}: the cached ImageNet weights are unreadable ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:160]}); delete the file and run again to fetch them "
+                               "anew") from exc
     if allow_download:
         try:
             return torch.hub.load_state_dict_from_url(weights.url, model_dir=str(cache), progress=True,
