@@ -179,16 +179,20 @@ def test_exif_orientation_is_applied_and_boxes_refer_to_the_upright_image(tmp_pa
 
 
 def test_huge_images_are_refused_by_name_and_the_rest_go_on(tmp_path, monkeypatch):
+    """Also when threads decode them side by side (a warnings filter around each decode let some through)."""
     from tsloc.predict import predict_files
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's bomb limit, made small for the test
-    for name, size in (("small.png", (20, 20)), ("over.png", (40, 30)), ("bomb.png", (100, 100))):
-        Image.new("RGB", size).save(tmp_path / name)
+    for i in range(16):
+        for name, size in (("small", (20, 20)), ("over", (40, 30)), ("bomb", (100, 100))):
+            Image.new("RGB", size).save(tmp_path / f"{i:02}{name}.png")
     backend = load_backend(_stub(tmp_path / "stub.pt"))
     out, err = io.StringIO(), io.StringIO()
-    assert predict_files(backend, [str(tmp_path)], out=out, err=err) == 2
-    assert [json.loads(line)["path"].rsplit("/", 1)[1] for line in out.getvalue().splitlines()] == ["small.png"]
-    for name in ("over.png", "bomb.png"):
-        assert f"{name}: image too large to decode" in err.getvalue()
+    assert predict_files(backend, [str(tmp_path)], batch_size=4, out=out, err=err) == 32
+    assert [json.loads(line)["path"].rsplit("/", 1)[1] for line in out.getvalue().splitlines()] == \
+        [f"{i:02}small.png" for i in range(16)]
+    for i in range(16):
+        for name in ("over", "bomb"):
+            assert f"{i:02}{name}.png: image too large to decode" in err.getvalue()
 
 
 def test_a_symlink_loop_does_not_trap_the_walk(tmp_path):

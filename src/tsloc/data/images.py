@@ -6,7 +6,7 @@ read pixels through here, so a box always refers to the same pixels.
 - Greyscale is repeated to RGB; palette and alpha images are flattened onto white.
 - PPM sizes come from the header (fast, and a truncated file is caught without decoding it).
 - An image over Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`, 89 million pixels) is
-  refused by name before it is decoded, not decoded with a warning.
+  refused by name before it is decoded (from its header), not decoded with a warning.
 """
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from ..errors import DataError
+
+# Images over the limit are refused by the check in open_rgb, in whichever thread decodes them.
+# (A warnings filter set around each decode, as before, is process-wide state: with decoding in
+# parallel threads one thread's exit restored it while another decoded, and a bomb got through.)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # EXIF orientations 5-8 turn the image by 90 degrees: the upright size swaps width and height.
 _TRANSPOSED = {5, 6, 7, 8}
@@ -33,12 +38,14 @@ def open_rgb(path: str | Path) -> Image.Image:
     """Any image Pillow reads, upright and RGB. Raises DataError naming the file when it is unreadable
     or too large."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not decoded with a warning
-            with Image.open(path) as img:
-                img.load()
-                return _upright_rgb(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        with Image.open(path) as img:  # reads the header only
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.width * img.height > limit:
+                raise Image.DecompressionBombError(f"{img.width} x {img.height} pixels is over Pillow's limit of "
+                                                   f"{limit} (Image.MAX_IMAGE_PIXELS)")
+            img.load()
+            return _upright_rgb(img)
+    except Image.DecompressionBombError as exc:
         raise DataError(f"{path}: image too large to decode ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: unreadable image ({exc})") from exc
