@@ -96,3 +96,18 @@ def test_cuda_out_of_memory_says_what_to_lower(tmp_path, monkeypatch, command, a
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"tsloc {command}: error: out of GPU memory (CUDA out of memory. Tried to allocate")
     assert advice in proc.stderr
+
+
+@pytest.mark.slow  # a new interpreter, with a real pipe
+def test_predict_into_a_reader_that_leaves_is_quiet(tmp_path):
+    """`tsloc predict FOLDER | head -1`: the reader closes the pipe early; predict stops, exit 0, no traceback."""
+    for i in range(300):
+        Image.new("RGB", (24, 24), (i % 256, 0, 0)).save(tmp_path / f"{i:03}.png")
+    model = _stub(tmp_path / "stub.pt")
+    proc = subprocess.run(f"{sys.executable} -m tsloc.cli predict {tmp_path} --model {model} --batch-size 4 | head -1",
+                          shell=True, capture_output=True, text=True, executable="/bin/bash")
+    assert len(proc.stdout.splitlines()) == 1 and "Traceback" not in proc.stderr and "Error" not in proc.stderr, \
+        proc.stderr
+    piped = subprocess.run(f"set -o pipefail; {sys.executable} -m tsloc.cli predict {tmp_path} --model {model} "
+                           "--batch-size 4 | head -1 > /dev/null", shell=True, executable="/bin/bash")
+    assert piped.returncode == 0

@@ -126,15 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tsloc {args.command}: error: out of GPU memory ({str(exc).splitlines()[0][:160]}); try {lower}",
               file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tsloc predict ... | head`: the reader left; not an error of ours
+        sys.stdout = None
+        return 0
     except OSError as exc:  # a full disk outside tsloc.io's writes: DVCLive's logs, predict's stdout, --draw
         if exc.errno != errno.ENOSPC:
             raise
         print(f"tsloc {args.command}: error: {exc.filename or 'an output'}: no space left on device; free some "
               "space and run it again", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `tsloc predict ... | head`: the reader left; not an error of ours
-        sys.stdout = None
-        return 0
     except KeyboardInterrupt:  # Ctrl-C: outputs are written whole (temporary file, then rename) or not at all
         saved = " (checkpoints/train.pt holds the last complete epoch: run it again to continue)" \
             if args.command == "train" else ""
