@@ -23,7 +23,7 @@ import yaml
 
 from .data.table import DTYPES
 from .errors import DataError, ModelFileError
-from .evaluation import evaluate_subset, predict_images, relative_boxes
+from .evaluation import constant_box, evaluate_subset, predict_images
 from .inference import load_backend
 from .params import flatten
 from .pipeline import FEATURES, MODEL, SPLIT_TABLE
@@ -90,8 +90,7 @@ def compare(names: list[str], reference: str, device) -> pd.DataFrame:
         if images.shape[1] != ckpt["image_size"]:
             raise DataError(f"{name}: its image store holds {images.shape[1]}-px images, its model expects "
                             f"{ckpt['image_size']}")
-        constant_box = relative_boxes(split[split["subset"] == "train"]).mean(0, keepdim=True)
-        metrics, _ = evaluate_subset(predict_images(backend, images), ref.iloc[rows], constant_box)
+        metrics, _ = evaluate_subset(predict_images(backend, images), ref.iloc[rows], constant_box(split))
         table.append({"experiment": name, "image_size": ckpt["image_size"], "images": metrics["images"],
                       "errors": _errors(metrics),
                       **{k: round(metrics[k], 5) for k in ("accuracy", "balanced_accuracy", "mean_iou")}})

@@ -44,6 +44,11 @@ def relative_boxes(df: pd.DataFrame) -> torch.Tensor:
     return to_relative(b, w, h).float()
 
 
+def constant_box(split: pd.DataFrame) -> torch.Tensor:
+    """The mean training box (1, 4): the baseline a localiser has to beat."""
+    return relative_boxes(split[split["subset"] == "train"]).mean(0, keepdim=True)
+
+
 def subset_metrics(y_true: np.ndarray, y_pred: np.ndarray, iou: np.ndarray, const_iou: np.ndarray) -> dict:
     with warnings.catch_warnings():  # predictions of classes absent from a small subset are expected
         warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")

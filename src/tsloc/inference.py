@@ -23,9 +23,6 @@ from .boxes import make_valid
 from .errors import ModelFileError
 from .model import IMAGENET_MEAN, IMAGENET_STD, SignNet, load_model
 
-SUFFIXES = (".pt", ".onnx")
-
-
 class Predictor(nn.Module):
     """uint8 RGB images (N, S, S, 3) -> (probabilities (N, C), valid relative boxes (N, 4)).
 
@@ -68,7 +65,7 @@ class OnnxBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, device="cpu", threads: int = 0):
+    def __init__(self, path: str | Path, device="cpu"):
         import onnxruntime as ort
 
         from .export import read_meta
@@ -80,7 +77,6 @@ class OnnxBackend:
                                      "or predict on the CPU with --device cpu")
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
         options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)

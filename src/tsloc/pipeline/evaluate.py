@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..evaluation import (class_table, class_table_markdown, evaluate_subset, headline, predict_images,
-                          relative_boxes, shifted_metrics, shifted_views)
+                          constant_box, shifted_metrics, shifted_views)
 from ..io import atomic_path, write_csv, write_json
 from ..inference import load_backend
 from ..model_card import model_card
@@ -22,20 +22,20 @@ def run(params_file: str = "params.yaml") -> dict:
     ckpt = backend.meta
     check_model_fits(ckpt, store, split)
     train = split[split["subset"] == "train"]
-    constant_box = relative_boxes(train).mean(0, keepdim=True)
+    baseline = constant_box(split)
     report, rows = {}, {}
     for s in ("valid", "test"):
         idx = subset_rows(split, s)
         pred = predict_images(backend, store[idx])
-        report[s], rows[s] = evaluate_subset(pred, split.iloc[idx], constant_box)
+        report[s], rows[s] = evaluate_subset(pred, split.iloc[idx], baseline)
     test = split.iloc[subset_rows(split, "test")]
     images, boxes, keep = shifted_views(test, ckpt["image_size"])
     if len(keep):  # a data set of small images may have no sign large enough to shift
         report["test_shifted"] = shifted_metrics(predict_images(backend, images), boxes,
-                                                 test["class_id"].to_numpy()[keep], constant_box)
+                                                 test["class_id"].to_numpy()[keep], baseline)
     report["loss_weight"] = ckpt["loss_weight"]
     report["best_epoch"] = ckpt["epoch"]
-    report["constant_box"] = [round(v, 4) for v in constant_box[0].tolist()]
+    report["constant_box"] = [round(v, 4) for v in baseline[0].tolist()]
     table = class_table(rows["test"], train["class_id"].to_numpy(), ckpt["class_names"])
     write_csv("reports/class_accuracy.csv", table, float_format="%.4f")
     with atomic_path("reports/class_accuracy.md") as tmp:
@@ -61,9 +61,8 @@ def score(path: str | Path, device: str = "cpu") -> dict:
     store = load(FEATURES / "images.npy", "features")
     backend = load_backend(path, select_device(device))
     check_model_fits(backend.meta, store, split, path)
-    constant_box = relative_boxes(split[split["subset"] == "train"]).mean(0, keepdim=True)
     report = {"model": str(path), "backend": backend.name}
     for s in ("valid", "test"):
         idx = subset_rows(split, s)
-        report[s] = evaluate_subset(predict_images(backend, store[idx]), split.iloc[idx], constant_box)[0]
+        report[s] = evaluate_subset(predict_images(backend, store[idx]), split.iloc[idx], constant_box(split))[0]
     return report

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
-from ..evaluation import agreement, evaluate_subset, predict_images, relative_boxes
+from ..evaluation import agreement, constant_box, evaluate_subset, predict_images
 from ..export import FORMATS, export, quantize_int8
 from ..inference import TorchBackend, load_backend
 from ..io import write_json
@@ -36,30 +36,33 @@ def calibration_rows(split, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(rows, min(n, len(rows)), replace=False))
 
 
+def int8_from(fp32: Path, out: Path, split, store, params) -> Path:
+    """The int8 file of an fp32 export, calibrated as `export.*` says on this pipeline's training images."""
+    rows = calibration_rows(split, params.calibration_images, params.seed)
+    return quantize_int8(fp32, out, np.asarray(store[rows]), float_convs=params.float_convs, seed=params.seed)
+
+
 def run(params_file: str = "params.yaml") -> dict:
     p = tracked_params(params_file)
     split = load(SPLIT_TABLE, "split")
     store = load(FEATURES / "images.npy", "features")
     model, ckpt = load_model(MODEL)
     check_model_fits(ckpt, store, split)
-    test = split.iloc[subset_rows(split, "test")]
-    images = np.asarray(store[subset_rows(split, "test")])
-    constant_box = relative_boxes(split[split["subset"] == "train"]).mean(0, keepdim=True)
+    rows = subset_rows(split, "test")
+    test, images, baseline = split.iloc[rows], np.asarray(store[rows]), constant_box(split)
     reference = predict_images(TorchBackend(model, ckpt), images)
-    report = {"test": {"pytorch": {"file": str(MODEL), **evaluate_subset(reference, test, constant_box)[0]}}}
+    report = {"test": {"pytorch": {"file": str(MODEL), **evaluate_subset(reference, test, baseline)[0]}}}
     # Written beside the outputs first and renamed into place only when every file is done and the
     # fp32 file passed: a failed or interrupted export leaves the previous files as they were.
     with tempfile.TemporaryDirectory(prefix=".export.", dir=MODEL.parent) as scratch:
         made = {ONNX: export(model, ckpt, "onnx", Path(scratch) / ONNX.name)}
-        rows = calibration_rows(split, p.export.calibration_images, p.export.seed)
-        made[INT8] = quantize_int8(made[ONNX], Path(scratch) / INT8.name, np.asarray(store[rows]),
-                                   float_convs=p.export.float_convs, seed=p.export.seed)
+        made[INT8] = int8_from(made[ONNX], Path(scratch) / INT8.name, split, store, p.export)
         for final, path in made.items():
             pred = predict_images(load_backend(path), images)
             precision = "int8" if final == INT8 else "fp32"
             report["test"][f"onnx_{precision}"] = {
                 "file": str(final), "megabytes": round(path.stat().st_size / 2**20, 2),
-                **evaluate_subset(pred, test, constant_box)[0], "against_pytorch": agreement(pred, reference)}
+                **evaluate_subset(pred, test, baseline)[0], "against_pytorch": agreement(pred, reference)}
         fp32 = report["test"]["onnx_fp32"]["against_pytorch"]
         if fp32["same_class"] < PARITY["same_class"] or fp32["max_box_difference"] > PARITY["max_box_difference"]:
             raise ExportError(f"{ONNX}: the ONNX export does not give the PyTorch model's answers on the test set "
@@ -86,8 +89,6 @@ def export_one(params_file: str, model_path: str, fmt: str = "onnx", quantize: s
     split = load(SPLIT_TABLE, "split")
     store = load(FEATURES / "images.npy", "features")
     check_model_fits(ckpt, store, split, model_path)
-    rows = calibration_rows(split, p.export.calibration_images, p.export.seed)
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = export(model, ckpt, "onnx", Path(scratch) / "model.onnx")
-        return quantize_int8(fp32, out or Path(model_path).with_suffix(".int8.onnx"), np.asarray(store[rows]),
-                             float_convs=p.export.float_convs, seed=p.export.seed)
+        return int8_from(fp32, Path(out or Path(model_path).with_suffix(".int8.onnx")), split, store, p.export)
