@@ -13,8 +13,8 @@ from tsloc import model as model_mod
 from tsloc.boxes import make_valid, paired_iou, to_pixels, to_relative
 from tsloc.model import (ModelFileError, SignNet, WeightsError, backbone_features, build_model, imagenet_state_dict,
                          load_model)
-from tsloc.training import (Batches, LossConfig, OptimConfig, class_weights, make_optimizer, compute_features, epoch_sizes,
-                            features_source, fit, images_source, losses, run_epoch)
+from tsloc.training import (Batches, LossConfig, OptimConfig, TrainConfig, class_weights, make_optimizer, compute_features, epoch_sizes,
+                            evaluate, features_source, fit, images_source, losses)
 
 
 def test_shapes_and_frozen_backbone():
@@ -138,8 +138,7 @@ def _fit(net, sources, labels, boxes, seed=5):
     subsets = {"train": Batches(sources[0], labels[:30], boxes[:30]),
                "valid": Batches(sources[1], labels[30:], boxes[30:])}
     history = []
-    best = fit(net, subsets, epochs=3, batch_size=8, seed=seed, num_classes=3, loss_cfg=LossConfig(48),
-               log=lambda e, row: history.append(row))
+    best = fit(net, subsets, TrainConfig(epochs=3, batch_size=8, seed=seed, num_classes=3, loss=LossConfig(48)), log=lambda e, row: history.append(row))
     return best, history
 
 
@@ -150,8 +149,8 @@ def test_cached_features_train_like_the_plain_loop():
     cached = SignNet(plain.backbone, 1280, num_classes=3, image_size=48)
     cached.load_state_dict(plain.state_dict())
     feats = compute_features(cached.backbone, images, torch.device("cpu"), batch_size=16)
-    best_p, hist_p = _fit(plain, [images_source(plain, images[:30], boxes[:30], "cpu"),
-                                  images_source(plain, images[30:], boxes[30:], "cpu")], labels, boxes)
+    best_p, hist_p = _fit(plain, [images_source(images[:30], boxes[:30], "cpu"),
+                                  images_source(images[30:], boxes[30:], "cpu")], labels, boxes)
     best_c, hist_c = _fit(cached, [features_source(feats[:30], boxes[:30], "cpu"),
                                    features_source(feats[30:], boxes[30:], "cpu")], labels, boxes)
     assert best_p["epoch"] == best_c["epoch"]
@@ -170,8 +169,7 @@ def test_keep_last_returns_the_final_weights():
                "valid": Batches(features_source(feats[30:], boxes[30:], "cpu"), labels[30:], boxes[30:])}
     history = []
     # A large learning rate on random features: the validation loss does not fall every epoch.
-    kept = fit(net, subsets, epochs=4, batch_size=8, seed=1, num_classes=3, loss_cfg=LossConfig(48),
-               optim_cfg=OptimConfig(lr=0.5), keep="last", log=lambda e, row: history.append(row))
+    kept = fit(net, subsets, TrainConfig(epochs=4, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), optim=OptimConfig(lr=0.5), keep="last"), log=lambda e, row: history.append(row))
     assert kept["epoch"] == 4 and kept["loss"] == pytest.approx(history[-1]["valid"]["loss"])
     for k, v in net.state_dict().items():
         assert torch.equal(kept["state"][k], v), k
@@ -179,8 +177,7 @@ def test_keep_last_returns_the_final_weights():
     assert best_epoch != 4  # so the test tells the two apart
     torch.manual_seed(0)
     net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=3)
-    best = fit(net, subsets, epochs=4, batch_size=8, seed=1, num_classes=3, loss_cfg=LossConfig(48),
-               optim_cfg=OptimConfig(lr=0.5))
+    best = fit(net, subsets, TrainConfig(epochs=4, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), optim=OptimConfig(lr=0.5)))
     assert best["epoch"] == best_epoch
 
 
@@ -193,7 +190,7 @@ def test_same_seed_same_result_and_last_batch_of_one_dropped():
         net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=3)
         subsets = {"train": Batches(features_source(feats[:29], boxes[:29], "cpu"), labels[:29], boxes[:29]),
                    "valid": Batches(features_source(feats[29:], boxes[29:], "cpu"), labels[29:], boxes[29:])}
-        runs.append(fit(net, subsets, epochs=2, batch_size=7, seed=3, num_classes=3, loss_cfg=LossConfig(48)))
+        runs.append(fit(net, subsets, TrainConfig(epochs=2, batch_size=7, seed=3, num_classes=3, loss=LossConfig(48))))
     for k in runs[0]["state"]:
         assert torch.equal(runs[0]["state"][k], runs[1]["state"][k])  # 29 = 4 x 7 + 1: the 1 is dropped
 
@@ -324,25 +321,24 @@ def test_fit_trains_at_each_epochs_size_and_evaluates_at_the_stored_one():
 
     def spy(source, name):
         def fetch(idx, train, size=None):
-            feats, b = source(idx, train, size)
-            seen[name].append((size, feats.shape[-1]))
-            return feats, b
+            x, b = source(idx, train, size)
+            seen[name].append((size, x.shape[-1]))
+            return x, b
         return fetch
     aug = {"margin": 0.3, "rotation": 5, "color": 0.1, "blur": 0.0}
-    subsets = {"train": Batches(spy(images_source(net, images[:30], boxes[:30], "cpu", aug, torch.Generator()), "train"),
+    subsets = {"train": Batches(spy(images_source(images[:30], boxes[:30], "cpu", aug, torch.Generator()), "train"),
                                 labels[:30], boxes[:30]),
-               "valid": Batches(spy(images_source(net, images[30:], boxes[30:], "cpu"), "valid"), labels[30:], boxes[30:])}
+               "valid": Batches(spy(images_source(images[30:], boxes[30:], "cpu"), "valid"), labels[30:], boxes[30:])}
     history = []
-    fit(net, subsets, epochs=3, batch_size=8, seed=0, num_classes=3, loss_cfg=LossConfig(64),
-        sizes=[32, 48, 64], log=lambda e, row: history.append(row))
+    fit(net, subsets, TrainConfig(epochs=3, batch_size=8, seed=0, num_classes=3, loss=LossConfig(64), sizes=tuple([32, 48, 64])), log=lambda e, row: history.append(row))
     per_epoch = len(seen["train"]) // 3
     assert [s for s, _ in seen["train"][::per_epoch]] == [32, 48, 64]
-    assert [w for _, w in seen["train"][::per_epoch]] == [1, 2, 2]  # feature maps of stride 32
-    assert {s for s, _ in seen["valid"]} == {None} and {w for _, w in seen["valid"]} == {2}
+    assert [w for _, w in seen["train"][::per_epoch]] == [32, 48, 64]  # the images the network took
+    assert {s for s, _ in seen["valid"]} == {None} and {w for _, w in seen["valid"]} == {64}
     assert [row["train"]["input_size"] for row in history] == [32, 48, 64]
     # Without augmentation the plain path resizes too.
-    feats, _ = images_source(net, images[:4], boxes[:4], "cpu")(torch.arange(4), True, 32)
-    assert feats.shape[-1] == 1
+    x, _ = images_source(images[:4], boxes[:4], "cpu")(torch.arange(4), True, 32)
+    assert x.shape == (4, 3, 32, 32)
 
 
 def _feature_subsets(seed=2):
@@ -362,8 +358,7 @@ def test_eval_every_skips_evaluation_not_training():
     runs = {}
     for every, keep in ((1, "best"), (3, "best"), (3, "last")):
         net, history = _net(), []
-        kept = fit(net, subsets, epochs=4, batch_size=8, seed=1, num_classes=3, loss_cfg=LossConfig(48),
-                   keep=keep, eval_every=every, log=lambda e, row: history.append(row))
+        kept = fit(net, subsets, TrainConfig(epochs=4, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), keep=keep, eval_every=every), log=lambda e, row: history.append(row))
         runs[every, keep] = (net.state_dict(), history, kept)
     (state1, hist1, _), (state3, hist3, kept3) = runs[1, "best"], runs[3, "best"]
     last = runs[3, "last"][2]
@@ -378,10 +373,8 @@ def test_eval_every_skips_evaluation_not_training():
 def test_ema_is_evaluated_and_kept_and_leaves_training_alone():
     subsets = _feature_subsets()
     plain, averaged, hist_p, hist_a = _net(), _net(), [], []
-    fit(plain, subsets, epochs=3, batch_size=8, seed=1, num_classes=3, loss_cfg=LossConfig(48),
-        keep="last", log=lambda e, row: hist_p.append(row))
-    kept = fit(averaged, subsets, epochs=3, batch_size=8, seed=1, num_classes=3, loss_cfg=LossConfig(48),
-               keep="last", ema_decay=0.9, log=lambda e, row: hist_a.append(row))
+    fit(plain, subsets, TrainConfig(epochs=3, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), keep="last"), log=lambda e, row: hist_p.append(row))
+    kept = fit(averaged, subsets, TrainConfig(epochs=3, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), keep="last", ema_decay=0.9), log=lambda e, row: hist_a.append(row))
     for k, v in plain.state_dict().items():  # the live weights train exactly as without EMA
         assert torch.equal(v, averaged.state_dict()[k]), k
     assert [r["train"] for r in hist_p] == [r["train"] for r in hist_a]
@@ -393,7 +386,7 @@ def test_ema_is_evaluated_and_kept_and_leaves_training_alone():
     ema_net = _net()
     ema_net.load_state_dict(kept["state"])
     weights = class_weights(subsets["train"].labels.numpy(), 3)
-    again = run_epoch(ema_net, subsets["valid"], weights, LossConfig(48), 8)
+    again = evaluate(ema_net, subsets["valid"], LossConfig(48), 8)
     assert again["loss"] == pytest.approx(hist_a[-1]["valid"]["loss"], rel=1e-5)
     assert again["loss"] != pytest.approx(hist_p[-1]["valid"]["loss"], rel=1e-5)
 
@@ -413,7 +406,6 @@ def test_validation_loss_is_the_plain_per_image_mean_at_a_fixed_weight():
     """keep=best compares this figure: one value per image, averaged over the whole set, so neither the
     batch size, the class weights, label smoothing nor the learned loss weight moves it."""
     import torch.nn.functional as F
-    from tsloc.training import run_epoch
     images, labels, boxes = _tiny(n=23)
     feats = np.random.default_rng(3).normal(size=(len(images), 1280)).astype(np.float32)
     torch.manual_seed(0)
@@ -421,12 +413,12 @@ def test_validation_loss_is_the_plain_per_image_mean_at_a_fixed_weight():
     data = Batches(features_source(feats, boxes, "cpu"), labels, boxes)
     cfg = LossConfig(48, report_weight=100.0)
     weights = torch.tensor([0.2, 0.3, 0.5])
-    losses = [run_epoch(net, data, weights, cfg, bs)["loss"] for bs in (1, 4, 7, 23)]
+    losses = [evaluate(net, data, cfg, bs)["loss"] for bs in (1, 4, 7, 23)]
     assert losses == pytest.approx([losses[0]] * 4, rel=1e-6)
     with torch.no_grad():
         net.loss_weight.fill_(7.0)   # the learned divisor: not part of the reported loss
     smoothed = LossConfig(48, label_smoothing=0.3, report_weight=100.0)
-    assert run_epoch(net, data, torch.ones(3), smoothed, 5)["loss"] == pytest.approx(losses[0], rel=1e-6)
+    assert evaluate(net, data, smoothed, 5)["loss"] == pytest.approx(losses[0], rel=1e-6)
     with torch.no_grad():             # by hand
         logits, pred = net.heads(torch.as_tensor(feats))
         expected = (F.cross_entropy(logits, labels, reduction="none")
@@ -442,7 +434,7 @@ def test_an_empty_validation_set_is_refused():
     subsets = {"train": Batches(features_source(feats, boxes, "cpu"), labels, boxes),
                "valid": Batches(features_source(feats[:0], boxes[:0], "cpu"), labels[:0], boxes[:0])}
     with pytest.raises(DataError, match="no valid images"):
-        fit(net, subsets, epochs=1, batch_size=4, seed=0, num_classes=3, loss_cfg=LossConfig(48))
+        fit(net, subsets, TrainConfig(epochs=1, batch_size=4, seed=0, num_classes=3, loss=LossConfig(48)))
 
 
 def _resumable_run(resume, stop_after=None):
@@ -457,9 +449,7 @@ def _resumable_run(resume, stop_after=None):
         if epoch == stop_after:
             raise KeyboardInterrupt  # after the log, before the state of this epoch is written
 
-    best = fit(net, subsets, epochs=3, batch_size=8, seed=4, num_classes=3, loss_cfg=LossConfig(48),
-               optim_cfg=OptimConfig(lr=0.01, optimizer="adamw", schedule="cosine", warmup_epochs=1),
-               eval_every=2, ema_decay=0.9, log=log, resume=resume)
+    best = fit(net, subsets, TrainConfig(epochs=3, batch_size=8, seed=4, num_classes=3, loss=LossConfig(48), optim=OptimConfig(lr=0.01, optimizer="adamw", schedule="cosine", warmup_epochs=1), eval_every=2, ema_decay=0.9), log=log, resume=resume)
     return best, history, net
 
 

@@ -7,6 +7,12 @@ replicated. A small rotation turns the sign about its centre (the box is kept: f
 triangular and square signs of BelgiumTSC a few degrees barely change it). One `grid_sample` does
 crop, scale and rotation. Photometric: brightness, contrast, saturation, blur and noise.
 No flips: they change the meaning of signs (left/right turns, bends).
+
+Device-agnostic: the images may be on a GPU, where every op runs batched. The per-image random
+numbers (windows, angles, colour factors) are drawn on the CPU from the one seeded generator and
+moved over (a few numbers per image), so a run repeats for a seed on any device, and on the CPU the
+draws and results are exactly those of the CPU-only version; the image-sized noise is drawn on the
+images' device from a seed the CPU generator gives.
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ def warp(images: torch.Tensor, boxes: torch.Tensor, windows: torch.Tensor, angle
     rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # (N, 2, 2)
     a = rot @ torch.diag_embed(torch.stack([w / 2, h / 2], 1))
     shift = (rot @ (t - c).unsqueeze(-1)).squeeze(-1) + c
-    theta = torch.cat([2 * a, (2 * shift - 1).unsqueeze(-1)], dim=2)
+    theta = torch.cat([2 * a, (2 * shift - 1).unsqueeze(-1)], dim=2).to(images.device)
     grid = F.affine_grid(theta, (n, 3, size, size), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     new_boxes = (boxes - windows[:, :2].repeat(1, 2)) / torch.stack([w, h, w, h], 1)
@@ -52,9 +58,10 @@ def warp(images: torch.Tensor, boxes: torch.Tensor, windows: torch.Tensor, angle
 
 def photometric(x: torch.Tensor, strength: float, blur_p: float, generator: torch.Generator) -> torch.Tensor:
     """Brightness, contrast and saturation factors ~ U(1 - s, 1 + s) per image, a Gaussian blur on a
-    share `blur_p` of the batch, light noise. Images float in [0, 1]."""
-    n = x.shape[0]
-    u = lambda: 1 + (2 * torch.rand(n, 1, 1, 1, generator=generator) - 1) * strength  # noqa: E731
+    share `blur_p` of the batch, light noise. Images float in [0, 1], on any device; `generator`
+    is a CPU generator."""
+    n, device = x.shape[0], x.device
+    u = lambda: (1 + (2 * torch.rand(n, 1, 1, 1, generator=generator) - 1) * strength).to(device)  # noqa: E731
     grey = x.mean(1, keepdim=True)
     x = grey + (x - grey) * u()                                        # saturation
     x = x.mean((1, 2, 3), keepdim=True) + (x - x.mean((1, 2, 3), keepdim=True)) * u()  # contrast
@@ -63,8 +70,14 @@ def photometric(x: torch.Tensor, strength: float, blur_p: float, generator: torc
         pick = torch.rand(n, generator=generator) < blur_p
         if pick.any():
             sigma = float(0.3 + 0.9 * torch.rand(1, generator=generator))
+            pick = pick.to(device)
             x[pick] = TF.gaussian_blur(x[pick], kernel_size=[5, 5], sigma=[sigma, sigma])
-    x = x + torch.randn(x.shape, generator=generator) * (0.02 * torch.rand(n, 1, 1, 1, generator=generator))
+    if device.type == "cpu":
+        noise = torch.randn(x.shape, generator=generator)
+    else:  # image-sized: drawn where the images are, from a seed of the CPU generator
+        seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+        noise = torch.randn(x.shape, generator=torch.Generator(device).manual_seed(seed), device=device)
+    x = x + noise * (0.02 * torch.rand(n, 1, 1, 1, generator=generator)).to(device)
     return x.clamp(0, 1)
 
 

@@ -8,6 +8,7 @@ import argparse
 import errno
 import importlib
 import json
+import os
 import sys
 
 from .errors import DataError, DiskFull, ExportError, ModelFileError, WeightsError
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--format", choices=("belgiumtsc", "gtsrb", "manifest"), default="belgiumtsc")
     args = parser.parse_args(argv)
+    name = f"tsloc {args.command}"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of torchrun's ranks: say which one speaks
+        name += f" (rank {os.environ.get('RANK', '?')})"
 
     try:
         if args.command == "evaluate" and args.model:
@@ -80,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline.export import export_one
             print(export_one(args.params, args.model or DEFAULT_MODEL, args.format or "onnx", args.quantize, args.out))
         elif args.command in STAGES:  # each stage's module imports only what that stage uses (dvc.yaml's deps)
-            _print(importlib.import_module(f"{__package__}.pipeline.{args.command}").run(args.params))
+            result = importlib.import_module(f"{__package__}.pipeline.{args.command}").run(args.params)
+            if result is not None:  # None: a rank other than 0 of a distributed train
+                _print(result)
         elif args.command == "predict":
             from .inference import load_backend
             from .predict import NoImages, predict_files
@@ -117,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
             from .data.synthetic import generate
             generate(Path(args.out), size=args.size, seed=args.seed, fmt=args.format)
     except (DataError, ParamsError, WeightsError, ModelFileError, ExportError, DiskFull) as exc:
-        print(f"tsloc {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # torch.OutOfMemoryError, without importing torch here
         if type(exc).__name__ != "OutOfMemoryError":
             raise
         lower = OUT_OF_MEMORY.get(args.command, "a smaller batch size, or the CPU (train.device: cpu)")
-        print(f"tsloc {args.command}: error: out of GPU memory ({str(exc).splitlines()[0][:160]}); try {lower}",
+        print(f"{name}: error: out of GPU memory ({str(exc).splitlines()[0][:160]}); try {lower}",
               file=sys.stderr)
         return 2
     except BrokenPipeError:  # `tsloc predict ... | head`: the reader left; not an error of ours
@@ -132,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a full disk outside tsloc.io's writes: DVCLive's logs, predict's stdout, --draw
         if exc.errno != errno.ENOSPC:
             raise
-        print(f"tsloc {args.command}: error: {exc.filename or 'an output'}: no space left on device; free some "
+        print(f"{name}: error: {exc.filename or 'an output'}: no space left on device; free some "
               "space and run it again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: outputs are written whole (temporary file, then rename) or not at all
         saved = " (checkpoints/train.pt holds the last complete epoch: run it again to continue)" \
             if args.command == "train" else ""
-        print(f"\ntsloc {args.command}: interrupted; no output was half-written{saved}", file=sys.stderr)
+        print(f"\n{name}: interrupted; no output was half-written{saved}", file=sys.stderr)
         return 130
     return 0
 

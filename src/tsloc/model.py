@@ -229,8 +229,10 @@ class SignNet(nn.Module):
             raise ValueError("the spatial box head needs the feature map, not pooled features")
         return self.classifier(x), self.box(features if self.box_kind == "spatial" else x) / self.box_scale
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.heads(self.features(images))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (N, 3, S, S) through the whole network, or pooled features (N, C) (the cached
+        path) through the heads."""
+        return self.heads(x if x.dim() == 2 else self.features(x))
 
 
 def build_model(backbone: str, weights: str, num_classes: int, dropout: float = 0.2,

@@ -78,6 +78,8 @@ class TrainParams:
     batch_size: int = 32
     seed: int = 42
     device: str = "auto"          # auto | cpu | cuda
+    precision: str = "auto"       # auto (bf16/fp16 on CUDA, fp32 on the CPU) | fp32 | bf16 | fp16
+    processes: int = 1            # ranks under torchrun (gloo on the CPU, NCCL on CUDA); batch_size is global
     eval_test_each_epoch: bool = False
     optimizer: str = "adam"       # adam | adamw
     weight_decay: float = 0.0
@@ -260,6 +262,11 @@ def _check(p: Params) -> None:
     if p.export.calibration_images < 1 or p.export.float_convs < 0:
         raise ParamsError(f"params.yaml: export.calibration_images must be at least 1 and export.float_convs at least 0, "
                           f"got {p.export.calibration_images} and {p.export.float_convs}")
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ParamsError(f"params.yaml: train.precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
+    if t.processes < 1 or t.batch_size % t.processes or t.batch_size // t.processes < 2:
+        raise ParamsError(f"params.yaml: train.processes must be >= 1 and divide train.batch_size (the global batch) "
+                          f"into shares of at least 2, got processes={t.processes}, batch_size={t.batch_size}")
     if p.train.device not in ("auto", "cpu", "cuda") and not p.train.device.startswith("cuda:"):
         raise ParamsError(f"params.yaml: train.device must be auto, cpu or cuda, got {p.train.device!r}")
 

@@ -1,4 +1,5 @@
-"""The training loop: weighted losses, one epoch over cached features or images, checkpointing.
+"""The training loop: weighted losses, `train_one_epoch` and `evaluate` over cached features or images,
+`fit` with one typed config, checkpointing; device, precision and ranks decided once (`runtime`).
 
 With a frozen backbone and no augmentation the backbone's output for an image never changes, so
 `compute_features` runs it once per image and the heads train on those features; the plain path
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from .augment import augment
 from .boxes import make_valid, paired_iou
 from .data.store import normalise, standardise, to_float
+from .distributed import World, join
 from .errors import DataError
 from .io import write_torch
 from .model import IMAGENET_MEAN, IMAGENET_STD, SignNet, fuse_conv_bn, pool
@@ -137,8 +139,9 @@ def reported_losses(logits, boxes, y, target_boxes, cfg: LossConfig) -> torch.Te
 
 @dataclass
 class Batches:
-    """One subset: `fetch(indices, train)` gives what the heads take (features) and the relative
-    boxes for those rows (augmentation may move them)."""
+    """One subset: `fetch(indices, train, size)` gives the network's input for those rows (pooled
+    features, or standardised images on the device) and their relative boxes (augmentation may
+    move them)."""
     fetch: object
     labels: torch.Tensor
     boxes: torch.Tensor
@@ -152,13 +155,34 @@ def features_source(features: np.ndarray, boxes: torch.Tensor, device):
     return lambda idx, train, size=None: (feats[idx].to(device), boxes[idx].to(device))
 
 
-def images_source(model: SignNet, images: np.ndarray, boxes: torch.Tensor, device, augmentation: dict | None = None,
+STORE_SHARE = 0.5  # the uint8 store moves to the GPU when it takes at most this share of its free memory
+
+
+def place_store(images: np.ndarray, device) -> torch.Tensor:
+    """The uint8 image store where batches are cut from: on the CPU as it is; on a GPU, copied there
+    once when it fits (`STORE_SHARE` of the free memory), else kept in pinned host memory so that
+    each batch's copy is asynchronous."""
+    store = torch.from_numpy(np.ascontiguousarray(images))
+    device = torch.device(device)
+    if device.type != "cuda":
+        return store
+    free, _ = torch.cuda.mem_get_info(device)
+    return store.to(device) if store.nbytes <= STORE_SHARE * free else store.pin_memory()
+
+
+def images_source(images: np.ndarray, boxes: torch.Tensor, device, augmentation: dict | None = None,
                   generator: torch.Generator | None = None):
-    """The plain path: the backbone runs on every batch (on augmented images when training with
-    `augmentation`: keyword arguments of `tsloc.augment.augment`), resized to `size` when given
-    (relative boxes do not change with the size)."""
+    """The plain path: standardised images for the whole network (augmented when training with
+    `augmentation`: keyword arguments of `tsloc.augment.augment`, run as batched tensor ops on the
+    device), resized to `size` when given (relative boxes do not change with the size)."""
+    store = place_store(images, device)
+    device = torch.device(device)
+
     def run(idx, train, size=None):
-        batch = torch.as_tensor(images[idx.numpy()])
+        if store.device.type == "cpu":
+            batch = store[idx].to(device, non_blocking=store.is_pinned()) if device.type != "cpu" else store[idx]
+        else:
+            batch = store[idx.to(store.device)]
         b = boxes[idx]
         if train and augmentation:
             x, b = augment(batch, b, generator=generator, size=size, **augmentation)
@@ -166,7 +190,7 @@ def images_source(model: SignNet, images: np.ndarray, boxes: torch.Tensor, devic
             x = to_float(batch)
             if size and size != x.shape[-1]:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return model.features(standardise(x.to(device))), b.to(device)
+        return standardise(x), b.to(device)
     return run
 
 
@@ -182,45 +206,43 @@ def epoch_sizes(start: int, full: int, epochs: int, step: int = 16) -> list[int]
             for e, s in enumerate(sizes)]
 
 
-def run_epoch(model: SignNet, data: Batches, weights, loss_cfg: LossConfig, batch_size: int,
-              optimizer=None, scheduler=None, generator=None, progress: str | None = None,
-              box_weights=None, size: int | None = None, after_step=None) -> dict:
-    """One pass; trains when given an optimizer (shuffled, a last batch of one dropped: BatchNorm1d
-    cannot train on it), on inputs of `size` when given; `after_step(model)` follows each step
-    (the EMA update). Returns the mean per image of the reported loss (`reported_losses`; training
-    follows its own weighted objective), the accuracy and the mean IoU."""
-    train = optimizer is not None
-    model.train(train)
-    n = len(data)
-    order = torch.randperm(n, generator=generator) if train else torch.arange(n)
-    device = model.loss_weight.device
-    total = {"loss": 0.0, "correct": 0, "iou": 0.0, "n": 0}
-    starts = range(0, n, batch_size)
-    for start in (tqdm(starts, desc=progress, unit="batch", leave=False) if progress else starts):
-        idx = order[start:start + batch_size]
-        if train and len(idx) < 2:
-            continue
-        y = data.labels[idx].to(device)
-        with torch.set_grad_enabled(train):
-            feats, tb = data.fetch(idx, train, size)
-            logits, boxes = model.heads(feats)
-            loss, _, _ = losses(logits, boxes, y, tb, weights, model, loss_cfg, box_weights)
-            reported = reported_losses(logits.detach(), boxes.detach(), y, tb, loss_cfg)
-        if train:
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            if after_step is not None:
-                after_step(model)
-        k = len(idx)
-        total["loss"] += reported.sum().item()
-        total["correct"] += (logits.argmax(1) == y).sum().item()
-        total["iou"] += paired_iou(make_valid(boxes.detach()), tb).sum().item()
-        total["n"] += k
-    k = max(total["n"], 1)
-    return {"loss": total["loss"] / k, "accuracy": total["correct"] / k, "mean_iou": total["iou"] / k}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """train.precision: auto is bf16 on a CUDA device that has it, else fp16, and fp32 on the CPU
+    (where mixed precision does not pay, and the CPU results stay what they were)."""
+    if name == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "fp16" and device.type != "cuda":
+        raise DataError(f"train.precision fp16 needs a CUDA device (this run is on {device}); use fp32 or bf16")
+    return name
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the loop runs, decided once (`runtime`): the device, the precision (resolved:
+    fp32, bf16 or fp16) and this process's rank among the ranks (`World()`: one process)."""
+    device: torch.device
+    precision: str = "fp32"
+    world: World = World()
+
+    def autocast(self):
+        """Mixed precision for the forward pass and the loss (a no-op at fp32)."""
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32")
+
+
+def runtime(device: str, precision: str, processes: int = 1) -> Runtime:
+    """Device, precision and distribution, chosen in one place: under torchrun each rank joins the
+    process group (gloo on the CPU, NCCL on CUDA) and takes the GPU of its local rank."""
+    chosen = select_device(device)
+    world = join(chosen, processes)
+    if chosen.type == "cuda" and world.distributed:
+        chosen = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(chosen)
+    return Runtime(chosen, resolve_precision(precision, chosen), world)
 
 
 @dataclass(frozen=True)
@@ -231,6 +253,131 @@ class OptimConfig:
     backbone_lr: float = 0.1        # the fine-tuned backbone's lr, as a share of `lr`
     schedule: str = "none"          # none | cosine (per step, after a linear warm-up)
     warmup_epochs: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What `fit` trains: one typed config built once from params (the train stage) or by hand (tests).
+
+    `weighting` weighs the classes in the cross-entropy; `box_weighting` in the box loss ("same":
+    as `weighting`, the notebook's). `keep`: best (the lowest validation loss of `reported_losses`,
+    averaged over every validation image; the notebook's) or last (a schedule that anneals to zero
+    ends at its best point, and the validation set then only chooses recipes, never an epoch).
+    `sizes` gives each epoch's training input size (`epoch_sizes`); evaluation keeps the stored size.
+    `eval_every`: the evaluation passes run every N epochs and after the last (they do not touch
+    training). `ema_decay` > 0: an exponential moving average of the weights and BatchNorm
+    statistics, updated every step (torch.optim.swa_utils, as torchvision's references), is what is
+    evaluated and kept. `batch_size` is the global batch: with N ranks each takes 1/N of it."""
+    epochs: int
+    batch_size: int
+    seed: int
+    num_classes: int
+    loss: LossConfig
+    optim: OptimConfig = OptimConfig()
+    weighting: str = "inverse"
+    box_weighting: str = "same"
+    keep: str = "best"
+    eval_subsets: tuple[str, ...] = ("valid",)
+    sizes: tuple[int, ...] | None = None
+    eval_every: int = 1
+    ema_decay: float = 0.0
+
+
+class Objective(torch.nn.Module):
+    """The model and its weighted training loss in one forward, so that DistributedDataParallel
+    (which synchronises the gradients of what a forward reached) also sees the loss balance's
+    parameters. Returns (loss, logits, boxes)."""
+
+    def __init__(self, model: SignNet, weights: torch.Tensor, box_weights: torch.Tensor | None, cfg: LossConfig):
+        super().__init__()
+        self.model, self.weights, self.box_weights, self.cfg = model, weights, box_weights, cfg
+
+    def forward(self, inputs, y, target_boxes):
+        logits, boxes = self.model(inputs)
+        loss, _, _ = losses(logits, boxes, y, target_boxes, self.weights, self.model, self.cfg, self.box_weights)
+        return loss, logits, boxes
+
+
+class Totals:
+    """A pass's sums (reported loss, correct, IoU) kept on the device in float64, so that no step
+    waits for the host; summed over the ranks with the image count and read once at the end."""
+
+    def __init__(self, device):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.n = 0
+
+    def add(self, reported, logits, y, boxes, target_boxes) -> None:
+        self.sums += torch.stack([reported.sum().double(), (logits.argmax(1) == y).sum().double(),
+                                  paired_iou(make_valid(boxes), target_boxes).sum().double()])
+        self.n += len(y)
+
+    def means(self, world: World) -> dict:
+        sums = torch.cat([self.sums, self.sums.new_tensor([self.n])])
+        loss, correct, iou, n = world.sum(sums).tolist()
+        k = max(int(n), 1)
+        return {"loss": loss / k, "accuracy": correct / k, "mean_iou": iou / k}
+
+
+def _progress(steps, label):
+    return tqdm(steps, desc=label, unit="batch", leave=False) if label else steps
+
+
+def train_one_epoch(net, model: SignNet, data: Batches, loss_cfg: LossConfig, batch_size: int, optimizer,
+                    rt: Runtime, scheduler=None, scaler=None, generator=None, progress: str | None = None,
+                    size: int | None = None, after_step=None) -> dict:
+    """One shuffled pass over the training set through `net` (an `Objective`, or DDP around one), on
+    inputs of `size` when given; `after_step(model)` follows each step (the EMA update). A last batch
+    that would leave a rank fewer than two images is dropped (BatchNorm1d cannot train on one).
+    With N ranks every rank draws the same permutation and trains on its share of each batch.
+    Returns the mean per image of the reported loss (`reported_losses`; training follows its own
+    weighted objective), the accuracy and the mean IoU."""
+    net.train()
+    world = rt.world
+    order = torch.randperm(len(data), generator=generator)
+    totals = Totals(rt.device)
+    for start in _progress(range(0, len(data), batch_size), progress):
+        idx = order[start:start + batch_size]
+        if len(idx) < 2 * world.size:
+            continue
+        idx = world.shard(idx)
+        y = data.labels[idx].to(rt.device)
+        inputs, tb = data.fetch(idx, True, size)
+        with rt.autocast():
+            loss, logits, boxes = net(inputs, y, tb)
+        optimizer.zero_grad()
+        if scaler is not None:  # fp16: scaled gradients, skipped steps on overflow
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if after_step is not None:
+            after_step(model)
+        logits, boxes = logits.detach().float(), boxes.detach().float()
+        totals.add(reported_losses(logits, boxes, y, tb, loss_cfg), logits, y, boxes, tb)
+    return totals.means(world)
+
+
+@torch.no_grad()
+def evaluate(model: SignNet, data: Batches, loss_cfg: LossConfig, batch_size: int, rt: Runtime | None = None) -> dict:
+    """The reported loss, accuracy and mean IoU over a subset, in eval mode; with N ranks each
+    evaluates its share and the sums are gathered (no image is scored twice)."""
+    rt = rt or Runtime(model.loss_weight.device)
+    model.eval()
+    rows = rt.world.shard(torch.arange(len(data)))
+    totals = Totals(rt.device)
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start:start + batch_size]
+        y = data.labels[idx].to(rt.device)
+        inputs, tb = data.fetch(idx, False, None)
+        with rt.autocast():
+            logits, boxes = model(inputs)
+        logits, boxes = logits.float(), boxes.float()
+        totals.add(reported_losses(logits, boxes, y, tb, loss_cfg), logits, y, boxes, tb)
+    return totals.means(rt.world)
 
 
 def make_optimizer(model: SignNet, cfg: OptimConfig, steps_per_epoch: int, epochs: int):
@@ -304,85 +451,113 @@ class Resume:
         return state["epoch"] if state else 0
 
 
-def fit(model: SignNet, subsets: dict[str, Batches], *, epochs: int, batch_size: int, seed: int,
-        num_classes: int, loss_cfg: LossConfig, optim_cfg: OptimConfig = OptimConfig(), log=None,
-        weighting: str = "inverse", box_weighting: str = "same", keep: str = "best",
-        eval_subsets=("valid",), generator: torch.Generator | None = None, progress: bool = False,
-        sizes: list[int] | None = None, eval_every: int = 1, ema_decay: float = 0.0,
-        resume: Resume | None = None) -> dict:
-    """Train the trainable parameters; returns the weights of the lowest validation loss (`keep="best"`,
-    the notebook's; the loss of `reported_losses`, averaged over every validation image) or of the last epoch (`keep="last"`: a schedule that anneals to zero ends at
-    its best point, and the validation set then only chooses recipes, never an epoch).
-    `log(epoch, row)` receives every epoch's figures. `weighting` weighs the classes in the
-    cross-entropy; `box_weighting` in the box loss ("same": as `weighting`, the notebook's).
-    `sizes` gives each epoch's training input size (`epoch_sizes`); evaluation keeps the stored size.
-    `eval_every`: the evaluation passes run every N epochs and after the last (they do not touch
-    training: the same seed trains the same weights). `ema_decay` > 0: an exponential moving average
-    of the weights and BatchNorm statistics, updated every step (torch.optim.swa_utils, as
-    torchvision's references), is what is evaluated and kept. `resume`: the state is written there
-    after every epoch, and a run that finds its own state there continues after that epoch; on a
-    CPU it ends exactly where an uninterrupted run ends."""
-    for name in ("train",) + tuple(eval_subsets):
+def _distribute(model: SignNet, objective: Objective, rt: Runtime):
+    """The objective as each step calls it: itself for one process; with ranks, DistributedDataParallel
+    around it, after SyncBatchNorm on CUDA (PyTorch's SyncBatchNorm runs on GPUs only: on the CPU
+    each rank normalises its own share of the batch, and DDP keeps rank 0's running statistics)."""
+    if not rt.world.distributed:
+        return objective
+    if rt.device.type == "cuda":
+        for i in range(model.split_at, len(model.backbone)):
+            model.backbone[i] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone[i])
+        model.classifier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.classifier)
+        model.box = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.box)
+    unused = {"uncertainty": [model.loss_weight], "fixed": [model.loss_weight, model.uncertainty],
+              "learned": [model.uncertainty]}[objective.cfg.balance]
+    for p in unused:  # DDP waits for a gradient of every parameter that requires one
+        p.requires_grad_(False)
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+
+
+def fit(model: SignNet, subsets: dict[str, Batches], cfg: TrainConfig, *, rt: Runtime | None = None, log=None,
+        generator: torch.Generator | None = None, aug_generator: torch.Generator | None = None,
+        progress: bool = False, resume: Resume | None = None) -> dict:
+    """Train the trainable parameters as `cfg` says; returns the kept checkpoint ({"loss", "epoch",
+    "state"}). `log(epoch, row)` receives every epoch's figures (rank 0 only). `generator` draws the
+    permutations (the same on every rank), `aug_generator` the augmentation (one per rank; by
+    default `generator` itself). `resume`: the state is written there after every epoch (by rank 0),
+    and a run that finds its own state there continues after that epoch; on a CPU it ends exactly
+    where an uninterrupted run ends."""
+    rt = rt or Runtime(model.loss_weight.device)
+    world = rt.world
+    for name in ("train",) + tuple(cfg.eval_subsets):
         if not len(subsets[name]):
             raise DataError(f"no {name} images: the {name} set is empty (see data/split.csv and reports/split.json)")
-    torch.manual_seed(seed)
-    generator = generator or torch.Generator().manual_seed(seed)
+    torch.manual_seed(cfg.seed)
+    generator = generator or torch.Generator().manual_seed(cfg.seed)
+    aug_generator = aug_generator or generator
     labels = subsets["train"].labels.numpy()
-    weights = class_weights(labels, num_classes, weighting).to(model.loss_weight.device)
-    box_weights = None if box_weighting == "same" else class_weights(labels, num_classes, box_weighting).to(weights.device)
-    n_train = len(subsets["train"])
-    steps = n_train // batch_size + (1 if n_train % batch_size > 1 else 0)
-    optimizer, scheduler = make_optimizer(model, optim_cfg, steps, epochs)
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-           if ema_decay else None)
+    weights = class_weights(labels, cfg.num_classes, cfg.weighting).to(rt.device)
+    box_weights = (None if cfg.box_weighting == "same" else
+                   class_weights(labels, cfg.num_classes, cfg.box_weighting).to(rt.device))
+    n_train, b = len(subsets["train"]), cfg.batch_size
+    steps = n_train // b + (1 if n_train % b >= 2 * world.size else 0)
+    net = _distribute(model, Objective(model, weights, box_weights, cfg.loss), rt)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, steps, cfg.epochs)
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+           if cfg.ema_decay else None)
     best = {"loss": float("inf"), "epoch": 0, "state": None}
     start = 1
-    state = resume.load() if resume else None
+    state = world.broadcast(resume.load() if resume and world.main else None)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
+        for part, saved in ((scheduler, state["scheduler"]), (ema, state["ema"]), (scaler, state.get("scaler"))):
+            if part is not None:
+                part.load_state_dict(saved)
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        mine = state["ranks"][world.rank]
+        aug_generator.set_state(mine["aug"])
+        torch.set_rng_state(mine["torch_rng"])
         best, start = state["best"], state["epoch"] + 1
-        tqdm.write(f"{resume.path}: continuing after epoch {state['epoch']} of {epochs}", file=sys.stderr)
-    for epoch in tqdm(range(start, epochs + 1), desc="epochs", unit="epoch", initial=start - 1, total=epochs):
-        row = {"train": run_epoch(model, subsets["train"], weights, loss_cfg, batch_size, optimizer, scheduler,
-                                  generator, progress=f"epoch {epoch} train" if progress else None,
-                                  box_weights=box_weights, size=sizes[epoch - 1] if sizes else None,
-                                  after_step=ema.update_parameters if ema else None)}
-        if sizes:
-            row["train"]["input_size"] = sizes[epoch - 1]
-        evaluated = epoch % eval_every == 0 or epoch == epochs
+        if world.main:
+            tqdm.write(f"{resume.path}: continuing after epoch {state['epoch']} of {cfg.epochs}", file=sys.stderr)
+    for epoch in tqdm(range(start, cfg.epochs + 1), desc="epochs", unit="epoch", initial=start - 1,
+                      total=cfg.epochs, disable=not world.main):
+        _fault_point("TSLOC_KILL_RANK", f"{world.rank}:{epoch}") if world.distributed else None
+        size = cfg.sizes[epoch - 1] if cfg.sizes else None
+        row = {"train": train_one_epoch(net, model, subsets["train"], cfg.loss, b, optimizer, rt, scheduler, scaler,
+                                        generator, f"epoch {epoch} train" if progress and world.main else None,
+                                        size, ema.update_parameters if ema else None)}
+        if size:
+            row["train"]["input_size"] = size
+        # Each rank's BatchNorm statistics saw its own shares (on the CPU, without SyncBatchNorm):
+        # their mean over the ranks is what every rank evaluates and rank 0 keeps.
+        world.average([*model.buffers(), *(ema.module.buffers() if ema else ())])
+        evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
         averaged = ema.module.state_dict() if ema else None
         with loaded(model, averaged):
-            for name in eval_subsets if evaluated else ():
-                row[name] = run_epoch(model, subsets[name], weights, loss_cfg, batch_size, box_weights=box_weights)
-        if log:
+            for name in cfg.eval_subsets if evaluated else ():
+                row[name] = evaluate(model, subsets[name], cfg.loss, b, rt)
+        if log and world.main:
             log(epoch, row)
-        watched = "valid" if "valid" in eval_subsets else "train"
+        watched = "valid" if "valid" in cfg.eval_subsets else "train"
         if watched in row:  # evaluated this epoch (the last always is)
             watch = row[watched]["loss"]
-            keep_this = watch < best["loss"] if keep == "best" else epoch == epochs  # copy only what is kept
+            keep_this = watch < best["loss"] if cfg.keep == "best" else epoch == cfg.epochs  # copy only what is kept
             if keep_this:
                 best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(averaged or model.state_dict())}
         if resume:
-            write_torch(resume.path, {
-                "key": resume.key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler else None, "ema": ema.state_dict() if ema else None,
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "best": best})
-            _fault_point(epoch)
+            ranks = world.gather({"aug": aug_generator.get_state(), "torch_rng": torch.get_rng_state()})
+            if world.main:
+                write_torch(resume.path, {
+                    "key": resume.key, "epoch": epoch, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+                    "ema": ema.state_dict() if ema else None, "scaler": scaler.state_dict() if scaler else None,
+                    "generator": generator.get_state(), "ranks": ranks, "best": best})
+                _fault_point("TSLOC_KILL_AFTER_EPOCH", str(epoch))
     return best
 
 
-def _fault_point(epoch: int) -> None:
+def _fault_point(variable: str, here: str) -> None:
     """Fault injection for the tests: TSLOC_KILL_AFTER_EPOCH=N kills this process (SIGKILL, as a
-    lost machine or `kill -9` would) right after epoch N's state is written."""
-    if os.environ.get("TSLOC_KILL_AFTER_EPOCH") == str(epoch):
+    lost machine or `kill -9` would) right after epoch N's state is written; TSLOC_KILL_RANK=R:N
+    kills rank R as epoch N starts (the other ranks then wait in a collective for it)."""
+    if os.environ.get(variable) == here:
         os.kill(os.getpid(), signal.SIGKILL)
+
 
 
 def checkpoint(model: SignNet, state: dict, *, backbone: str, image_size: int, class_names: list[str],

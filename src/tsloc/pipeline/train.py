@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,9 @@ from ..evaluation import relative_boxes
 from ..io import significant, write_json, write_torch
 from ..model import build_model
 from ..params import record_keys, uses_cached_features
-from ..training import (Batches, LossConfig, OptimConfig, Resume, checkpoint, epoch_sizes, features_source, fit,
-                        images_source, select_device)
+from ..distributed import launch, launched, leave
+from ..training import (Batches, LossConfig, OptimConfig, Resume, TrainConfig, checkpoint, epoch_sizes,
+                        features_source, fit, images_source, runtime)
 from . import FEATURES, LIVE, MODEL, SPLIT_TABLE, load, subset_rows, tracked_params
 
 
@@ -44,16 +46,29 @@ def _trim_history(epochs: int) -> None:
         rows[rows["step"] < epochs].to_csv(tsv, sep="\t", index=False)
 
 
-def run(params_file: str = "params.yaml") -> dict:
+def run(params_file: str = "params.yaml") -> dict | None:
+    """Train (one process, or `train.processes` ranks under torchrun); rank 0 writes the outputs and
+    returns its report, the other ranks None."""
+    p = tracked_params(params_file)
+    if p.train.processes > 1 and not launched():
+        launch(p.train.processes, ["--params", params_file, "train"])
+        return json.loads(Path("reports/train.json").read_text())
+    rt = runtime(p.train.device, p.train.precision, p.train.processes)
+    try:
+        return _train(p, rt)
+    finally:
+        leave(rt.world)
+
+
+def _train(p, rt) -> dict | None:
     from dvclive import Live
 
-    p = tracked_params(params_file)
     split = load(SPLIT_TABLE, "split")
     pooled = load(FEATURES / "pooled.npy", "features")
     if len(pooled) != len(split):
         raise DataError(f"{FEATURES / 'pooled.npy'}: {len(pooled)} rows but {SPLIT_TABLE} has {len(split)}; "
                         f"run dvc repro")
-    device = select_device(p.train.device)
+    device, world = rt.device, rt.world
     t = p.train
     names = load_classes()
     torch.manual_seed(t.seed)  # the heads' initialisation too: a CPU run repeats exactly
@@ -69,24 +84,35 @@ def run(params_file: str = "params.yaml") -> dict:
     augmentation = augmentation if a.enabled else None
     cached = uses_cached_features(p)
     store = None if cached else load(FEATURES / "images.npy", "features")
-    generator = torch.Generator().manual_seed(t.seed)
+    generator = torch.Generator().manual_seed(t.seed)  # the permutations: the same on every rank
+    # The augmentation's draws: the same generator in one process (as always); one per rank with ranks.
+    aug_generator = (torch.Generator().manual_seed((t.seed + 1) * 1_000_003 + world.rank) if world.distributed
+                     else generator)
     subsets = {}
     for s in ("train",) + eval_subsets:
         rows = subset_rows(split, s)
         part = split.iloc[rows]
         boxes = relative_boxes(part)
         fetch = (features_source(np.array(pooled[rows]), boxes, device) if cached else
-                 images_source(model, np.array(store[rows]), boxes, device, augmentation, generator))
+                 images_source(np.array(store[rows]), boxes, device, augmentation, aug_generator))
         subsets[s] = Batches(fetch, torch.as_tensor(part["class_id"].to_numpy(copy=True)), boxes)
     model.start_boxes_at(subsets["train"].boxes.mean(0))
-    loss_cfg = LossConfig(p.data.image_size, t.box_loss, t.loss_balance, t.label_smoothing, t.loss_weight)
-    optim_cfg = OptimConfig(t.lr, t.optimizer, t.weight_decay, t.backbone_lr, t.schedule, t.warmup_epochs)
+    cfg = TrainConfig(
+        epochs=t.epochs, batch_size=t.batch_size, seed=t.seed, num_classes=len(names),
+        loss=LossConfig(p.data.image_size, t.box_loss, t.loss_balance, t.label_smoothing, t.loss_weight),
+        optim=OptimConfig(t.lr, t.optimizer, t.weight_decay, t.backbone_lr, t.schedule, t.warmup_epochs),
+        weighting=t.class_weights, box_weighting=t.box_weights, keep=t.keep, eval_subsets=eval_subsets,
+        sizes=tuple(epoch_sizes(t.start_size, p.data.image_size, t.epochs)) if t.start_size else None,
+        eval_every=t.eval_every, ema_decay=t.ema_decay)
     resume = Resume(RESUME, _resume_key(p))
-    done = resume.epochs_done()
+    done = resume.epochs_done() if world.main else 0
     if done:
         _trim_history(done)  # epochs logged after the saved state are logged again
-    with Live(str(LIVE), dvcyaml=False, save_dvc_exp=False, resume=bool(done)) as live:
-        live.step = done
+    live = Live(str(LIVE), dvcyaml=False, save_dvc_exp=False, resume=bool(done)) if world.main else nullcontext()
+    with live:
+        if world.main:
+            live.step = done
+
         def log(epoch, row):
             for subset, metrics in row.items():
                 for name, value in metrics.items():
@@ -95,13 +121,11 @@ def run(params_file: str = "params.yaml") -> dict:
             live.next_step()
 
         started = time.perf_counter()
-        best = fit(model, subsets, epochs=t.epochs, batch_size=t.batch_size, seed=t.seed,
-                   num_classes=len(names), loss_cfg=loss_cfg, optim_cfg=optim_cfg, log=log,
-                   eval_subsets=eval_subsets, generator=generator, progress=not cached,
-                   weighting=t.class_weights, box_weighting=t.box_weights, keep=t.keep,
-                   sizes=epoch_sizes(t.start_size, p.data.image_size, t.epochs) if t.start_size else None,
-                   eval_every=t.eval_every, ema_decay=t.ema_decay, resume=resume)
+        best = fit(model, subsets, cfg, rt=rt, log=log, generator=generator, aug_generator=aug_generator,
+                   progress=not cached, resume=resume)
         seconds = time.perf_counter() - started
+    if not world.main:
+        return None
     ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
                       image_size=p.data.image_size, class_names=names, epoch=best["epoch"])
     ckpt["weights"] = p.model.weights
@@ -114,6 +138,8 @@ def run(params_file: str = "params.yaml") -> dict:
               "train_minutes": round(seconds / 60, 2), "train_seconds": round(seconds, 2),
               "seconds_per_epoch": round(seconds / t.epochs, 2),
               "device": str(device), "threads": torch.get_num_threads(), "resumed_after_epoch": done}
+    if world.distributed or rt.precision != "fp32":  # new keys only where they say something
+        report.update(processes=world.size, precision=rt.precision)
     write_json("reports/train.json", report)
     write_json("metrics/train.json", {"train_minutes": report["train_minutes"]})
     record_keys("train", p)
