@@ -12,6 +12,12 @@
     stage function, in a scratch folder; the median of `--repeats` runs.
 Then the ratio, how close (b) is to its floor (one backbone forward per image), images per second
 for inference (a batch, single images) and the peak memory of this process.
+
+    python benchmarks/speed.py --device cuda [--size 144 --batch 128 --images 4096]
+
+With --device, instead: the training loop's images per second (the best recipe's work: last 8
+blocks fine-tuned, spatial box head, augmentation on the device) and inference images per second,
+at fp32 and at train.precision auto, side by side on synthetic images (no data needed).
 """
 from __future__ import annotations
 
@@ -134,6 +140,49 @@ def time_inference(files: list[str], size: int, backbone: str) -> tuple[float, f
     return rates[0], rates[1]
 
 
+def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2) -> None:
+    """Training and inference throughput on `device` at fp32 and at the precision auto chooses."""
+    from tsloc.boxes import make_valid
+    from tsloc.training import (Batches, LossConfig, Objective, Runtime, evaluate, images_source, make_optimizer,
+                                OptimConfig, resolve_precision, select_device, train_one_epoch)
+    dev = select_device(device)
+    rng = np.random.default_rng(0)
+    store = rng.integers(0, 256, (images, size, size, 3), dtype=np.uint8)
+    labels = torch.as_tensor(rng.integers(0, NUM_CLASSES, images))
+    boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (images, 4)), dtype=torch.float32))
+    aug = {"margin": 0.45, "rotation": 10, "color": 0.3, "blur": 0.3, "recrop": 0.3}
+    precisions = dict.fromkeys(["fp32", resolve_precision("auto", dev)])
+    print(f"# {dev}, {size} px, batch {batch}, {images} images, best recipe's network (8 blocks fine-tuned, "
+          f"spatial head, augmentation)")
+    for precision in precisions:
+        rt = Runtime(dev, precision)
+        torch.manual_seed(0)
+        model = build_model("mobilenet_v2", "none", NUM_CLASSES, image_size=size, trainable_blocks=8,
+                            box="spatial").to(dev)
+        gen = torch.Generator().manual_seed(0)
+        train = Batches(images_source(store, boxes, dev, aug, gen), labels, boxes)
+        plain = Batches(images_source(store, boxes, dev), labels, boxes)
+        loss = LossConfig(size, "l1+giou", "fixed")
+        net = Objective(model, torch.ones(NUM_CLASSES, device=dev), None, loss)
+        optimizer, _ = make_optimizer(model, OptimConfig(lr=1e-3, optimizer="adamw"), images // batch, epochs)
+        scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
+        train_one_epoch(net, model, train, loss, batch, optimizer, rt, scaler=scaler, generator=gen)  # warm-up
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+        sync()
+        t = time.perf_counter()
+        for _ in range(epochs):
+            train_one_epoch(net, model, train, loss, batch, optimizer, rt, scaler=scaler, generator=gen)
+        sync()
+        train_rate = epochs * images / (time.perf_counter() - t)
+        evaluate(model, plain, loss, batch, rt)
+        sync()
+        t = time.perf_counter()
+        evaluate(model, plain, loss, batch, rt)
+        sync()
+        print(f"{precision}: training {train_rate:.0f} images/s, inference {images / (time.perf_counter() - t):.0f} "
+              f"images/s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../belgiumtsc", help="folder with Training/ and Testing/")
@@ -142,7 +191,13 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backbone", default="mobilenet_v2")
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--device", help="cpu, cuda, cuda:N: only the training loop's and inference throughput there")
+    ap.add_argument("--batch", type=int, default=64, help="with --device: the batch size")
+    ap.add_argument("--images", type=int, default=1024, help="with --device: synthetic images per epoch")
     args = ap.parse_args()
+    if args.device:
+        time_device(args.device, args.size, args.batch, args.images)
+        return 0
     data, repo = Path(args.data), Path(__file__).resolve().parents[1]
     if not all((data / s).is_dir() for s in SPLITS):
         print(f"{data}: no Training/ and Testing/ (restore the data: python ../shared/data/belgiumtsc/restore.py "

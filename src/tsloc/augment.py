@@ -56,10 +56,12 @@ def warp(images: torch.Tensor, boxes: torch.Tensor, windows: torch.Tensor, angle
     return out, new_boxes
 
 
-def photometric(x: torch.Tensor, strength: float, blur_p: float, generator: torch.Generator) -> torch.Tensor:
+def photometric(x: torch.Tensor, strength: float, blur_p: float, generator: torch.Generator,
+                device_noise: bool | None = None) -> torch.Tensor:
     """Brightness, contrast and saturation factors ~ U(1 - s, 1 + s) per image, a Gaussian blur on a
     share `blur_p` of the batch, light noise. Images float in [0, 1], on any device; `generator`
-    is a CPU generator."""
+    is a CPU generator. `device_noise` (default: off the CPU) draws the noise on the images' device
+    from a seed of `generator` (the tests take that path on the CPU too)."""
     n, device = x.shape[0], x.device
     u = lambda: (1 + (2 * torch.rand(n, 1, 1, 1, generator=generator) - 1) * strength).to(device)  # noqa: E731
     grey = x.mean(1, keepdim=True)
@@ -72,7 +74,7 @@ def photometric(x: torch.Tensor, strength: float, blur_p: float, generator: torc
             sigma = float(0.3 + 0.9 * torch.rand(1, generator=generator))
             pick = pick.to(device)
             x[pick] = TF.gaussian_blur(x[pick], kernel_size=[5, 5], sigma=[sigma, sigma])
-    if device.type == "cpu":
+    if not (device.type != "cpu" if device_noise is None else device_noise):
         noise = torch.randn(x.shape, generator=generator)
     else:  # image-sized: drawn where the images are, from a seed of the CPU generator
         seed = int(torch.randint(2 ** 62, (1,), generator=generator))

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from .errors import DataError, DiskFull, ExportError, ModelFileError, WeightsError
+from .errors import LOST_RANK, DataError, DiskFull, ExportError, ModelFileError, WeightsError
 from .params import ParamsError
 
 DEFAULT_MODEL = "models/model.pt"
@@ -125,7 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ParamsError, WeightsError, ModelFileError, ExportError, DiskFull) as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # torch.OutOfMemoryError, without importing torch here
+    except RuntimeError as exc:  # torch.OutOfMemoryError and torch.distributed's errors, without importing torch here
+        lost = type(exc).__name__ in ("DistBackendError", "DistNetworkError", "DistError") or (
+            int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(w in str(exc) for w in ("gloo", "NCCL", "Connection")))
+        if lost:  # one of several ranks whose peer went away: the launcher names the one that failed
+            print(f"{name}: stopped: lost contact with another rank ({str(exc).splitlines()[0][:160]})",
+                  file=sys.stderr)
+            return LOST_RANK
         if type(exc).__name__ != "OutOfMemoryError":
             raise
         lower = OUT_OF_MEMORY.get(args.command, "a smaller batch size, or the CPU (train.device: cpu)")

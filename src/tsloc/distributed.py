@@ -9,6 +9,7 @@ torchrun's own launcher (`launch`); on several machines a user runs `torchrun --
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import uuid
@@ -18,7 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import DataError
+from .errors import LOST_RANK, DataError
 
 TIMEOUT = timedelta(minutes=10)  # a collective that waits longer than this for a lost rank fails
 
@@ -112,10 +113,13 @@ def launch(processes: int, argv: list[str]) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2)
+    # The agent logs each failure at length; the one line below says what happened and who.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "tsloc.cli", *argv)
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
+        # The rank that failed first, not one that stopped because it lost contact with it (exit 3).
+        rank, failure = min(exc.failures.items(), key=lambda kv: (kv[1].exitcode == LOST_RANK, kv[1].timestamp))
         how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
         raise DataError(f"rank {rank} of {processes} failed ({how}; its message, if any, is above); "
                         f"torchrun stopped the other ranks, nothing was written") from None

@@ -23,3 +23,6 @@ class ExportError(RuntimeError):
 
 class DiskFull(Exception):
     """No space left while writing an output (which was not half-written: see tsloc.io.atomic_path)."""
+
+
+LOST_RANK = 3  # exit status of a rank that stopped because another rank failed (distributed training)
