@@ -1,6 +1,6 @@
 """DVC's experiment queue with N workers against 1, on this machine, in one run.
 
-    python benchmarks/queue.py [--workers 2] [--experiments 4] [--set train.epochs=20]
+    python benchmarks/exp_queue.py [--workers 2] [--experiments 4] [--set train.epochs=20]
 
 In a fresh clone of this repository's HEAD (beside it, so that ../shared resolves the same way), it
 runs `dvc repro` once, then queues `--experiments` experiments (train.seed = 1, 2, ...) and runs them
@@ -30,7 +30,9 @@ def sh(args, cwd, env=None):
 def drain(clone: Path, env: dict, workers: int, names: list[str]) -> float:
     """Start the queue with `workers` workers and wait until the named experiments are done."""
     started = time.perf_counter()
-    sh([BIN / "dvc", "queue", "start", "-j", workers], clone, env)
+    # The workers keep the stdout/stderr they inherit: not pipes to wait on.
+    subprocess.run([str(BIN / "dvc"), "queue", "start", "-j", str(workers)], cwd=clone, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while True:
         status = sh([BIN / "dvc", "queue", "status"], clone, env)
         if not any(word in status for word in ("Running", "Queued")):
