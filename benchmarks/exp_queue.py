@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,7 @@ def main() -> int:
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     commit = sh(["git", "rev-parse", "--short", "HEAD"], REPO).strip()
-    with tempfile.TemporaryDirectory(dir=REPO.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=REPO.parent, ignore_cleanup_errors=True) as tmp:
         clone = Path(tmp) / "main"
         sh(["git", "clone", "-q", REPO, clone], REPO)
         env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
@@ -72,9 +71,12 @@ def main() -> int:
             rates[workers] = args.experiments / took * 60
             print(f"-j {workers}, OMP_NUM_THREADS={run_env['OMP_NUM_THREADS']}: {args.experiments} experiments in "
                   f"{took:.0f} s ({rates[workers]:.2f} per minute)", flush=True)
-        shutil.rmtree(clone / ".dvc" / "tmp", ignore_errors=True)
-    print(f"# commit {commit}, {cores} cores; -j {args.workers} / -j 1 throughput: "
-          f"{rates[args.workers] / rates[1]:.2f}x")
+        print(f"# commit {commit}, {cores} cores; -j {args.workers} / -j 1 throughput: "
+              f"{rates[args.workers] / rates[1]:.2f}x", flush=True)
+        for _ in range(30):  # the workers stop after their last task: let them go before the clone is removed
+            if "0 active" in sh([BIN / "dvc", "queue", "status"], clone, env):
+                break
+            time.sleep(1)
     return 0
 
 

@@ -13,8 +13,8 @@ from tsloc import model as model_mod
 from tsloc.boxes import make_valid, paired_iou, to_pixels, to_relative
 from tsloc.model import (ModelFileError, SignNet, WeightsError, backbone_features, build_model, imagenet_state_dict,
                          load_model)
-from tsloc.training import (Batches, LossConfig, OptimConfig, TrainConfig, class_weights, make_optimizer, compute_features, epoch_sizes,
-                            evaluate, features_source, fit, images_source, losses)
+from tsloc.training import (Batches, LossConfig, OptimConfig, TrainConfig, class_weights, compute_features,
+                            epoch_sizes, evaluate, features_source, fit, images_source, losses, make_optimizer)
 
 
 def test_shapes_and_frozen_backbone():
@@ -138,7 +138,9 @@ def _fit(net, sources, labels, boxes, seed=5):
     subsets = {"train": Batches(sources[0], labels[:30], boxes[:30]),
                "valid": Batches(sources[1], labels[30:], boxes[30:])}
     history = []
-    best = fit(net, subsets, TrainConfig(epochs=3, batch_size=8, seed=seed, num_classes=3, loss=LossConfig(48)), log=lambda e, row: history.append(row))
+    best = fit(net, subsets, TrainConfig(
+        epochs=3, batch_size=8, seed=seed, num_classes=3, loss=LossConfig(48)),
+        log=lambda e, row: history.append(row))
     return best, history
 
 
@@ -169,7 +171,9 @@ def test_keep_last_returns_the_final_weights():
                "valid": Batches(features_source(feats[30:], boxes[30:], "cpu"), labels[30:], boxes[30:])}
     history = []
     # A large learning rate on random features: the validation loss does not fall every epoch.
-    kept = fit(net, subsets, TrainConfig(epochs=4, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), optim=OptimConfig(lr=0.5), keep="last"), log=lambda e, row: history.append(row))
+    kept = fit(net, subsets, TrainConfig(
+        epochs=4, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), optim=OptimConfig(lr=0.5),
+            keep="last"), log=lambda e, row: history.append(row))
     assert kept["epoch"] == 4 and kept["loss"] == pytest.approx(history[-1]["valid"]["loss"])
     for k, v in net.state_dict().items():
         assert torch.equal(kept["state"][k], v), k
@@ -177,7 +181,8 @@ def test_keep_last_returns_the_final_weights():
     assert best_epoch != 4  # so the test tells the two apart
     torch.manual_seed(0)
     net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=3)
-    best = fit(net, subsets, TrainConfig(epochs=4, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), optim=OptimConfig(lr=0.5)))
+    best = fit(net, subsets, TrainConfig(
+        epochs=4, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), optim=OptimConfig(lr=0.5)))
     assert best["epoch"] == best_epoch
 
 
@@ -330,7 +335,9 @@ def test_fit_trains_at_each_epochs_size_and_evaluates_at_the_stored_one():
                                 labels[:30], boxes[:30]),
                "valid": Batches(spy(images_source(images[30:], boxes[30:], "cpu"), "valid"), labels[30:], boxes[30:])}
     history = []
-    fit(net, subsets, TrainConfig(epochs=3, batch_size=8, seed=0, num_classes=3, loss=LossConfig(64), sizes=tuple([32, 48, 64])), log=lambda e, row: history.append(row))
+    fit(net, subsets, TrainConfig(
+        epochs=3, batch_size=8, seed=0, num_classes=3, loss=LossConfig(64), sizes=tuple([32, 48, 64])),
+        log=lambda e, row: history.append(row))
     per_epoch = len(seen["train"]) // 3
     assert [s for s, _ in seen["train"][::per_epoch]] == [32, 48, 64]
     assert [w for _, w in seen["train"][::per_epoch]] == [32, 48, 64]  # the images the network took
@@ -358,7 +365,9 @@ def test_eval_every_skips_evaluation_not_training():
     runs = {}
     for every, keep in ((1, "best"), (3, "best"), (3, "last")):
         net, history = _net(), []
-        kept = fit(net, subsets, TrainConfig(epochs=4, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), keep=keep, eval_every=every), log=lambda e, row: history.append(row))
+        kept = fit(net, subsets, TrainConfig(
+                epochs=4, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), keep=keep, eval_every=every),
+            log=lambda e, row: history.append(row))
         runs[every, keep] = (net.state_dict(), history, kept)
     (state1, hist1, _), (state3, hist3, kept3) = runs[1, "best"], runs[3, "best"]
     last = runs[3, "last"][2]
@@ -373,8 +382,12 @@ def test_eval_every_skips_evaluation_not_training():
 def test_ema_is_evaluated_and_kept_and_leaves_training_alone():
     subsets = _feature_subsets()
     plain, averaged, hist_p, hist_a = _net(), _net(), [], []
-    fit(plain, subsets, TrainConfig(epochs=3, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), keep="last"), log=lambda e, row: hist_p.append(row))
-    kept = fit(averaged, subsets, TrainConfig(epochs=3, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), keep="last", ema_decay=0.9), log=lambda e, row: hist_a.append(row))
+    fit(plain, subsets, TrainConfig(
+        epochs=3, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), keep="last"),
+        log=lambda e, row: hist_p.append(row))
+    kept = fit(averaged, subsets, TrainConfig(
+        epochs=3, batch_size=8, seed=1, num_classes=3, loss=LossConfig(48), keep="last", ema_decay=0.9),
+        log=lambda e, row: hist_a.append(row))
     for k, v in plain.state_dict().items():  # the live weights train exactly as without EMA
         assert torch.equal(v, averaged.state_dict()[k]), k
     assert [r["train"] for r in hist_p] == [r["train"] for r in hist_a]
@@ -449,7 +462,10 @@ def _resumable_run(resume, stop_after=None):
         if epoch == stop_after:
             raise KeyboardInterrupt  # after the log, before the state of this epoch is written
 
-    best = fit(net, subsets, TrainConfig(epochs=3, batch_size=8, seed=4, num_classes=3, loss=LossConfig(48), optim=OptimConfig(lr=0.01, optimizer="adamw", schedule="cosine", warmup_epochs=1), eval_every=2, ema_decay=0.9), log=log, resume=resume)
+    best = fit(net, subsets, TrainConfig(
+        epochs=3, batch_size=8, seed=4, num_classes=3, loss=LossConfig(48),
+            optim=OptimConfig(lr=0.01, optimizer="adamw", schedule="cosine", warmup_epochs=1), eval_every=2,
+            ema_decay=0.9), log=log, resume=resume)
     return best, history, net
 
 

@@ -179,10 +179,10 @@ def images_source(images: np.ndarray, boxes: torch.Tensor, device, augmentation:
     device = torch.device(device)
 
     def run(idx, train, size=None):
-        if store.device.type == "cpu":
-            batch = store[idx].to(device, non_blocking=store.is_pinned()) if device.type != "cpu" else store[idx]
-        else:
-            batch = store[idx.to(store.device)]
+        if store.device.type == device.type:           # the CPU, or the whole store on the GPU
+            batch = store[idx.to(device)]
+        else:                                          # pinned host memory: an asynchronous copy
+            batch = store[idx].pin_memory().to(device, non_blocking=True)
         b = boxes[idx]
         if train and augmentation:
             x, b = augment(batch, b, generator=generator, size=size, **augmentation)
@@ -516,7 +516,8 @@ def fit(model: SignNet, subsets: dict[str, Batches], cfg: TrainConfig, *, rt: Ru
             tqdm.write(f"{resume.path}: continuing after epoch {state['epoch']} of {cfg.epochs}", file=sys.stderr)
     for epoch in tqdm(range(start, cfg.epochs + 1), desc="epochs", unit="epoch", initial=start - 1,
                       total=cfg.epochs, disable=not world.main):
-        _fault_point("TSLOC_KILL_RANK", f"{world.rank}:{epoch}") if world.distributed else None
+        if world.distributed:
+            _fault_point("TSLOC_KILL_RANK", f"{world.rank}:{epoch}")
         size = cfg.sizes[epoch - 1] if cfg.sizes else None
         row = {"train": train_one_epoch(net, model, subsets["train"], cfg.loss, b, optimizer, rt, scheduler, scaler,
                                         generator, f"epoch {epoch} train" if progress and world.main else None,
