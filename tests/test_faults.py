@@ -15,6 +15,8 @@ issue 16 are tested beside the code they exercise:
 - predict on real-world files (EXIF, --draw never overwrites, no images, bombs, symlink loops, bounded
   decoding): test_predict.py
 - an interrupted download leaves nothing: test_download.py::test_interrupted_download_leaves_nothing
+- a rank of a distributed training that dies, and a distributed run resumed after kill -9:
+  test_pipeline_dvc.py::test_train_in_two_processes_matches_one_and_a_dead_rank_ends_it
 """
 from __future__ import annotations
 
