@@ -72,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--format", choices=("belgiumtsc", "gtsrb", "manifest"), default="belgiumtsc")
     args = parser.parse_args(argv)
-    name = f"tsloc {args.command}"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of torchrun's ranks: say which one speaks
-        name += f" (rank {os.environ.get('RANK', '?')})"
+    ranked = int(os.environ.get("WORLD_SIZE", "1")) > 1  # one of torchrun's ranks: say which one speaks
+    name = f"tsloc {args.command}" + (f" (rank {os.environ.get('RANK', '?')})" if ranked else "")
 
     try:
         if args.command == "evaluate" and args.model:
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as exc:  # torch.OutOfMemoryError and torch.distributed's errors, without importing torch here
         lost = type(exc).__name__ in ("DistBackendError", "DistNetworkError", "DistError") or (
-            int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(w in str(exc) for w in ("gloo", "NCCL", "Connection")))
+            ranked and any(w in str(exc) for w in ("gloo", "NCCL", "Connection")))
         if lost:  # one of several ranks whose peer went away: the launcher names the one that failed
             print(f"{name}: stopped: lost contact with another rank ({str(exc).splitlines()[0][:160]})",
                   file=sys.stderr)
