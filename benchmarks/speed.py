@@ -140,6 +140,18 @@ def time_inference(files: list[str], size: int, backbone: str) -> tuple[float, f
     return rates[0], rates[1]
 
 
+def timed(step, device: torch.device, repeats: int = 1) -> float:
+    """Seconds for `repeats` calls of `step` after one warm-up call, with the device synchronised."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step()
+    sync()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    sync()
+    return time.perf_counter() - t
+
+
 def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2) -> None:
     """Training and inference throughput on `device` at fp32 and at the precision auto chooses."""
     from tsloc.boxes import make_valid
@@ -166,20 +178,10 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
         net = Objective(model, torch.ones(NUM_CLASSES, device=dev), None, loss)
         optimizer, _ = make_optimizer(model, OptimConfig(lr=1e-3, optimizer="adamw"), images // batch, epochs)
         scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
-        train_one_epoch(net, model, train, loss, batch, optimizer, rt, scaler=scaler, generator=gen)  # warm-up
-        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-        sync()
-        t = time.perf_counter()
-        for _ in range(epochs):
-            train_one_epoch(net, model, train, loss, batch, optimizer, rt, scaler=scaler, generator=gen)
-        sync()
-        train_rate = epochs * images / (time.perf_counter() - t)
-        evaluate(model, plain, loss, batch, rt)
-        sync()
-        t = time.perf_counter()
-        evaluate(model, plain, loss, batch, rt)
-        sync()
-        print(f"{precision}: training {train_rate:.0f} images/s, inference {images / (time.perf_counter() - t):.0f} "
+        train_s = timed(lambda: train_one_epoch(net, model, train, loss, batch, optimizer, rt, scaler=scaler,
+                                                generator=gen), dev, epochs)
+        infer_s = timed(lambda: evaluate(model, plain, loss, batch, rt), dev)
+        print(f"{precision}: training {epochs * images / train_s:.0f} images/s, inference {images / infer_s:.0f} "
               f"images/s")
 
 

@@ -398,7 +398,6 @@ def test_ema_is_evaluated_and_kept_and_leaves_training_alone():
     assert not torch.allclose(averaged.classifier[0].running_mean, kept["state"]["classifier.0.running_mean"])
     ema_net = _net()
     ema_net.load_state_dict(kept["state"])
-    weights = class_weights(subsets["train"].labels.numpy(), 3)
     again = evaluate(ema_net, subsets["valid"], LossConfig(48), 8)
     assert again["loss"] == pytest.approx(hist_a[-1]["valid"]["loss"], rel=1e-5)
     assert again["loss"] != pytest.approx(hist_p[-1]["valid"]["loss"], rel=1e-5)
@@ -425,7 +424,6 @@ def test_validation_loss_is_the_plain_per_image_mean_at_a_fixed_weight():
     net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=3).eval()
     data = Batches(features_source(feats, boxes, "cpu"), labels, boxes)
     cfg = LossConfig(48, report_weight=100.0)
-    weights = torch.tensor([0.2, 0.3, 0.5])
     losses = [evaluate(net, data, cfg, bs)["loss"] for bs in (1, 4, 7, 23)]
     assert losses == pytest.approx([losses[0]] * 4, rel=1e-6)
     with torch.no_grad():

@@ -454,7 +454,7 @@ class Resume:
 def _distribute(model: SignNet, objective: Objective, rt: Runtime):
     """The objective as each step calls it: itself for one process; with ranks, DistributedDataParallel
     around it, after SyncBatchNorm on CUDA (PyTorch's SyncBatchNorm runs on GPUs only: on the CPU
-    each rank normalises its own share of the batch, and DDP keeps rank 0's running statistics)."""
+    each rank normalises its own share of the batch, and `fit` averages the running statistics)."""
     if not rt.world.distributed:
         return objective
     if rt.device.type == "cuda":
