@@ -17,7 +17,6 @@ Then the ratios the issue asks for. Every figure comes from this one run.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import subprocess
@@ -30,6 +29,7 @@ import pandas as pd
 import torch
 
 from tsloc.inference import TorchBackend, load_backend
+from tsloc.model import load_model
 from tsloc.predict import predict_files
 
 
@@ -45,12 +45,13 @@ class Timed:
         return out
 
 
-def nchw(backend: TorchBackend) -> TorchBackend:
+def nchw(path: str) -> TorchBackend:
     """The same model in torchvision's default layout (contiguous NCHW, no channels-last): the
     "PyTorch eager" row of the issue's table. The project's own path is channels-last."""
-    model = copy.deepcopy(backend.net.model).to(memory_format=torch.contiguous_format)
+    model, meta = load_model(path)
+    model = model.to(memory_format=torch.contiguous_format)
     model.features = model.backbone  # in eval mode the same blocks; without the switch to channels-last
-    return TorchBackend(model, backend.meta)
+    return TorchBackend(model, meta)
 
 
 def per_crop(seconds: list[float], batch: int) -> dict:
@@ -108,7 +109,7 @@ def main() -> int:
     images = np.ascontiguousarray(np.load(args.store, mmap_mode="r")[test])
     files = split["path"].to_numpy()[test][:args.files].tolist()
     pt = load_backend(args.model)
-    backends = {"PyTorch eager": pt, "PyTorch eager, NCHW": nchw(pt), "ONNX Runtime fp32": load_backend(args.onnx),
+    backends = {"PyTorch eager": pt, "PyTorch eager, NCHW": nchw(args.model), "ONNX Runtime fp32": load_backend(args.onnx),
                 "ONNX Runtime int8": load_backend(args.int8)}
     meta = pt.meta
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

@@ -147,6 +147,20 @@ def test_int8_keeps_a_clear_answer_and_says_how_it_was_made(stage):
     assert np.abs(boxes - np.array(BOX)).max() < 0.01
 
 
+@pytest.mark.slow
+def test_int8_keeps_the_first_convolutions_and_the_input_float(stage):
+    """export.float_convs (default 3) convolutions stay float, and so does the input's padding before
+    them: the first activation quantized comes after them, and their weights are float tensors."""
+    import onnx
+    graph = onnx.load(str(stage / "models" / "model.int8.onnx")).graph
+    float_weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    convs = [i for i, n in enumerate(graph.node) if n.op_type == "Conv"]
+    first_quantize = next(i for i, n in enumerate(graph.node) if n.op_type == "QuantizeLinear")
+    assert first_quantize > convs[2]
+    assert all(graph.node[i].input[1] in float_weights for i in convs[:3])
+    assert not any(graph.node[i].input[1] in float_weights for i in convs[3:])
+
+
 def test_an_export_that_disagrees_writes_nothing(tmp_path, monkeypatch, exported):
     """An ONNX file that does not answer as models/model.pt does (here: another model's, put in place of
     the export): one message, exit 2, no model file, no report, no temporary file."""
@@ -170,6 +184,35 @@ def test_one_off_export_options(tmp_path):
     proc = run_cli("export", "--model", stub, "--quantize", "int8", cwd=tmp_path)  # no pipeline here to calibrate on
     assert proc.returncode == 2 and "data/split.csv: not found (run the split stage first" in proc.stderr
     assert not (tmp_path / "stub.int8.onnx").exists()
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18"])
+def test_the_normalisation_folded_into_the_first_convolution_changes_nothing(backbone):
+    """Predictor's first convolution takes raw 0..255 RGB (weights scaled, the mean in the bias, the
+    input padded with the mean colour): the answers of normalising and then
+    running the trained network, at the border too (flat black and flat white images, where the
+    padding matters most), and the trained model is left as it was."""
+    import copy
+    from tsloc.inference import Predictor
+    from tsloc.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+    torch.manual_seed(0)
+    net = build_model(backbone, "none", len(NAMES), image_size=64, box="spatial").eval()
+    bn = next(m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():  # a BatchNorm that does something, as a trained one does
+        bn.running_mean.normal_(0, 0.5), bn.running_var.uniform_(0.5, 2), bn.weight.normal_(1, 0.2), bn.bias.normal_(0, 0.2)
+    before = copy.deepcopy(net.state_dict())
+    x = torch.cat([torch.randint(0, 256, (6, 64, 64, 3), dtype=torch.uint8),
+                   torch.zeros(1, 64, 64, 3, dtype=torch.uint8), torch.full((1, 64, 64, 3), 255, dtype=torch.uint8)])
+    folded = Predictor(net)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    raw = x.permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        probs, boxes = folded(x)
+        # the first two blocks' feature maps (the stem convolution and its BatchNorm, and one more), border included
+        assert torch.allclose(folded.model.backbone[:2](raw), net.backbone[:2]((raw / 255 - mean) / std), atol=1e-4)
+    ref_p, ref_b = _reference(net, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}, x)
+    assert torch.allclose(probs, ref_p, atol=1e-5) and torch.allclose(boxes, ref_b, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
 def test_torch_backend_is_the_predictor_module(tmp_path):

@@ -101,8 +101,8 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *,
     """Static int8 (QDQ: int8 weights per output channel, uint8 activations, min-max ranges) of an
     fp32 ONNX export, calibrated on `calibration` (uint8 images (N, S, S, 3) from the training set:
     `seed` says how they were drawn, for the metadata). The first `float_convs` convolutions in graph
-    order stay float: the early, high-resolution layers are where int8 loses accuracy (for
-    MobileNetV2, 10 is the normalisation, the stem and blocks 1-3; docs/benchmarks.md)."""
+    order stay float, and the input's padding before them: the early, high-resolution layers are
+    where int8 loses accuracy (for MobileNetV2, 3 is the stem and block 1; docs/benchmarks.md)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -126,7 +126,9 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *,
         quant_pre_process(str(fp32), str(prepared))  # shape inference and graph fusions, as ORT advises
         nodes = onnx.load(str(prepared)).graph.node
         keep = [n.name for n in nodes if n.op_type in INT8_FLOAT_OPS]
-        keep += [n.name for n in nodes if n.op_type == "Conv"][:float_convs]
+        convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+        if float_convs:  # with them the input's padding (inference.RawInputConv): no int8 round trip before them
+            keep += [n.name for n in nodes[:convs[0]]] + [nodes[i].name for i in convs[:float_convs]]
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # the quantizer warns through the root logger that 1-D weights have no axis 1

@@ -12,6 +12,7 @@ PyTorch model and its ONNX exports cannot drift apart.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +24,58 @@ from .boxes import make_valid
 from .errors import ModelFileError
 from .model import IMAGENET_MEAN, IMAGENET_STD, SignNet, load_model
 
+class RawInputConv(nn.Module):
+    """A network's first convolution taking raw RGB in 0..255 instead of normalised images: the
+    ImageNet normalisation folded in. Its weights are scaled by 1 / (255 std) per input channel and
+    the mean's share (-mean / std through the weights) goes into the bias. The zero padding of a
+    normalised image is the mean colour in raw values, so the input is padded with that colour
+    (zeros, then a constant frame added) and the convolution runs unpadded. Equal to
+    normalise-then-convolve to float rounding (1e-6), with no pass over the input but the padding:
+    in ONNX Runtime the separate normalisation (a 1x1 convolution with 3 channels) took 9% of the
+    int8 model's time at batch 1, and one more rounding in int8 (docs/benchmarks.md#inference)."""
+
+    def __init__(self, conv: nn.Conv2d, size: int):
+        super().__init__()
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        (ph, pw), w = conv.padding, conv.weight.detach()
+        self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                              conv.dilation, conv.groups, bias=True)
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+        with torch.no_grad():
+            self.conv.weight.copy_(w / (255 * std).view(1, 3, 1, 1))
+            self.conv.bias.copy_(bias - (w * (mean / std).view(1, 3, 1, 1)).sum((1, 2, 3)))
+        self.pad = (pw, pw, ph, ph)
+        frame = torch.ones(1, 3, size + 2 * ph, size + 2 * pw)
+        frame[..., ph:ph + size, pw:pw + size] = 0
+        self.register_buffer("frame", frame * (255 * mean).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(raw, self.pad) + self.frame)
+
+
+def fold_normalisation(model: SignNet) -> SignNet:
+    """A copy of the model (in eval mode) whose first convolution takes raw RGB (`RawInputConv`);
+    both backbones start with one."""
+    model = copy.deepcopy(model).eval()
+    parent = model.backbone
+    while not isinstance(parent[0], nn.Conv2d):
+        parent = parent[0]
+    parent[0] = RawInputConv(parent[0], int(model.box_scale))
+    return model
+
+
 class Predictor(nn.Module):
     """uint8 RGB images (N, S, S, 3) -> (probabilities (N, C), valid relative boxes (N, 4)).
 
-    The ImageNet normalisation is one 1x1 convolution with diagonal weights 1 / (255 std) and bias
-    -mean / std: the numbers of data.store.normalise to float rounding (1e-7), and in ONNX Runtime
-    one fast convolution where broadcast subtraction and division took a quarter of the int8 model's
-    time at batch 64 (benchmarks/inference.py)."""
+    The model's first convolution takes the images as they come, 0..255 (`fold_normalisation`, on a
+    copy: the trained model is untouched): the normalisation costs nothing."""
 
     def __init__(self, model: SignNet):
         super().__init__()
-        self.model = model.eval()
-        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        self.register_buffer("scale", torch.diag(1 / (255 * std)).view(3, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", -mean / std, persistent=False)
+        self.model = fold_normalisation(model)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.conv2d(images.permute(0, 3, 1, 2).float(), self.scale, self.shift)
-        logits, boxes = self.model(x)
+        logits, boxes = self.model(images.permute(0, 3, 1, 2).float())
         return torch.softmax(logits.float(), 1), make_valid(boxes.float())
 
 
