@@ -140,6 +140,7 @@ def test_int8_keeps_a_clear_answer_and_says_how_it_was_made(stage):
     fp32, int8 = stage / "models" / "model.onnx", stage / "models" / "model.int8.onnx"
     meta = read_meta(int8)["export"]
     assert meta["precision"] == "int8" and meta["calibration_images"] == 8 and meta["calibration_seed"] == 3
+    assert {"Softmax", "Concat", "Min", "Max"} <= set(meta["float_ops"])  # the outputs' last steps stay float
     assert int8.stat().st_size < 0.4 * fp32.stat().st_size
     x = np.random.default_rng(1).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
     probs, boxes = load_backend(int8)(x)
@@ -213,6 +214,33 @@ def test_the_normalisation_folded_into_the_first_convolution_changes_nothing(bac
     ref_p, ref_b = _reference(net, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}, x)
     assert torch.allclose(probs, ref_p, atol=1e-5) and torch.allclose(boxes, ref_b, atol=1e-5)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("size, folded", [(144, True), (64, False)])
+def test_the_box_pooling_folded_into_its_convolution_changes_nothing(size, folded):
+    """At 144 px MobileNetV2's 5 x 5 feature map pools to the spatial head's 4 x 4 in alike windows
+    (2, stride 1): pooling and the 1x1 convolution become one 2x2 convolution, with the same answers.
+    At 64 px (2 x 2 to 4 x 4: windows that repeat cells) the adaptive pooling stays."""
+    from tsloc.inference import Predictor
+    from tsloc.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+    torch.manual_seed(0)
+    net = build_model("mobilenet_v2", "none", len(NAMES), image_size=size, box="spatial").eval()
+    for m in net.modules():  # BatchNorm statistics of random images: else a random network's features are ~0
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats(), setattr(m, "momentum", None)
+    with torch.no_grad():
+        net.backbone.train(), net.box.train()
+        net.box[:3](net.backbone(torch.randn(16, 3, size, size)))
+        net.eval()
+        net.box[-1].weight.normal_(0, 0.2), net.box[-1].bias.copy_(torch.tensor([0.3, 0.3, 0.7, 0.7]) * size)
+    predictor = Predictor(net)
+    assert isinstance(predictor.model.box[0], torch.nn.Identity) == folded
+    x = torch.randint(0, 256, (8, size, size, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        probs, boxes = predictor(x)
+    ref_p, ref_b = _reference(net, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}, x)
+    assert ref_b.std(0).max() > 1e-2  # boxes that differ between images: the head is really tested
+    assert torch.allclose(probs, ref_p, atol=1e-5) and torch.allclose(boxes, ref_b, atol=1e-5)
 
 
 def test_torch_backend_is_the_predictor_module(tmp_path):

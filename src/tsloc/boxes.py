@@ -25,9 +25,8 @@ def to_pixels(boxes: torch.Tensor, width: torch.Tensor, height: torch.Tensor) ->
 def make_valid(boxes: torch.Tensor) -> torch.Tensor:
     """Turn any 4 numbers into a valid relative box: left <= right, top <= bottom, inside [0, 1]."""
     boxes = boxes.clamp(0.0, 1.0)
-    x0, x1 = torch.minimum(boxes[:, 0], boxes[:, 2]), torch.maximum(boxes[:, 0], boxes[:, 2])
-    y0, y1 = torch.minimum(boxes[:, 1], boxes[:, 3]), torch.maximum(boxes[:, 1], boxes[:, 3])
-    return torch.stack([x0, y0, x1, y1], dim=1)
+    starts, ends = boxes[:, :2], boxes[:, 2:]  # (left, top) and (right, bottom): 6 operations once exported, not 15
+    return torch.cat([torch.minimum(starts, ends), torch.maximum(starts, ends)], dim=1)
 
 
 def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
