@@ -24,6 +24,7 @@ from .boxes import make_valid
 from .errors import ModelFileError
 from .model import IMAGENET_MEAN, IMAGENET_STD, SignNet, load_model
 
+
 class RawInputConv(nn.Module):
     """A network's first convolution taking raw RGB in 0..255 instead of normalised images: the
     ImageNet normalisation folded in. Its weights are scaled by 1 / (255 std) per input channel and
@@ -75,7 +76,8 @@ def fold_box_pooling(model: SignNet) -> SignNet:
         return model
     pool, conv = model.box[0], model.box[1]
     with torch.no_grad():
-        n = model.features(torch.zeros(1, 3, int(model.box_scale), int(model.box_scale))).shape[-1]
+        size = int(model.box_scale)
+        n = model.features(torch.zeros(1, 3, size, size, device=model.box_scale.device)).shape[-1]
     out = pool.output_size if isinstance(pool.output_size, int) else pool.output_size[0]
     starts = [i * n // out for i in range(out)]
     sizes = {-(-(i + 1) * n // out) - start for i, start in enumerate(starts)}
