@@ -40,6 +40,21 @@ def test_onnx_gives_the_pytorch_answers(exported):
     assert np.allclose(one_p, probs[:1], atol=1e-5) and np.allclose(one_b, boxes[:1], atol=1e-5)
 
 
+def test_onnx_on_the_cpu_runs_in_chunks_with_the_same_answers(exported, monkeypatch):
+    """A call of 20 images runs as 8 + 8 + 4 (OnnxBackend.CPU_CHUNK) and answers as one whole call."""
+    _, _, path = exported
+    x = np.random.default_rng(2).integers(0, 256, (20, 64, 64, 3), dtype=np.uint8)
+    backend = OnnxBackend(path)
+    sizes, run = [], backend.session.run
+    monkeypatch.setattr(backend.session, "run", lambda out, feed: sizes.append(len(feed["images"])) or run(out, feed),
+                        raising=False)
+    probs, boxes = backend(x)
+    whole_p, whole_b = run(None, {"images": x})
+    assert sizes == [8, 8, 4] and probs.shape == whole_p.shape and boxes.shape == whole_b.shape
+    assert np.allclose(probs, whole_p, atol=1e-6) and np.allclose(boxes, whole_b, atol=1e-6)
+    assert [len(a) for a in backend(x[:0])] == [0, 0]
+
+
 def test_onnx_describes_itself(exported):
     """What the .pt carries except the weights: a user never needs the checkpoint beside the export."""
     from tsloc.export import read_meta
