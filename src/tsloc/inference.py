@@ -158,11 +158,10 @@ class OnnxBackend:
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(images, dtype=np.uint8)
-        if self.chunk is None or len(x) <= self.chunk:
-            probs, boxes = self.session.run(None, {"images": x})
-            return probs, boxes
-        parts = [self.session.run(None, {"images": x[i:i + self.chunk]}) for i in range(0, len(x), self.chunk)]
-        return np.concatenate([p for p, _ in parts]), np.concatenate([b for _, b in parts])
+        step = self.chunk or max(len(x), 1)
+        parts = [self.session.run(None, {"images": x[i:i + step]}) for i in range(0, max(len(x), 1), step)]
+        probs, boxes = (np.concatenate(outputs) for outputs in zip(*parts))
+        return probs, boxes
 
 
 def load_backend(path: str | Path, device="cpu", source=None):
