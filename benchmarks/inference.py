@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tsloc.inference import TorchBackend, load_backend
-from tsloc.model import load_model
+from tsloc.backend import load_backend
+from tsloc.checkpoint import load as load_model
+from tsloc.inference import TorchBackend
 from tsloc.predict import predict_files
 
 

@@ -2,11 +2,11 @@
 
     python benchmarks/loop.py --against cd33afd~1 [--repeats 3] [--images 256 --size 96]
 
-Each repeat times, in fresh processes taking turns, this tree's `tsloc.training.fit` and the one at
+Each repeat times, in fresh processes taking turns, this tree's `fit` (tsloc.loop) and the one at
 `--against` (its src/ from `git archive`) on the same synthetic images: the frozen recipe's cached
 features (the default pipeline's train stage) and the best recipe's image path (8 blocks fine-tuned,
-spatial box head, augmentation). Prints the medians and the ratio new / old. The child supports the
-fit API of before and after the typed TrainConfig (issue 15).
+spatial box head, augmentation). Prints the medians and the ratio new / old. The child supports each
+fit API the project has had (see `child`).
 """
 from __future__ import annotations
 
@@ -26,28 +26,37 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def child(images: int, size: int) -> dict:
+    """Time both cases in this process with whichever `fit` API the tree on PYTHONPATH has: tsloc.loop's
+    (train.* params, since issue 25), tsloc.training's typed TrainConfig (issue 15), or the one before."""
     import numpy as np
     import torch
 
     from tsloc.boxes import make_valid
     from tsloc.model import SignNet, build_model
-    import tsloc.training as T
+    try:
+        from tsloc import batches as T, loop
+        from tsloc.params import TrainParams
+    except ImportError:
+        import tsloc.training as T
+        loop = TrainParams = None
 
     rng = np.random.default_rng(0)
     store = rng.integers(0, 256, (images, size, size, 3), dtype=np.uint8)
     labels = torch.as_tensor(rng.integers(0, 62, images))
     boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (images, 4)), dtype=torch.float32))
-    new_api = hasattr(T, "TrainConfig")
 
     def source(net, *a):
         return T.images_source(*a) if "model" not in inspect.signature(T.images_source).parameters else \
             T.images_source(net, *a)
 
-    def run(net, subsets, generator=None, **kw):
-        if new_api:
-            cfg = {("loss" if k == "loss_cfg" else k): v for k, v in kw.items()}
-            return T.fit(net, subsets, T.TrainConfig(**cfg), generator=generator)
-        return T.fit(net, subsets, generator=generator, **kw)
+    def run(net, subsets, generator=None, box="l1", balance="learned", keep="best", **kw):
+        if loop is not None:
+            train = TrainParams(box_loss=box, loss_balance=balance, keep=keep, **kw)
+            return loop.fit(net, subsets, train, image_size=size, generator=generator)
+        loss_cfg = T.LossConfig(size, box, balance)
+        if hasattr(T, "TrainConfig"):
+            return T.fit(net, subsets, T.TrainConfig(num_classes=62, loss=loss_cfg, keep=keep, **kw), generator=generator)
+        return T.fit(net, subsets, generator=generator, num_classes=62, loss_cfg=loss_cfg, keep=keep, **kw)
 
     out = {}
     # The default pipeline: heads on cached pooled features, 20 epochs.
@@ -58,7 +67,7 @@ def child(images: int, size: int) -> dict:
     subsets = {"train": T.Batches(T.features_source(feats[:n], boxes[:n], "cpu"), labels[:n], boxes[:n]),
                "valid": T.Batches(T.features_source(feats[n:], boxes[n:], "cpu"), labels[n:], boxes[n:])}
     t = time.perf_counter()
-    run(net, subsets, epochs=20, batch_size=32, seed=0, num_classes=62, loss_cfg=T.LossConfig(size))
+    run(net, subsets, epochs=20, batch_size=32, seed=0)
     out["frozen, cached features (20 epochs)"] = time.perf_counter() - t
     # The best recipe's image path, 2 epochs.
     torch.manual_seed(0)
@@ -68,8 +77,7 @@ def child(images: int, size: int) -> dict:
     subsets = {"train": T.Batches(source(net, store[:n], boxes[:n], "cpu", aug, g), labels[:n], boxes[:n]),
                "valid": T.Batches(source(net, store[n:], boxes[n:], "cpu"), labels[n:], boxes[n:])}
     t = time.perf_counter()
-    run(net, subsets, epochs=2, batch_size=32, seed=0, num_classes=62, generator=g,
-        loss_cfg=T.LossConfig(size, "l1+giou", "fixed"), keep="last")
+    run(net, subsets, epochs=2, batch_size=32, seed=0, generator=g, box="l1+giou", balance="fixed", keep="last")
     out["fine-tuned, augmented images (2 epochs)"] = time.perf_counter() - t
     return out
 

@@ -41,7 +41,8 @@ from PIL import Image
 
 import importlib
 from tsloc.data.belgiumtsc import NUM_CLASSES, SPLITS, read_dataset
-from tsloc.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+from tsloc.backbone import IMAGENET_MEAN, IMAGENET_STD
+from tsloc.model import build_model
 
 
 def notebook_frame(root: Path) -> pd.DataFrame:
@@ -155,8 +156,12 @@ def timed(step, device: torch.device, repeats: int = 1) -> float:
 def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2) -> None:
     """Training and inference throughput on `device` at fp32 and at the precision auto chooses."""
     from tsloc.boxes import make_valid
-    from tsloc.training import (Batches, LossConfig, Objective, Runtime, evaluate, images_source, make_optimizer,
-                                OptimConfig, resolve_precision, select_device, train_one_epoch)
+    from tsloc.batches import Batches, images_source
+    from tsloc.loop import evaluate, make_optimizer, train_one_epoch
+    from tsloc.losses import Objective
+    from tsloc.params import TrainParams
+    from tsloc.device import select_device
+    from tsloc.runtime import Runtime, resolve_precision
     dev = select_device(device)
     rng = np.random.default_rng(0)
     store = rng.integers(0, 256, (images, size, size, 3), dtype=np.uint8)
@@ -174,13 +179,12 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
         gen = torch.Generator().manual_seed(0)
         train = Batches(images_source(store, boxes, dev, aug, gen), labels, boxes)
         plain = Batches(images_source(store, boxes, dev), labels, boxes)
-        loss = LossConfig(size, "l1+giou", "fixed")
-        net = Objective(model, torch.ones(NUM_CLASSES, device=dev), None, loss)
-        optimizer, _ = make_optimizer(model, OptimConfig(lr=1e-3, optimizer="adamw"), images // batch, epochs)
+        net = Objective(model, torch.ones(NUM_CLASSES), image_size=size, box_loss="l1+giou", balance="fixed").to(dev)
+        optimizer, _ = make_optimizer(net, TrainParams(lr=1e-3, optimizer="adamw", epochs=epochs), images // batch)
         scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
-        train_s = timed(lambda: train_one_epoch(net, model, train, loss, batch, optimizer, rt, scaler=scaler,
+        train_s = timed(lambda: train_one_epoch(net, net, train, batch, optimizer, rt, scaler=scaler,
                                                 generator=gen), dev, epochs)
-        infer_s = timed(lambda: evaluate(model, plain, loss, batch, rt), dev)
+        infer_s = timed(lambda: evaluate(net, plain, batch, rt), dev)
         print(f"{precision}: training {epochs * images / train_s:.0f} images/s, inference {images / infer_s:.0f} "
               f"images/s")
 
@@ -225,7 +229,7 @@ def main() -> int:
     meta, _ = read_dataset(data)
     store_t = time.perf_counter()
     from tsloc.data.store import build_store
-    from tsloc.training import compute_features
+    from tsloc.features import compute_features
     model = build_model(args.backbone, "none", NUM_CLASSES, image_size=args.size)
     store = build_store(meta, args.size)
     decode = time.perf_counter() - store_t

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this tree's code, also in a queued copy
-from tsloc.cli import main  # noqa: E402
+from tsloc.guard import stage_main  # noqa: E402
+from tsloc.pipeline.export import run  # noqa: E402
 
-sys.exit(main(["export"]))
+sys.exit(stage_main("export", run))

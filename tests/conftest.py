@@ -79,3 +79,95 @@ def shared_data_dir() -> Path | None:
     """The lossless copy of the real data (../shared/data/belgiumtsc), or $BELGIUMTSC_SHARED."""
     path = Path(os.environ.get("BELGIUMTSC_SHARED", REPO.parent / "shared" / "data" / "belgiumtsc"))
     return path if (path / "restore.py").exists() else None
+
+
+# --- Shared helpers of the model, training and inference tests (imported from here, not across test modules).
+
+STUB_BOX = (0.1, 0.2, 0.6, 0.9)
+STUB_NAMES = [f"class {i}" for i in range(62)]
+
+
+def stub_model(path, image_size=64, winner=3):
+    """A real checkpoint whose heads ignore the image: class `winner` first, class i+1 next, and STUB_BOX."""
+    import torch
+
+    from tsloc import checkpoint
+    from tsloc.model import build_model
+    net = build_model("mobilenet_v2", "none", len(STUB_NAMES), image_size=image_size).eval()
+    with torch.no_grad():
+        net.classifier[1].weight.zero_()
+        net.classifier[1].bias.copy_(-torch.arange(62, dtype=torch.float32) * 0.1)
+        net.classifier[1].bias[winner] = 5.0
+        net.start_boxes_at(torch.tensor(STUB_BOX))
+    checkpoint.save(path, checkpoint.make(net, net.state_dict(), backbone="mobilenet_v2", image_size=image_size,
+                                          class_names=STUB_NAMES, epoch=1, loss_weight=100.0))
+    return path
+
+
+def tiny_data(n=40, size=48, seed=0):
+    """n random uint8 images, labels of 3 classes and valid relative boxes."""
+    import torch
+
+    from tsloc.boxes import make_valid
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    labels = torch.as_tensor(rng.integers(0, 3, n))
+    boxes = make_valid(torch.as_tensor(rng.uniform(0.05, 0.95, (n, 4)), dtype=torch.float32))
+    return images, labels, boxes
+
+
+def feature_subsets(seed=2, n=40, split_at=30):
+    """train / valid subsets of random 1280-wide features (the cached path) for 3 classes."""
+    from tsloc.batches import Batches, features_source
+    _, labels, boxes = tiny_data(n=n)
+    feats = np.random.default_rng(seed).normal(size=(n, 1280)).astype(np.float32)
+    return {"train": Batches(features_source(feats[:split_at], boxes[:split_at], "cpu"), labels[:split_at],
+                             boxes[:split_at]),
+            "valid": Batches(features_source(feats[split_at:], boxes[split_at:], "cpu"), labels[split_at:],
+                             boxes[split_at:])}
+
+
+def heads_only(num_classes=3, seed=0):
+    """A SignNet without a backbone (it takes pooled 1280-wide features), seeded."""
+    import torch
+
+    from tsloc.model import SignNet
+    torch.manual_seed(seed)
+    return SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=num_classes)
+
+
+def compose(output: Path, conf: Path, overrides: list[str]) -> dict:
+    """Write what `dvc exp run -S ...` writes to params.yaml, with DVC's function; return it."""
+    import yaml
+    from dvc.utils.hydra import compose_and_dump
+    compose_and_dump(output, str(Path(conf).resolve()), None, "config", str(Path(conf).resolve()), overrides)
+    return yaml.safe_load(Path(output).read_text())
+
+
+def random_model(tmp_path, box="pooled"):
+    """A random MobileNetV2 model with non-trivial box heads, saved and read back: (model, checkpoint)."""
+    import torch
+
+    from tsloc import checkpoint
+    from tsloc.model import build_model
+    torch.manual_seed(0)
+    net = build_model("mobilenet_v2", "none", len(STUB_NAMES), image_size=64, box=box).eval()
+    with torch.no_grad():  # non-trivial heads
+        net.box[-1].weight.normal_(0, 0.05)
+        net.box[-1].bias.copy_(torch.tensor([10.0, 12.0, 50.0, 55.0]))
+    path = tmp_path / "m.pt"
+    checkpoint.save(path, checkpoint.make(net, net.state_dict(), backbone="mobilenet_v2", image_size=64,
+                                          class_names=STUB_NAMES, epoch=1, loss_weight=100.0))
+    return checkpoint.load(path)
+
+
+def reference_answers(model, ckpt, x):
+    """What an export must answer for uint8 images (N, S, S, 3), computed by hand from the checkpoint."""
+    import torch
+
+    from tsloc.boxes import make_valid
+    mean = torch.tensor(ckpt["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(ckpt["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits, boxes = model((x.permute(0, 3, 1, 2).float() / 255 - mean) / std)
+    return torch.softmax(logits, 1), make_valid(boxes)

@@ -1,5 +1,5 @@
 """One rank of the 2-process test (tests/test_distributed.py), started by torchrun or alone: `fit`
-on small learnable features through `tsloc.training.runtime`, recording which rows each pass fetched,
+on small learnable features through `tsloc.runtime.runtime`, recording which rows each pass fetched,
 then the results as JSON (one file per rank) in argv[1]."""
 import json
 import sys
@@ -10,7 +10,10 @@ import torch
 
 from tsloc.boxes import make_valid
 from tsloc.model import SignNet
-from tsloc.training import Batches, LossConfig, OptimConfig, TrainConfig, features_source, fit, runtime
+from tsloc.batches import Batches, features_source
+from tsloc.loop import fit
+from tsloc.params import TrainParams
+from tsloc.runtime import runtime
 
 processes = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 rt = runtime("cpu", "fp32", processes)
@@ -36,9 +39,8 @@ torch.manual_seed(0)
 model = SignNet(torch.nn.Sequential(torch.nn.Identity()), 64, num_classes=classes, dropout=0.0)
 model.start_boxes_at(boxes[:64].mean(0))
 history = []
-cfg = TrainConfig(epochs=4, batch_size=16, seed=1, num_classes=classes, loss=LossConfig(64, balance="fixed"),
-                  optim=OptimConfig(lr=0.01), weighting="none", keep="last")
-best = fit(model, subsets, cfg, rt=rt, log=lambda epoch, row: history.append(row))
+train = TrainParams(epochs=4, batch_size=16, seed=1, loss_balance="fixed", lr=0.01, class_weights="none", keep="last")
+best = fit(model, subsets, train, image_size=64, rt=rt, log=lambda epoch, row, _: history.append(row))
 weights = {k: v.flatten()[:8].tolist() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
 out = Path(sys.argv[1]) / f"rank{rt.world.rank}.json"
 out.write_text(json.dumps({"rank": rt.world.rank, "size": rt.world.size, "seen": seen, "history": history,

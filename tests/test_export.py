@@ -12,9 +12,11 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from test_predict import BOX, NAMES, _random_model, _reference, _stub
+from conftest import STUB_BOX as BOX, STUB_NAMES as NAMES, random_model, reference_answers, stub_model as _stub
 from tsloc.errors import ModelFileError
-from tsloc.inference import OnnxBackend, TorchBackend, load_backend
+from tsloc.backend import load_backend
+from tsloc.inference import TorchBackend
+from tsloc.onnxrt import OnnxBackend
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +24,7 @@ def exported(tmp_path_factory):
     """A random model with non-trivial heads (spatial box head), its checkpoint and its fp32 ONNX file."""
     from tsloc.export import export
     root = tmp_path_factory.mktemp("export")
-    model, ckpt = _random_model(root, box="spatial")
+    model, ckpt = random_model(root, box="spatial")
     return model, ckpt, export(model, ckpt, "onnx", root / "model.onnx")
 
 
@@ -32,7 +34,7 @@ def test_onnx_gives_the_pytorch_answers(exported):
     model, ckpt, path = exported
     x = torch.randint(0, 256, (200, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     probs, boxes = OnnxBackend(path)(x.numpy())
-    ref_p, ref_b = _reference(model, ckpt, x)
+    ref_p, ref_b = reference_answers(model, ckpt, x)
     assert (probs.argmax(1) == ref_p.argmax(1).numpy()).mean() >= 0.999
     assert np.abs(boxes - ref_b.numpy()).max() <= 1e-5 and np.abs(probs - ref_p.numpy()).max() <= 1e-5
     assert probs.shape == (200, len(NAMES)) and np.allclose(probs.sum(1), 1, atol=1e-5)
@@ -57,7 +59,7 @@ def test_onnx_on_the_cpu_runs_in_chunks_with_the_same_answers(exported, monkeypa
 
 def test_onnx_describes_itself(exported):
     """What the .pt carries except the weights: a user never needs the checkpoint beside the export."""
-    from tsloc.export import read_meta
+    from tsloc.onnxrt import read_meta
     _, ckpt, path = exported
     meta = read_meta(path)
     assert {k: v for k, v in meta.items() if k != "export"} == json.loads(json.dumps(
@@ -151,7 +153,7 @@ def test_export_stage_writes_both_files_and_their_scores(stage):
 def test_int8_keeps_a_clear_answer_and_says_how_it_was_made(stage):
     """int8 must keep the stub's answer; the file is about a quarter of the fp32 one and records its
     calibration (export.calibration_images of the training rows, export.seed)."""
-    from tsloc.export import read_meta
+    from tsloc.onnxrt import read_meta
     fp32, int8 = stage / "models" / "model.onnx", stage / "models" / "model.int8.onnx"
     meta = read_meta(int8)["export"]
     assert meta["precision"] == "int8" and meta["calibration_images"] == 8 and meta["calibration_seed"] == 3
@@ -210,7 +212,8 @@ def test_the_normalisation_folded_into_the_first_convolution_changes_nothing(bac
     padding matters most), and the trained model is left as it was."""
     import copy
     from tsloc.inference import Predictor
-    from tsloc.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from tsloc.backbone import IMAGENET_MEAN, IMAGENET_STD
+    from tsloc.model import build_model
     torch.manual_seed(0)
     net = build_model(backbone, "none", len(NAMES), image_size=64, box="spatial").eval()
     bn = next(m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -226,7 +229,7 @@ def test_the_normalisation_folded_into_the_first_convolution_changes_nothing(bac
         probs, boxes = folded(x)
         # the first two blocks' feature maps (the stem convolution and its BatchNorm, and one more), border included
         assert torch.allclose(folded.model.backbone[:2](raw), net.backbone[:2]((raw / 255 - mean) / std), atol=1e-4)
-    ref_p, ref_b = _reference(net, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}, x)
+    ref_p, ref_b = reference_answers(net, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}, x)
     assert torch.allclose(probs, ref_p, atol=1e-5) and torch.allclose(boxes, ref_b, atol=1e-5)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
@@ -237,7 +240,8 @@ def test_the_box_pooling_folded_into_its_convolution_changes_nothing(size, folde
     (2, stride 1): pooling and the 1x1 convolution become one 2x2 convolution, with the same answers.
     At 64 px (2 x 2 to 4 x 4: windows that repeat cells) the adaptive pooling stays."""
     from tsloc.inference import Predictor
-    from tsloc.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from tsloc.backbone import IMAGENET_MEAN, IMAGENET_STD
+    from tsloc.model import build_model
     torch.manual_seed(0)
     net = build_model("mobilenet_v2", "none", len(NAMES), image_size=size, box="spatial").eval()
     for m in net.modules():  # BatchNorm statistics of random images: else a random network's features are ~0
@@ -253,16 +257,16 @@ def test_the_box_pooling_folded_into_its_convolution_changes_nothing(size, folde
     x = torch.randint(0, 256, (8, size, size, 3), dtype=torch.uint8)
     with torch.no_grad():
         probs, boxes = predictor(x)
-    ref_p, ref_b = _reference(net, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}, x)
+    ref_p, ref_b = reference_answers(net, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}, x)
     assert ref_b.std(0).max() > 1e-2  # boxes that differ between images: the head is really tested
     assert torch.allclose(probs, ref_p, atol=1e-5) and torch.allclose(boxes, ref_b, atol=1e-5)
 
 
 def test_torch_backend_is_the_predictor_module(tmp_path):
     """The .pt backend answers uint8 images as the hand-written reference does (normalisation inside)."""
-    from tsloc.model import load_model
-    model, ckpt = load_model(_stub(tmp_path / "stub.pt"))
+    from tsloc import checkpoint
+    model, ckpt = checkpoint.load(_stub(tmp_path / "stub.pt"))
     x = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
     probs, boxes = TorchBackend(model, ckpt)(x.numpy())
-    ref_p, ref_b = _reference(model, ckpt, x)
+    ref_p, ref_b = reference_answers(model, ckpt, x)
     assert np.allclose(probs, ref_p.numpy(), atol=1e-6) and np.allclose(boxes, ref_b.numpy(), atol=1e-6)

@@ -27,8 +27,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import run_cli
-from test_predict import _stub
+from conftest import run_cli, stub_model as _stub
 
 
 @pytest.fixture

@@ -10,8 +10,10 @@ from tsloc.augment import augment, photometric
 from tsloc.boxes import make_valid
 from tsloc.errors import DataError
 from tsloc.model import SignNet, build_model
-from tsloc.training import (Batches, LossConfig, Runtime, TrainConfig, features_source, fit, images_source,
-                            place_store, resolve_precision)
+from tsloc.batches import Batches, features_source, images_source, place_store
+from tsloc.loop import fit
+from tsloc.params import TrainParams
+from tsloc.runtime import Runtime, resolve_precision
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -47,8 +49,8 @@ def test_bf16_mixed_precision_trains_like_fp32_on_the_cpu():
         torch.manual_seed(0)
         net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 32, num_classes=3, dropout=0.0)
         history = []
-        fit(net, subsets, TrainConfig(epochs=6, batch_size=8, seed=0, num_classes=3, loss=LossConfig(48)),
-            rt=Runtime(torch.device("cpu"), precision), log=lambda e, row: history.append(row))
+        fit(net, subsets, TrainParams(epochs=6, batch_size=8, seed=0), image_size=48,
+            rt=Runtime(torch.device("cpu"), precision), log=lambda e, row, _: history.append(row))
         ends[precision] = history[-1]["valid"]
         assert all(np.isfinite(r["train"]["loss"]) for r in history)
     assert ends["bf16"]["loss"] == pytest.approx(ends["fp32"]["loss"], rel=0.05), ends
@@ -109,6 +111,6 @@ def test_cuda_fit_with_auto_precision_learns():
             "valid": Batches(images_source(images[30:], all_boxes[30:], device), labels[30:], all_boxes[30:])}
     rt = Runtime(device, resolve_precision("auto", device))
     history = []
-    fit(net, data, TrainConfig(epochs=2, batch_size=8, seed=0, num_classes=3, loss=LossConfig(64, "l1+giou", "fixed")),
-        rt=rt, log=lambda e, row: history.append(row))
+    fit(net, data, TrainParams(epochs=2, batch_size=8, seed=0, box_loss="l1+giou", loss_balance="fixed"), image_size=64,
+        rt=rt, log=lambda e, row, _: history.append(row))
     assert rt.precision in ("bf16", "fp16") and all(np.isfinite(r["train"]["loss"]) for r in history)

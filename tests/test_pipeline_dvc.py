@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, compose
 from tsloc.params import leaf_keys
-from test_recipes import compose
 
 BIN = Path(sys.executable).parent
 

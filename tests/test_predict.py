@@ -13,27 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
-from tsloc.inference import load_backend
-from tsloc.model import build_model, load_model
-from tsloc.training import checkpoint
-
-BOX = (0.1, 0.2, 0.6, 0.9)
-NAMES = [f"class {i}" for i in range(62)]
-
-
-def _stub(path, image_size=64, winner=3):
-    """A real checkpoint whose heads ignore the image: class `winner` first, class i+1 next, and BOX."""
-    net = build_model("mobilenet_v2", "none", len(NAMES), image_size=image_size).eval()
-    with torch.no_grad():
-        net.classifier[1].weight.zero_()
-        net.classifier[1].bias.copy_(-torch.arange(62, dtype=torch.float32) * 0.1)
-        net.classifier[1].bias[winner] = 5.0
-        net.start_boxes_at(torch.tensor(BOX))
-    torch.save(checkpoint(net, net.state_dict(), backbone="mobilenet_v2", image_size=image_size,
-                          class_names=NAMES, epoch=1), path)
-    return path
-
+from conftest import STUB_BOX as BOX, random_model, reference_answers, run_cli, stub_model as _stub
+from tsloc.backend import load_backend
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
@@ -103,39 +84,17 @@ def test_missing_and_incompatible_model(images, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def _random_model(tmp_path, box="pooled"):
-    torch.manual_seed(0)
-    net = build_model("mobilenet_v2", "none", len(NAMES), image_size=64, box=box).eval()
-    with torch.no_grad():  # non-trivial heads
-        net.box[-1].weight.normal_(0, 0.05)
-        net.box[-1].bias.copy_(torch.tensor([10.0, 12.0, 50.0, 55.0]))
-    path = tmp_path / "m.pt"
-    torch.save(checkpoint(net, net.state_dict(), backbone="mobilenet_v2", image_size=64, class_names=NAMES,
-                          epoch=1), path)
-    return load_model(path)
-
-
-def _reference(model, ckpt, x):
-    """What an export must answer for uint8 images (N, S, S, 3), computed by hand from the checkpoint."""
-    from tsloc.boxes import make_valid
-    mean = torch.tensor(ckpt["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(ckpt["std"]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        logits, boxes = model((x.permute(0, 3, 1, 2).float() / 255 - mean) / std)
-    return torch.softmax(logits, 1), make_valid(boxes)
-
-
 @pytest.mark.slow  # torch.export traces the whole network (about 10 s each)
 @pytest.mark.parametrize("box", ["pooled", "spatial"])
 def test_export_pt2_matches_pytorch(tmp_path, box):
     from tsloc.export import export
-    model, ckpt = _random_model(tmp_path, box)
+    model, ckpt = random_model(tmp_path, box)
     assert ckpt["box_head"] == box and model.box_kind == box
     path = export(model, ckpt, "pt2", tmp_path / "m.pt2")
     program = torch.export.load(str(path)).module()
     x = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
     probs, boxes = program(x)
-    ref_p, ref_b = _reference(model, ckpt, x)
+    ref_p, ref_b = reference_answers(model, ckpt, x)
     assert torch.equal(probs.argmax(1), ref_p.argmax(1))
     assert torch.allclose(probs, ref_p, atol=1e-5) and torch.allclose(boxes, ref_b, atol=1e-5)
 
@@ -207,7 +166,7 @@ def test_a_symlink_loop_does_not_trap_the_walk(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_asked_for_without_cuda_is_one_clear_error(images, tmp_path):
     from tsloc.errors import DataError
-    from tsloc.training import select_device
+    from tsloc.device import select_device
     with pytest.raises(DataError, match=r"device 'cuda': CUDA is not available on this machine"):
         select_device("cuda")
     assert select_device("auto").type == "cpu" and select_device("cpu").type == "cpu"

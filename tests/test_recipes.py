@@ -7,17 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, compose
 from tsloc.params import flatten, load_params
 
 RECIPES = sorted((REPO / "conf" / "recipe").glob("*.yaml"))
-
-
-def compose(output: Path, conf: Path, overrides: list[str]) -> dict:
-    """Write what `dvc exp run -S ...` writes to params.yaml, with DVC's function; return it."""
-    from dvc.utils.hydra import compose_and_dump
-    compose_and_dump(output, str(Path(conf).resolve()), None, "config", str(Path(conf).resolve()), overrides)
-    return yaml.safe_load(Path(output).read_text())
 
 
 def _base() -> dict:

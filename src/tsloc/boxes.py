@@ -7,6 +7,7 @@ all share one frame.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -37,3 +38,11 @@ def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     area = lambda x: (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0)  # noqa: E731
     union = area(a) + area(b) - inter
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
+
+
+def relative_boxes(table) -> torch.Tensor:
+    """A table's pixel boxes (columns left, top, right, bottom, width, height: the metadata's) in
+    the tensor frame."""
+    b = torch.tensor(table[["left", "top", "right", "bottom"]].to_numpy(np.float64))
+    w, h = (torch.tensor(table[c].to_numpy(np.float64)) for c in ("width", "height"))
+    return to_relative(b, w, h).float()

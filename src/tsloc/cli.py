@@ -1,157 +1,183 @@
-"""`tsloc`: the console entry point. One subcommand per pipeline stage (what dvc.yaml runs), plus tools.
+"""`tsloc`: the command line. The pipeline's stages (what dvc.yaml runs through stages/), and the
+tools around a trained model: predict, evaluate --model, export one file, compare, cv, synthetic.
 
-Bad input ends with one clear line on stderr and exit status 2, not a traceback.
+Each subcommand is one function; `build_parser` says what each takes. A usage error (an argument
+out of its range) shows the usage; bad input, params and model files end with one line on stderr
+and exit status 2 (tsloc.guard), not a traceback.
 """
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
-import json
-import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-from .errors import LOST_RANK, DataError, DiskFull, ExportError, ModelFileError, WeightsError
-from .params import ParamsError
+from .errors import UsageError
+from .guard import guarded, print_json
+from .paths import INT8, METADATA, MODEL, ONNX, RESUME, SPLIT_TABLE
 
-DEFAULT_MODEL = "models/model.pt"
-# What to lower when the GPU runs out of memory, per command.
-OUT_OF_MEMORY = {"train": "a smaller train.batch_size (dvc exp run -S train.batch_size=16), or a smaller data.image_size",
-                 "features": "the CPU (-S train.device=cpu): features runs once",
-                 "predict": "a smaller --batch-size (e.g. --batch-size 8)"}
-STAGES = ("ingest", "split", "features", "train", "evaluate", "export", "visualize")
+STAGES = {
+    "ingest": f"read the data set (data.source, data.format) into {METADATA} and the class list",
+    "split": f"split {METADATA} into train / valid / test ({SPLIT_TABLE})",
+    "features": "decode every image once into data/features/ and compute the frozen backbone's features",
+    "train": f"train the model; {MODEL} is the checkpoint train.keep names (best: the lowest validation loss; "
+             f"last: the final epoch); an interrupted run continues from {RESUME}",
+    "evaluate": "metrics/evaluate.json, reports/, the per-class table and models/MODEL_CARD.md "
+                "(with --model: score any model file, write nothing)",
+    "export": f"{ONNX} and {INT8} for ONNX Runtime, checked against the PyTorch model "
+              "(reports/export.json); with --format, --quantize, --model or --out: one file",
+    "visualize": "the training history and the galleries of training and test images under plots/",
+}
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
 
 
-def _print(obj) -> None:
-    print(json.dumps(obj, indent=2))
+def _version() -> str:
+    try:
+        return version("tsloc")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsloc", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("ingest", help="read the data set (data.source, data.format) into data/metadata.csv")
-    sub.add_parser("split", help="split data/metadata.csv into train/valid/test (data/split.csv)")
-    sub.add_parser("features", help="decode images once into data/features/ and compute backbone features")
-    sub.add_parser("train", help="train the heads; best validation checkpoint to models/model.pt")
-    ev = sub.add_parser("evaluate", help="metrics/evaluate.json, per-class table, confusion data")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="the parameters file the stages read (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stages = {name: sub.add_parser(name, help=text, description=text) for name, text in STAGES.items()}
+    ev = stages["evaluate"]
     ev.add_argument("--model", metavar="FILE", help="only score this model file (.pt or .onnx) on the validation and "
                                                     "test images, print the metrics, write nothing")
-    ev.add_argument("--device", default="cpu", help="with --model: cpu (default), auto or cuda")
-    sub.add_parser("visualize", help="history, training gallery and prediction gallery under plots/")
-    pred = sub.add_parser("predict", help="classes and boxes for image files and folders (recursively)")
-    pred.add_argument("paths", nargs="+", metavar="PATH")
-    pred.add_argument("--model", help=f"a model file: .pt (PyTorch) or .onnx (ONNX Runtime, fp32 or int8) "
-                                      f"(default: {DEFAULT_MODEL}, the pipeline's; which one it is goes to stderr)")
-    pred.add_argument("--top-k", type=int, default=5)
-    pred.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    pred.add_argument("--draw", metavar="DIR", help="also write each image with its box and label to DIR")
-    pred.add_argument("--batch-size", type=int, default=32, help="images per inference call (1 to 256)")
-    pred.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    exp = sub.add_parser("export", help="models/model.onnx and models/model.int8.onnx for ONNX Runtime, checked "
-                                        "against the PyTorch model (reports/export.json); with options, one file")
-    exp.add_argument("--format", choices=("onnx", "pt2"), help="one file: ONNX or torch.export's .pt2")
+    ev.add_argument("--device", default="cpu", help=f"with --model: {DEVICE_HELP} (default: cpu)")
+    exp = stages["export"]
+    exp.add_argument("--format", choices=("onnx", "pt2"), help="one file: ONNX or torch.export's .pt2 (default: onnx)")
     exp.add_argument("--quantize", choices=("int8",), help="with --format onnx: static int8, calibrated on training "
                      "images of this pipeline's image store (export.calibration_images, export.seed)")
-    exp.add_argument("--model", help=f"the model to export (default: {DEFAULT_MODEL})")
-    exp.add_argument("--out", help="output file (default: models/model.onnx, .int8.onnx or .pt2)")
-    cmp = sub.add_parser("compare", help="score experiments on validation images none of them trained on "
-                                         "(one experiment's validation set)")
+    exp.add_argument("--model", metavar="FILE", help=f"the checkpoint to export (default: {MODEL})")
+    exp.add_argument("--out", metavar="FILE", help="the output file (default: beside the checkpoint, its suffix "
+                     "replaced by .onnx, .int8.onnx or .pt2)")
+
+    pred = sub.add_parser("predict", help="classes and boxes for image files and folders (recursively)",
+                          description="Name the sign in each image (a crop holding one sign) and box it: one JSON "
+                                      "line (or CSV row) per image, boxes in pixels of the upright image.")
+    pred.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    pred.add_argument("--model", metavar="FILE", help=f"a model file: .pt (PyTorch) or .onnx (ONNX Runtime, fp32 or "
+                      f"int8) (default: {MODEL}, the pipeline's; which one it is goes to stderr)")
+    pred.add_argument("--top-k", type=int, default=5, metavar="K",
+                      help="how many of the most probable classes each answer lists (default: 5)")
+    pred.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                      help="jsonl: one JSON object per image; csv: a header, then one row per image (default: jsonl)")
+    pred.add_argument("--draw", metavar="DIR", help="also write each image with its box and label to DIR")
+    pred.add_argument("--batch-size", type=int, default=32, help="images per inference call, 1 to 256 (default: 32)")
+    pred.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+
+    cmp = sub.add_parser("compare", help="score experiments on validation images none of them trained on")
     cmp.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions")
     cmp.add_argument("--on", required=True, metavar="REF",
                      help="the experiment whose validation images are used (the one with the smallest share)")
     cmp.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
-    cmp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    cmp.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
     cv = sub.add_parser("cv", help="pool cross-validation runs (split.folds) into one row per configuration")
     cv.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions, "
                     "every fold of each configuration")
     cv.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
     gen = sub.add_parser("synthetic", help="write a synthetic data set in a format's layout to a folder")
-    gen.add_argument("out")
-    gen.add_argument("--size", type=int, default=1800)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--format", choices=("belgiumtsc", "gtsrb", "manifest"), default="belgiumtsc")
-    args = parser.parse_args(argv)
-    ranked = int(os.environ.get("WORLD_SIZE", "1")) > 1  # one of torchrun's ranks: say which one speaks
-    name = f"tsloc {args.command}" + (f" (rank {os.environ.get('RANK', '?')})" if ranked else "")
+    gen.add_argument("out", metavar="DIR", help="the folder to write")
+    gen.add_argument("--size", type=int, default=1800, help="images in all (default: 1800)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    gen.add_argument("--format", choices=("belgiumtsc", "gtsrb", "manifest"), default="belgiumtsc",
+                     help="the layout written (default: belgiumtsc)")
+    for name, subparser in sub.choices.items():  # a usage error shows the subcommand's own usage
+        subparser.set_defaults(subparser=subparser)
+    return parser
 
+
+def stage(args) -> int | None:
+    """One stage, as DVC runs it (its module imports only what that stage uses: dvc.yaml's deps)."""
+    result = importlib.import_module(f"{__package__}.pipeline.{args.command}").run(args.params)
+    if result is not None:  # None: a rank other than 0 of a distributed train
+        print_json(result)
+
+
+def evaluate(args) -> int | None:
+    if not args.model:
+        return stage(args)
+    from .pipeline.evaluate import score
+    print_json(score(args.model, args.device))
+
+
+def export(args) -> int | None:
+    if not (args.format or args.quantize or args.model or args.out):
+        return stage(args)
+    from .pipeline.export import export_one
+    print(export_one(args.params, args.model or str(MODEL), args.format or "onnx", args.quantize, args.out))
+
+
+def predict(args) -> int:
+    from .backend import load_backend
+    from .predict import NoImages, predict_files
+    from .device import select_device
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, not {args.top_k}")
+    backend = load_backend(args.model or MODEL, select_device(args.device))
+    if args.model is None:  # say which model answers: after the Quickstart, the synthetic data's
+        from .checkpoint import one_line
+        print(f"tsloc predict: {MODEL}: {one_line(backend.meta)}", file=sys.stderr)
     try:
-        if args.command == "evaluate" and args.model:
-            from .pipeline.evaluate import score
-            _print(score(args.model, args.device))
-        elif args.command == "export" and (args.format or args.quantize or args.model or args.out):
-            from .pipeline.export import export_one
-            print(export_one(args.params, args.model or DEFAULT_MODEL, args.format or "onnx", args.quantize, args.out))
-        elif args.command in STAGES:  # each stage's module imports only what that stage uses (dvc.yaml's deps)
-            result = importlib.import_module(f"{__package__}.pipeline.{args.command}").run(args.params)
-            if result is not None:  # None: a rank other than 0 of a distributed train
-                _print(result)
-        elif args.command == "predict":
-            from .inference import load_backend
-            from .predict import NoImages, predict_files
-            from .training import select_device
-            if args.top_k < 1:
-                raise DataError("--top-k must be at least 1")
-            backend = load_backend(args.model or DEFAULT_MODEL, select_device(args.device))
-            if args.model is None:  # say which model answers: after the Quickstart, the synthetic data's
-                from .model_card import one_line
-                print(f"tsloc predict: {DEFAULT_MODEL}: {one_line(backend.meta)}", file=sys.stderr)
-            try:
-                failed = predict_files(backend, args.paths, top_k=args.top_k, fmt=args.format, draw_dir=args.draw,
-                                       batch_size=args.batch_size)
-            except NoImages as exc:
-                print(f"tsloc predict: {exc}", file=sys.stderr)
-                return 1
-            if failed:
-                print(f"tsloc predict: {failed} file(s) could not be read", file=sys.stderr)
-                return 1
-        elif args.command in ("compare", "cv"):
-            from .compare import compare, cross_validation, load_runs
-            from .io import write_csv
-            from .training import select_device
-            if args.command == "compare":
-                table = compare(args.experiments, args.on, select_device(args.device))
-            else:
-                table = cross_validation(load_runs(args.experiments))
-            print(table.to_string(index=False))
-            if args.csv:
-                write_csv(args.csv, table)
-        elif args.command == "synthetic":
-            from pathlib import Path
-
-            from .data.synthetic import generate
-            generate(Path(args.out), size=args.size, seed=args.seed, fmt=args.format)
-    except (DataError, ParamsError, WeightsError, ModelFileError, ExportError, DiskFull) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # torch.OutOfMemoryError and torch.distributed's errors, without importing torch here
-        lost = type(exc).__name__ in ("DistBackendError", "DistNetworkError", "DistError") or (
-            ranked and any(w in str(exc) for w in ("gloo", "NCCL", "Connection")))
-        if lost:  # one of several ranks whose peer went away: the launcher names the one that failed
-            print(f"{name}: stopped: lost contact with another rank ({str(exc).splitlines()[0][:160]})",
-                  file=sys.stderr)
-            return LOST_RANK
-        if type(exc).__name__ != "OutOfMemoryError":
-            raise
-        lower = OUT_OF_MEMORY.get(args.command, "a smaller batch size, or the CPU (train.device: cpu)")
-        print(f"{name}: error: out of GPU memory ({str(exc).splitlines()[0][:160]}); try {lower}",
-              file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `tsloc predict ... | head`: the reader left; not an error of ours
-        sys.stdout = None
-        return 0
-    except OSError as exc:  # a full disk outside tsloc.io's writes: DVCLive's logs, predict's stdout, --draw
-        if exc.errno != errno.ENOSPC:
-            raise
-        print(f"{name}: error: {exc.filename or 'an output'}: no space left on device; free some "
-              "space and run it again", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C: outputs are written whole (temporary file, then rename) or not at all
-        saved = " (checkpoints/train.pt holds the last complete epoch: run it again to continue)" \
-            if args.command == "train" else ""
-        print(f"\n{name}: interrupted; no output was half-written{saved}", file=sys.stderr)
-        return 130
+        failed = predict_files(backend, args.paths, top_k=args.top_k, fmt=args.format, draw_dir=args.draw,
+                               batch_size=args.batch_size)
+    except NoImages as exc:
+        print(f"tsloc predict: {exc}", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"tsloc predict: {failed} file(s) could not be read", file=sys.stderr)
+        return 1
     return 0
+
+
+def compare(args) -> None:
+    from .compare import compare as run_compare
+    from .io import write_csv
+    from .device import select_device
+    _table(run_compare(args.experiments, args.on, select_device(args.device)), args.csv, write_csv)
+
+
+def cv(args) -> None:
+    from .compare import cross_validation, load_runs
+    from .io import write_csv
+    _table(cross_validation(load_runs(args.experiments)), args.csv, write_csv)
+
+
+def _table(table, csv: str | None, write_csv) -> None:
+    print(table.to_string(index=False))
+    if csv:
+        write_csv(csv, table)
+
+
+def synthetic(args) -> None:
+    from pathlib import Path
+
+    from .data.synthetic import generate
+    generate(Path(args.out), size=args.size, seed=args.seed, fmt=args.format)
+
+
+COMMANDS = {**{name: stage for name in STAGES}, "evaluate": evaluate, "export": export, "predict": predict,
+            "compare": compare, "cv": cv, "synthetic": synthetic}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    status = 0
+
+    def work():
+        nonlocal status
+        try:
+            status = COMMANDS[args.command](args) or 0
+        except UsageError as exc:  # an argument out of its range: the usage, as argparse shows it (exit 2)
+            args.subparser.error(str(exc))
+    code = guarded(args.command, work)
+    return code or status
 
 
 if __name__ == "__main__":

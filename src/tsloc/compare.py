@@ -24,9 +24,9 @@ import yaml
 from .data.table import DTYPES
 from .errors import DataError, ModelFileError
 from .evaluation import constant_box, evaluate_subset, predict_images
-from .inference import load_backend
+from .backend import load_backend
 from .params import flatten
-from .pipeline import FEATURES, MODEL, SPLIT_TABLE
+from .paths import EVALUATE_REPORT, IMAGE_STORE, INGEST_REPORT, MODEL, SPLIT_TABLE
 
 
 def _read(rev: str, path) -> io.BytesIO:
@@ -63,7 +63,7 @@ def _store_digest(rev: str) -> str:
     """The md5 that dvc.lock records for a run's image store: runs at one image size share the file."""
     lock = yaml.safe_load(_read(rev, "dvc.lock"))
     outs = lock["stages"]["features"]["outs"]
-    return next(o["md5"] for o in outs if o["path"] == str(FEATURES / "images.npy"))
+    return next(o["md5"] for o in outs if o["path"] == str(IMAGE_STORE))
 
 
 def _errors(metrics: dict) -> int:
@@ -85,7 +85,7 @@ def compare(names: list[str], reference: str, device) -> pd.DataFrame:
             raise DataError(str(exc)) from exc
         digest = _store_digest(name)
         if digest not in stores:
-            stores[digest] = np.load(_read(name, FEATURES / "images.npy"))[rows]
+            stores[digest] = np.load(_read(name, IMAGE_STORE))[rows]
         images = stores[digest]
         if images.shape[1] != ckpt["image_size"]:
             raise DataError(f"{name}: its image store holds {images.shape[1]}-px images, its model expects "
@@ -112,7 +112,7 @@ def cross_validation(runs: dict[str, dict]) -> pd.DataFrame:
     flat = {}
     for name, run in runs.items():
         if run["data"] != runs[first]["data"]:
-            raise DataError(f"{name}: read other data than {first} (their reports/ingest.json differ)")
+            raise DataError(f"{name}: read other data than {first} (their {INGEST_REPORT} differ)")
         flat[name] = flatten(run["params"])
         if not flat[name].get("split.folds"):
             raise DataError(f"{name}: not a cross-validation run (split.folds is "
@@ -149,5 +149,5 @@ def cross_validation(runs: dict[str, dict]) -> pd.DataFrame:
 def load_runs(names: list[str]) -> dict[str, dict]:
     """What `cross_validation` reads of each experiment: small files from git, no DVC cache needed."""
     return {name: {"params": yaml.safe_load(_read(name, "params.yaml")),
-                   "valid": json.load(_read(name, "reports/evaluate.json"))["valid"],
-                   "data": json.load(_read(name, "reports/ingest.json"))} for name in names}
+                   "valid": json.load(_read(name, EVALUATE_REPORT))["valid"],
+                   "data": json.load(_read(name, INGEST_REPORT))} for name in names}

@@ -100,7 +100,7 @@ def leave(world: World) -> None:
 
 
 def launch(processes: int, argv: list[str]) -> None:
-    """Run `python -m tsloc.cli <argv>` as `processes` local ranks with torchrun's launcher (what
+    """Run `python -m tsloc.pipeline <argv>` (a stage) as `processes` local ranks with torchrun's launcher (what
     `torchrun --standalone --nproc-per-node N` does), this tree's code first on the path. When a
     rank fails, torchrun stops the others (no rank waits forever in a collective) and this raises
     one message naming the rank; the rank's own message was printed above it."""
@@ -116,7 +116,7 @@ def launch(processes: int, argv: list[str]) -> None:
     # The agent logs each failure at length; the one line below says what happened and who.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
-        elastic_launch(config, entrypoint=sys.executable)("-m", "tsloc.cli", *argv)
+        elastic_launch(config, entrypoint=sys.executable)("-m", "tsloc.pipeline", *argv)
     except ChildFailedError as exc:
         # The rank that failed first, not one that stopped because it lost contact with it (exit 3).
         rank, failure = min(exc.failures.items(), key=lambda kv: (kv[1].exitcode == LOST_RANK, kv[1].timestamp))

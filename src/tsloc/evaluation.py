@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_fscore_support
 from tqdm import tqdm
 
-from .boxes import paired_iou, to_relative
+from .boxes import paired_iou, relative_boxes
 from .data.images import open_rgb
 from .data.store import to_input
 
@@ -35,13 +35,6 @@ def agreement(pred: dict, reference: dict) -> dict:
             "same_class": float((pred["probs"].argmax(1) == reference["probs"].argmax(1)).float().mean()),
             "max_probability_difference": float((pred["probs"] - reference["probs"]).abs().max()),
             "max_box_difference": float((pred["boxes"] - reference["boxes"]).abs().max())}
-
-
-def relative_boxes(df: pd.DataFrame) -> torch.Tensor:
-    """The metadata's pixel boxes in the tensor frame (see tsloc.boxes)."""
-    b = torch.tensor(df[["left", "top", "right", "bottom"]].to_numpy(np.float64))
-    w, h = (torch.tensor(df[c].to_numpy(np.float64)) for c in ("width", "height"))
-    return to_relative(b, w, h).float()
 
 
 def constant_box(split: pd.DataFrame) -> torch.Tensor:

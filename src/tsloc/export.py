@@ -9,7 +9,7 @@ height: multiply by the original image's width and height for pixels).
 An ONNX file describes itself in its metadata (key `tsloc`, JSON): everything the `.pt` checkpoint
 carries except the weights (class ids and names, input size, normalisation, box format, backbone,
 recipe, epoch, versions), plus how it was exported (precision, calibration). `read_meta` reads it
-back; a user never needs the `.pt` beside it.
+back (tsloc.onnxrt); a user never needs the `.pt` beside it.
 """
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ExportError, ModelFileError
+from .errors import ExportError
 from .inference import Predictor
 from .io import atomic_path
 from .model import SignNet
+from .onnxrt import META_KEY, read_meta
+from .paths import MODEL
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
-META_KEY = "tsloc"
 INPUT = ("images: uint8 RGB (N, S, S, 3), each image squashed to S x S (bilinear); "
          "the normalisation is inside the model")
 OUTPUTS = ("probabilities: (N, C) softmax over class ids 0..C-1 (class_names); boxes: (N, 4) left, top, "
@@ -67,7 +68,7 @@ def export(model: SignNet, ckpt: dict, fmt: str, out: str | Path | None = None) 
     """Write the model in `fmt` (fp32) next to the checkpoint (or to `out`); returns the path."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {sorted(FORMATS)}")
-    out = Path(out or Path("models") / f"model{FORMATS[fmt]}")
+    out = Path(out or MODEL.with_suffix(FORMATS[fmt]))
     net = Predictor(model).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     with atomic_path(out) as tmp:
@@ -91,23 +92,6 @@ def _set_meta(path: Path, meta: dict) -> None:
     model.doc_string = f"tsloc traffic-sign model ({meta.get('recipe', 'notebook')} recipe, " \
                        f"{meta['num_classes']} classes). {INPUT}. {OUTPUTS}."
     onnx.save(model, str(path))
-
-
-def read_meta(path: str | Path) -> dict:
-    """The description an ONNX export carries (see the module's docstring)."""
-    import onnx
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: model file not found (export one with `dvc repro export`)")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # a truncated or foreign file: protobuf's DecodeError and friends
-        raise ModelFileError(f"{path}: not an ONNX file ({type(exc).__name__}: {str(exc)[:200]})") from exc
-    props = {p.key: p.value for p in model.metadata_props}
-    if META_KEY not in props:
-        raise ModelFileError(f"{path}: an ONNX file, but not a tsloc export (no '{META_KEY}' metadata: "
-                             "export it with `tsloc export`)")
-    return json.loads(props[META_KEY])
 
 
 def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *, float_convs: int = 0,

@@ -1,19 +1,15 @@
-"""The model as it answers, whatever file it comes from: uint8 images in, class probabilities and
-boxes out. predict, evaluate, compare and the exported files all run this one definition, so the
-PyTorch model and its ONNX exports cannot drift apart.
+"""The model as it answers: uint8 images in, class probabilities and boxes out. predict, evaluate,
+compare and the exported files all run this one definition, so the PyTorch model and its ONNX
+exports cannot drift apart.
 
-- `Predictor`: the trained network wrapped with its input preparation and output activation
-  (uint8 RGB (N, S, S, 3) as decoded and squashed -> probabilities (N, C) and valid relative boxes
-  (N, 4: left, top, right, bottom, as shares of the width and height)). The ONNX files are this
-  module traced.
-- `load_backend(path)`: a model file ready to call, the backend chosen from the file: PyTorch for a
-  `.pt` checkpoint, ONNX Runtime for a `.onnx` export (fp32 or int8). Both carry the same
-  description (class ids and names, input size, normalisation, box format, recipe), as `.meta`.
+`Predictor` is the trained network wrapped with its input preparation and output activation
+(uint8 RGB (N, S, S, 3) as decoded and squashed -> probabilities (N, C) and valid relative boxes
+(N, 4: left, top, right, bottom, as shares of the width and height)); the ONNX files are it traced
+(tsloc.export), `TorchBackend` runs it on a `.pt` file. tsloc.backend picks the backend for a file.
 """
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .boxes import make_valid
-from .errors import ModelFileError
-from .model import IMAGENET_MEAN, IMAGENET_STD, SignNet, load_model
+from .backbone import IMAGENET_MEAN, IMAGENET_STD
+from .model import SignNet
 
 
 class RawInputConv(nn.Module):
@@ -123,53 +119,3 @@ class TorchBackend:
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs, boxes = self.net(torch.from_numpy(np.array(images, dtype=np.uint8)).to(self.device))  # a copy: the store is read-only
         return probs.cpu().numpy(), boxes.cpu().numpy()
-
-
-class OnnxBackend:
-    """A `.onnx` export through ONNX Runtime. The file describes itself (tsloc.export.read_meta):
-    no `.pt` file is needed beside it. On the CPU a call's images run in chunks of `CPU_CHUNK`: per
-    crop 20-35% faster than whole batches of 64, fp32 and int8 alike (the activations of a few
-    images stay in cache; docs/benchmarks.md#inference)."""
-
-    CPU_CHUNK = 8
-
-    name = "onnxruntime"
-
-    def __init__(self, path: str | Path, device="cpu"):
-        import onnxruntime as ort
-
-        from .export import read_meta
-        self.meta = read_meta(path)
-        providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ModelFileError(f"{path}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu), "
-                                     "or predict on the CPU with --device cpu")
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own types for a truncated or foreign file
-            raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:200]})") from exc
-        self.name = f"onnxruntime {self.meta['export']['precision']}"
-        self.chunk = None if "CUDAExecutionProvider" in providers else self.CPU_CHUNK  # a GPU wants whole batches
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(images, dtype=np.uint8)
-        step = self.chunk or max(len(x), 1)
-        parts = [self.session.run(None, {"images": x[i:i + step]}) for i in range(0, max(len(x), 1), step)]
-        probs, boxes = (np.concatenate(outputs) for outputs in zip(*parts))
-        return probs, boxes
-
-
-def load_backend(path: str | Path, device="cpu", source=None):
-    """The backend for a model file, chosen from its suffix (`source`: a file object to read a `.pt`
-    from instead of `path`, as compare does for a Git revision)."""
-    suffix = Path(str(path)).suffix.lower()
-    if suffix == ".onnx":
-        return OnnxBackend(path, device)
-    if suffix in (".pt", ".pth") or source is not None:
-        return TorchBackend(*load_model(path, source), device)
-    raise ModelFileError(f"{path}: not a model file tsloc reads (a .pt checkpoint or a .onnx export)")

@@ -2,37 +2,19 @@
 where it is weak, and what it is for."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pandas as pd
+
+from .checkpoint import dataset_name, tuning
 
 
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
-DATASETS = {"belgiumtsc": "BelgiumTSC", "gtsrb": "GTSRB", "manifest": "a manifest of one's own images"}
-
-
-def one_line(ckpt: dict, ingest: str | Path = "reports/ingest.json",
-             metrics: str | Path = "metrics/evaluate.json") -> str:
-    """The model in a line: recipe, data set and test accuracy (from the pipeline's reports beside it)."""
-    text = f"recipe {ckpt.get('recipe', 'notebook')}, {ckpt['num_classes']} classes"
-    try:
-        data = json.loads(Path(ingest).read_text())
-        test = json.loads(Path(metrics).read_text())["test"]
-    except (OSError, ValueError, KeyError):
-        return text + " (no pipeline reports beside it to say more)"
-    fmt = data.get("format", "belgiumtsc")
-    return (f"{text}, trained on {data.get('source')} {DATASETS.get(fmt, fmt)} data; test accuracy "
-            f"{_pct(test['accuracy'])} ({metrics}). Another model: --model FILE")
-
-
 def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.DataFrame) -> str:
     t, v = metrics["test"], metrics["valid"]
     fmt = ingest.get("format", "belgiumtsc")
-    dataset = DATASETS.get(fmt, fmt)
+    dataset = dataset_name(fmt)
     official = ingest['Training']['fingerprint']['digest'].startswith("e3f2108c")
     tested = table[table["test_images"] > 0].sort_values(["accuracy", "test_images"], ascending=[True, False])
     worst = tested.head(5)
@@ -40,7 +22,6 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
     blocks = train.get("finetune_blocks", 0)
     augment = train.get("augment", False)
     augmented = augment.get("enabled", False) if isinstance(augment, dict) else bool(augment)
-    tuning = ("frozen" if blocks == 0 else "fine-tuned entirely" if blocks < 0 else f"its last {blocks} blocks fine-tuned")
     lines = [
         f"# Model card: traffic-sign classifier and localiser ({dataset})",
         "",
@@ -48,7 +29,7 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         "",
         "## Model",
         f"- Backbone: torchvision `{ckpt['backbone']}`, ImageNet weights ({ckpt.get('weights', 'imagenet')}), "
-        f"{tuning}{', trained on augmented images' if augmented else ''}; dropout {ckpt['dropout']} and ReLU on the "
+        f"{tuning(ckpt)}{', trained on augmented images' if augmented else ''}; dropout {ckpt['dropout']} and ReLU on the "
         f"pooled features into the class head (BatchNorm1d + Linear, {ckpt['num_classes']} classes); the box head "
         + ("reads a 4 x 4 grid of the last feature map (1x1 convolution, Linear)." if ckpt.get("box_head") == "spatial"
            else "(BatchNorm1d + Linear) reads the pooled features."),

@@ -12,10 +12,14 @@ import json
 import os
 import re
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
+
+from .errors import ParamsError
 
 
 class _Loader(yaml.SafeLoader):
@@ -30,95 +34,101 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-class ParamsError(ValueError):
-    """A value in params.yaml is missing or invalid."""
+def ranged(default, *, ge=None, gt=None, le=None, lt=None, note: str = ""):
+    """A field with its allowed range, declared once beside its default (checked by `_build`)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "note": note})
+
+
+SEED = {"ge": 0, "note": "NumPy and PyTorch take non-negative seeds"}
+FORMATS = Literal["belgiumtsc", "gtsrb", "manifest"]
 
 
 @dataclass(frozen=True)
 class SyntheticParams:
-    size: int = 1800
-    seed: int = 0
-    format: str = "belgiumtsc"    # the layout the generator writes: belgiumtsc | gtsrb | manifest
+    size: int = ranged(1800, ge=1)
+    seed: int = ranged(0, **SEED)
+    format: FORMATS = "belgiumtsc"    # the layout the generator writes
 
 
 @dataclass(frozen=True)
 class DataParams:
-    source: str = "synthetic"
-    format: str = "auto"          # auto | belgiumtsc | gtsrb | manifest
+    source: Literal["synthetic", "download", "local"] = "synthetic"
+    format: Literal["auto", "belgiumtsc", "gtsrb", "manifest"] = "auto"
     path: str | None = None
-    crop_margin: float = 0.0      # manifest of whole frames: crop each box with this margin (share of the box); 0: off
+    crop_margin: float = ranged(0.0, ge=0, note="0: off")  # manifest of whole frames: crop each box with this margin (share of the box)
     base_url: str = "https://btsd.ethz.ch/shareddata/BelgiumTSC/"
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
-    image_size: int = 128
+    image_size: int = ranged(128, ge=32)
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    backbone: str = "mobilenet_v2"
+    backbone: Literal["mobilenet_v2", "resnet18"] = "mobilenet_v2"
     weights: str = "imagenet"     # imagenet | none | path to a state dict
-    dropout: float = 0.2
-    finetune_blocks: int = 0      # 0: frozen backbone; N: fine-tune its last N blocks; -1: all of it
-    box_head: str = "pooled"      # pooled (the notebook's) | spatial (a 4 x 4 grid of the feature map)
+    dropout: float = ranged(0.2, ge=0, lt=1)
+    finetune_blocks: int = ranged(0, ge=-1, note="-1: all of it, 0: frozen, N: its last N blocks")
+    box_head: Literal["pooled", "spatial"] = "pooled"  # pooled (the notebook's) | spatial (a 4 x 4 grid of the feature map)
 
 
 @dataclass(frozen=True)
 class AugmentParams:
     enabled: bool = False
-    margin: float = 0.45          # re-crop: each side's margin ~ U(0, margin) x the box's size
-    recrop: float = 1.0           # share of images re-cropped; the others keep their own framing
-    rotation: float = 10.0        # degrees, either way
-    color: float = 0.3            # brightness, contrast, saturation factors in 1 +- color
-    blur: float = 0.3             # share of images blurred
+    margin: float = ranged(0.45, ge=0, le=2)   # re-crop: each side's margin ~ U(0, margin) x the box's size
+    recrop: float = ranged(1.0, ge=0, le=1)    # share of images re-cropped; the others keep their own framing
+    rotation: float = 10.0                    # degrees, either way
+    color: float = ranged(0.3, ge=0, lt=1)     # brightness, contrast, saturation factors in 1 +- color
+    blur: float = ranged(0.3, ge=0, le=1)      # share of images blurred
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    lr: float = 0.001
-    epochs: int = 20
-    batch_size: int = 32
-    seed: int = 42
-    device: str = "auto"          # auto | cpu | cuda
-    precision: str = "auto"       # auto (bf16/fp16 on CUDA, fp32 on the CPU) | fp32 | bf16 | fp16
-    processes: int = 1            # ranks under torchrun (gloo on the CPU, NCCL on CUDA); batch_size is global
+    """What the train stage trains; `tsloc.loop.fit` takes these as they are."""
+    lr: float = ranged(0.001, gt=0)
+    epochs: int = ranged(20, ge=1)
+    batch_size: int = ranged(32, ge=2)        # the global batch: with N processes each takes 1/N
+    seed: int = ranged(42, **SEED)
+    device: str = "auto"                     # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on the CPU
+    processes: int = ranged(1, ge=1)          # ranks under torchrun (gloo on the CPU, NCCL on CUDA)
     eval_test_each_epoch: bool = False
-    optimizer: str = "adam"       # adam | adamw
-    weight_decay: float = 0.0
-    backbone_lr: float = 0.1      # fine-tuned backbone's lr as a share of lr
-    schedule: str = "none"        # none | cosine (after warmup_epochs of linear warm-up)
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    box_loss: str = "l1"          # l1 | giou | l1+giou
-    loss_balance: str = "learned" # learned (the notebook's) | fixed | uncertainty (Kendall et al. 2018)
-    loss_weight: float = 100.0    # the box loss is divided by it (learned: its initial value)
-    class_weights: str = "inverse"  # inverse (the notebook's) | sqrt | none
-    box_weights: str = "same"       # the box loss's class weights: same (as class_weights, the notebook) | inverse | sqrt | none
-    keep: str = "best"              # the checkpoint kept: best (validation loss, the notebook's) | last epoch
-    start_size: int = 0             # progressive resizing: first epoch's input size, growing to data.image_size (0: off)
-    eval_every: int = 1             # evaluation passes every N epochs and after the last
-    ema_decay: float = 0.0          # > 0: evaluate and keep an exponential moving average of the weights (per step)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = ranged(0.0, ge=0)
+    backbone_lr: float = ranged(0.1, gt=0)    # fine-tuned backbone's lr as a share of lr
+    schedule: Literal["none", "cosine"] = "none"  # cosine: after warmup_epochs of linear warm-up
+    warmup_epochs: float = ranged(0.0, ge=0)
+    label_smoothing: float = ranged(0.0, ge=0, lt=1)
+    box_loss: Literal["l1", "giou", "l1+giou"] = "l1"
+    loss_balance: Literal["learned", "fixed", "uncertainty"] = "learned"  # learned: the notebook's; uncertainty: Kendall et al. 2018
+    loss_weight: float = ranged(100.0, gt=0)  # the box loss is divided by it (learned: its initial value)
+    class_weights: Literal["inverse", "sqrt", "none"] = "inverse"  # inverse: the notebook's
+    box_weights: Literal["same", "inverse", "sqrt", "none"] = "same"  # the box loss's class weights; same: as class_weights
+    keep: Literal["best", "last"] = "best"   # the checkpoint kept: best validation loss (the notebook's) | last epoch
+    start_size: int = ranged(0, ge=0)         # progressive resizing: first epoch's input size, growing to data.image_size (0: off)
+    eval_every: int = ranged(1, ge=1)         # evaluation passes every N epochs and after the last
+    ema_decay: float = ranged(0.0, ge=0, lt=1)  # > 0: evaluate and keep an exponential moving average of the weights
     augment: AugmentParams = field(default_factory=AugmentParams)
 
 
 @dataclass(frozen=True)
 class VisualizeParams:
-    seed: int = 0
+    seed: int = ranged(0, **SEED)
 
 
 @dataclass(frozen=True)
 class SplitParams:
-    strategy: str = "pole-grouped"
-    valid_fraction: float = 0.2
-    test_fraction: float = 0.2    # a data set without a test side (a manifest without `subset`): test carved from it
-    seed: int = 42
-    folds: int = 0                # 0: off; K >= 2: K folds of Training's signs, fold `fold` is validation
-    fold: int = 0
+    strategy: Literal["pole-grouped", "notebook"] = "pole-grouped"
+    valid_fraction: float = ranged(0.2, gt=0, lt=1)
+    test_fraction: float = ranged(0.2, gt=0, lt=1)  # a data set without a test side: test carved from it
+    seed: int = ranged(42, **SEED)
+    folds: int = ranged(0, ge=0)               # 0: off; K >= 2: K folds of Training's signs, fold `fold` is validation
+    fold: int = ranged(0, ge=0)
 
 
 @dataclass(frozen=True)
 class ExportParams:
-    calibration_images: int = 2048  # training images the int8 ranges are calibrated on (all, when fewer)
-    seed: int = 0                   # which training images
-    float_convs: int = 3            # the first N convolutions stay float in int8 (MobileNetV2: stem, block 1)
+    calibration_images: int = ranged(2048, ge=1)  # training images the int8 ranges are calibrated on (all, when fewer)
+    seed: int = ranged(0, **SEED)                 # which training images
+    float_convs: int = ranged(3, ge=0)            # the first N convolutions stay float in int8 (MobileNetV2: stem, block 1)
 
 
 @dataclass(frozen=True)
@@ -132,13 +142,36 @@ class Params:
     export: ExportParams = field(default_factory=ExportParams)
 
 
+def _range(key: str, value, meta) -> None:
+    """The field's declared range (`ranged(...)`), one message naming the key."""
+    ge, gt, le, lt = (meta.get(k) for k in ("ge", "gt", "le", "lt"))
+    if all(b is None for b in (ge, gt, le, lt)):
+        return
+    ok = ((ge is None or value >= ge) and (gt is None or value > gt) and (le is None or value <= le)
+          and (lt is None or value < lt))
+    if ok:
+        return
+    low, high = (ge, "[") if ge is not None else (gt, "(")
+    top, close = (le, "]") if le is not None else (lt, ")")
+    if low is not None and top is not None:
+        rule = f"in {high}{low}, {top}{close}"
+    elif low is not None:
+        rule = f"{'>=' if ge is not None else '>'} {low}"
+    else:
+        rule = f"{'<=' if le is not None else '<'} {top}"
+    note = f" ({meta['note']})" if meta.get("note") else ""
+    raise ParamsError(f"params.yaml: {key} must be {rule}{note}, got {value!r}")
+
+
 def _build(cls, raw, where: str):
-    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    """Build dataclass `cls` from a dict, rejecting unknown keys, wrong types, values outside a
+    field's `Literal` choices and outside its declared range."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: '{where}' must be a mapping, got {raw!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(known))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
@@ -154,6 +187,7 @@ def _build(cls, raw, where: str):
             continue
         value = raw[name]
         default = getattr(cls(), name)
+        choices = typing.get_args(hints[name]) if typing.get_origin(hints[name]) is Literal else None
         if dataclasses.is_dataclass(default):
             value = _build(type(default), value, key)
         elif isinstance(default, bool):
@@ -168,6 +202,10 @@ def _build(cls, raw, where: str):
             value = float(value)
         elif value is not None and not isinstance(value, str):
             raise ParamsError(f"params.yaml: '{key}' must be a string, got {value!r}")
+        if choices and value not in choices:
+            raise ParamsError(f"params.yaml: {key} must be one of {', '.join(choices)}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _range(key, value, f.metadata)
         values[name] = value
     return cls(**values)
 
@@ -180,95 +218,34 @@ def uses_cached_features(p: Params) -> bool:
 
 
 def _check(p: Params) -> None:
+    """The rules that span several fields (each field's own choices and range are checked by `_build`)."""
     if not p.recipe or not re.fullmatch(r"[\w.-]+", p.recipe):
         raise ParamsError(f"params.yaml: recipe must be a recipe's name (conf/recipe/<name>.yaml), got {p.recipe!r}")
-    if p.data.source not in ("synthetic", "download", "local"):
-        raise ParamsError(f"params.yaml: data.source must be synthetic, download or local, got {p.data.source!r}")
     if p.data.source == "local" and not p.data.path:
         raise ParamsError("params.yaml: data.source is 'local' but data.path is empty")
-    formats = ("belgiumtsc", "gtsrb", "manifest")
-    if p.data.format not in ("auto",) + formats:
-        raise ParamsError(f"params.yaml: data.format must be auto, {', '.join(formats)}, got {p.data.format!r}")
-    if p.data.synthetic.format not in formats:
-        raise ParamsError(f"params.yaml: data.synthetic.format must be {', '.join(formats)}, "
-                          f"got {p.data.synthetic.format!r}")
     if p.data.source == "synthetic" and p.data.format not in ("auto", p.data.synthetic.format):
         raise ParamsError(f"params.yaml: data.format is {p.data.format!r} but the synthetic data is written as "
                           f"data.synthetic.format {p.data.synthetic.format!r}")
     if p.data.source == "download" and p.data.format not in ("auto", "belgiumtsc"):
         raise ParamsError(f"params.yaml: data.source download fetches BelgiumTSC only; for {p.data.format} use "
                           f"data.source local with data.path")
-    if p.data.crop_margin < 0:
-        raise ParamsError(f"params.yaml: data.crop_margin must be >= 0 (0: off), got {p.data.crop_margin}")
-    if p.data.synthetic.size < 1:  # 2 images per class at least: checked by the generator, which knows its classes
-        raise ParamsError(f"params.yaml: data.synthetic.size must be positive, got {p.data.synthetic.size}")
-    if p.split.strategy not in ("pole-grouped", "notebook"):
-        raise ParamsError(f"params.yaml: split.strategy must be pole-grouped or notebook, got {p.split.strategy!r}")
     if p.split.folds and not (p.split.folds >= 2 and 0 <= p.split.fold < p.split.folds
                               and p.split.strategy == "pole-grouped"):
         raise ParamsError(f"params.yaml: split.folds must be 0 (off) or at least 2 with split.fold from 0 to "
                           f"folds - 1 and split.strategy pole-grouped, got folds={p.split.folds}, "
                           f"fold={p.split.fold}, strategy={p.split.strategy!r}")
-    if not 0.0 < p.split.valid_fraction < 1.0 or not 0.0 < p.split.test_fraction < 1.0:
-        raise ParamsError(f"params.yaml: split.valid_fraction and split.test_fraction must be in (0, 1), got "
-                          f"{p.split.valid_fraction} and {p.split.test_fraction}")
-
-
-    if p.data.image_size < 32:
-        raise ParamsError(f"params.yaml: data.image_size must be at least 32, got {p.data.image_size}")
-    if p.model.backbone not in ("mobilenet_v2", "resnet18"):
-        raise ParamsError(f"params.yaml: model.backbone must be mobilenet_v2 or resnet18, got {p.model.backbone!r}")
-    if not 0.0 <= p.model.dropout < 1.0:
-        raise ParamsError(f"params.yaml: model.dropout must be in [0, 1), got {p.model.dropout}")
-    if p.train.lr <= 0 or p.train.epochs < 1 or p.train.batch_size < 2:
-        raise ParamsError("params.yaml: train.lr must be > 0, train.epochs >= 1 and train.batch_size >= 2")
-    for key, value in (("data.synthetic.seed", p.data.synthetic.seed), ("split.seed", p.split.seed),
-                       ("train.seed", p.train.seed), ("visualize.seed", p.visualize.seed),
-                       ("export.seed", p.export.seed)):
-        if value < 0:
-            raise ParamsError(f"params.yaml: {key} must be >= 0 (NumPy and PyTorch take non-negative seeds), got {value}")
-    if p.model.finetune_blocks < -1:
-        raise ParamsError(f"params.yaml: model.finetune_blocks must be -1 (all), 0 (frozen) or the number of last "
-                          f"blocks to fine-tune, got {p.model.finetune_blocks}")
-    if p.train.backbone_lr <= 0:
-        raise ParamsError(f"params.yaml: train.backbone_lr must be > 0, got {p.train.backbone_lr}")
     t = p.train
-    for key, value, allowed in (("optimizer", t.optimizer, ("adam", "adamw")), ("schedule", t.schedule, ("none", "cosine")),
-                                ("box_loss", t.box_loss, ("l1", "giou", "l1+giou")),
-                                ("loss_balance", t.loss_balance, ("learned", "fixed", "uncertainty")),
-                                ("class_weights", t.class_weights, ("inverse", "sqrt", "none")),
-                                ("box_weights", t.box_weights, ("same", "inverse", "sqrt", "none")),
-                                ("keep", t.keep, ("best", "last"))):
-        if value not in allowed:
-            raise ParamsError(f"params.yaml: train.{key} must be one of {', '.join(allowed)}, got {value!r}")
-    if p.model.box_head not in ("pooled", "spatial"):
-        raise ParamsError(f"params.yaml: model.box_head must be pooled or spatial, got {p.model.box_head!r}")
-    if not 0 <= t.label_smoothing < 1 or t.weight_decay < 0 or t.loss_weight <= 0 or t.warmup_epochs < 0:
-        raise ParamsError("params.yaml: train.label_smoothing in [0, 1), weight_decay and warmup_epochs >= 0, "
-                          "loss_weight > 0")
-    if not 0 <= t.augment.recrop <= 1:
-        raise ParamsError(f"params.yaml: train.augment.recrop must be in [0, 1], got {t.augment.recrop}")
-    if not 0 <= t.augment.margin <= 2 or not 0 <= t.augment.color < 1 or not 0 <= t.augment.blur <= 1:
-        raise ParamsError("params.yaml: train.augment.margin in [0, 2], color in [0, 1), blur in [0, 1]")
     if t.start_size and not 32 <= t.start_size <= p.data.image_size:
         raise ParamsError(f"params.yaml: train.start_size must be 0 (off) or from 32 to data.image_size "
                           f"({p.data.image_size}), got {t.start_size}")
-    if t.eval_every < 1 or not 0 <= t.ema_decay < 1:
-        raise ParamsError(f"params.yaml: train.eval_every must be >= 1 and train.ema_decay in [0, 1), got "
-                          f"{t.eval_every} and {t.ema_decay}")
     if t.start_size and uses_cached_features(p):  # there are no images to resize
         raise ParamsError("params.yaml: train.start_size (progressive resizing) needs the image path: fine-tune "
                           "blocks (model.finetune_blocks), enable train.augment or use the spatial box head")
-    if p.export.calibration_images < 1 or p.export.float_convs < 0:
-        raise ParamsError(f"params.yaml: export.calibration_images must be at least 1 and export.float_convs at least 0, "
-                          f"got {p.export.calibration_images} and {p.export.float_convs}")
-    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ParamsError(f"params.yaml: train.precision must be auto, fp32, bf16 or fp16, got {t.precision!r}")
-    if t.processes < 1 or t.batch_size % t.processes or t.batch_size // t.processes < 2:
-        raise ParamsError(f"params.yaml: train.processes must be >= 1 and divide train.batch_size (the global batch) "
+    if t.batch_size % t.processes or t.batch_size // t.processes < 2:
+        raise ParamsError(f"params.yaml: train.processes must divide train.batch_size (the global batch) "
                           f"into shares of at least 2, got processes={t.processes}, batch_size={t.batch_size}")
-    if p.train.device not in ("auto", "cpu", "cuda") and not p.train.device.startswith("cuda:"):
-        raise ParamsError(f"params.yaml: train.device must be auto, cpu or cuda, got {p.train.device!r}")
+    if t.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", t.device):
+        raise ParamsError(f"params.yaml: train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:

@@ -22,11 +22,8 @@ from ..io import atomic_path, write_csv, write_json
 from . import formats
 from .download import extract, fetch_official, is_archive
 from .synthetic import generate
-from .table import CLASSES, METADATA, SIDES
-
-RAW = Path("data/raw")
-DOWNLOADS = Path("data/downloads")
-METRICS = Path("reports/ingest.json")
+from ..paths import CLASSES, DOWNLOADS, INGEST_REPORT, METADATA, RAW
+from .table import SIDES
 
 
 def repo_root(cwd: Path | None = None) -> Path:
@@ -91,7 +88,7 @@ def ingest(data) -> dict:
     write_csv(METADATA, df)
     metrics = {side: {**dataset.summary[side], "fingerprint": dataset.fingerprint[side]} for side in SIDES}
     metrics.update(source=source["source"], format=dataset.format, classes=len(dataset.names))
-    write_json(METRICS, metrics)
+    write_json(INGEST_REPORT, metrics)
     return metrics
 
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..model import IMAGENET_MEAN, IMAGENET_STD
+from ..backbone import IMAGENET_MEAN, IMAGENET_STD
 from .images import open_rgb
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..io import sha256_file
+from ..paths import CLASSES, METADATA
 
 SIDES = ("Training", "Testing")
 DTYPES = {"row_ids": str, "group": str}  # how metadata.csv and split.csv are read back
@@ -95,8 +96,6 @@ class Dataset:
     format: str = ""
 
 
-METADATA = Path("data/metadata.csv")
-CLASSES = Path("data/classes.csv")
 
 
 def load_metadata(path: Path = METADATA) -> pd.DataFrame:

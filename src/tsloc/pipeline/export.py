@@ -13,18 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import checkpoint
+from ..backend import load_backend
 from ..errors import ExportError
 from ..evaluation import agreement, constant_box, evaluate_subset, predict_images
 from ..export import FORMATS, export, quantize_int8
-from ..inference import TorchBackend, load_backend
+from ..inference import TorchBackend
 from ..io import write_json
-from ..model import load_model
 from ..params import load_params, record_keys
-from . import FEATURES, MODEL, SPLIT_TABLE, check_model_fits, load, subset_rows, tracked_params
-
-ONNX = MODEL.with_suffix(".onnx")
-INT8 = MODEL.with_suffix(".int8.onnx")
-REPORT = Path("reports/export.json")
+from ..paths import EXPORT_REPORT, IMAGE_STORE, INT8, MODEL, ONNX, SPLIT_TABLE
+from . import load, subset_rows, tracked_params
 # fp32 ONNX against PyTorch on the test set: the same class for at least this share of images, and
 # boxes within this much of the image's width and height.
 PARITY = {"same_class": 0.999, "max_box_difference": 1e-3}
@@ -45,9 +43,9 @@ def int8_from(fp32: Path, out: Path, split, store, params) -> Path:
 def run(params_file: str = "params.yaml") -> dict:
     p = tracked_params(params_file)
     split = load(SPLIT_TABLE, "split")
-    store = load(FEATURES / "images.npy", "features")
-    model, ckpt = load_model(MODEL)
-    check_model_fits(ckpt, store, split)
+    store = load(IMAGE_STORE, "features")
+    model, ckpt = checkpoint.load(MODEL)
+    checkpoint.check_fits(ckpt, store, split, MODEL)
     rows = subset_rows(split, "test")
     test, images, baseline = split.iloc[rows], np.asarray(store[rows]), constant_box(split)
     reference = predict_images(TorchBackend(model, ckpt), images)
@@ -71,7 +69,7 @@ def run(params_file: str = "params.yaml") -> dict:
         for final, path in made.items():
             os.replace(path, final)
     report["parity_required"] = PARITY
-    write_json(REPORT, report)
+    write_json(EXPORT_REPORT, report)
     record_keys("export", p)
     return report
 
@@ -80,15 +78,15 @@ def export_one(params_file: str, model_path: str, fmt: str = "onnx", quantize: s
                out: str | None = None) -> Path:
     """One file from any checkpoint (`tsloc export --model ... --format ... [--quantize int8]`), beside it
     unless `out` says where; int8 is calibrated as the stage does, on this pipeline's image store."""
-    model, ckpt = load_model(model_path)
+    model, ckpt = checkpoint.load(model_path)
     if quantize and fmt != "onnx":
         raise ExportError(f"--quantize {quantize} is for ONNX files: add --format onnx")
     if not quantize:
         return export(model, ckpt, fmt, out or Path(model_path).with_suffix(FORMATS[fmt]))
     p = load_params(params_file)
     split = load(SPLIT_TABLE, "split")
-    store = load(FEATURES / "images.npy", "features")
-    check_model_fits(ckpt, store, split, model_path)
+    store = load(IMAGE_STORE, "features")
+    checkpoint.check_fits(ckpt, store, split, model_path)
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = export(model, ckpt, "onnx", Path(scratch) / "model.onnx")
         return int8_from(fp32, Path(out or Path(model_path).with_suffix(".int8.onnx")), split, store, p.export)

@@ -5,11 +5,13 @@ import numpy as np
 
 from ..data.store import NpyWriter, write_store
 from ..data.table import load_metadata
+from ..features import feature_extractor
 from ..io import atomic_path
-from ..model import backbone_features
+from ..backbone import backbone_features
 from ..params import record_keys
-from ..training import feature_extractor, select_device
-from . import FEATURES, tracked_params
+from ..paths import IMAGE_STORE, POOLED
+from ..device import select_device
+from . import tracked_params
 
 
 def run(params_file: str = "params.yaml") -> dict:
@@ -20,7 +22,7 @@ def run(params_file: str = "params.yaml") -> dict:
     features = feature_extractor(body, select_device(p.train.device))
     # Decoded, written and run through the backbone chunk by chunk, both files written as they come:
     # memory holds one chunk whatever the number of images.
-    with (atomic_path(FEATURES / "images.npy") as images, atomic_path(FEATURES / "pooled.npy") as tmp,
+    with (atomic_path(IMAGE_STORE) as images, atomic_path(POOLED) as tmp,
           NpyWriter(tmp, (len(meta), channels), np.float32) as pooled):
         shape = write_store(meta, p.data.image_size, images, on_chunk=lambda chunk: pooled.write(features(chunk)))
     record_keys("features", p)

@@ -8,7 +8,8 @@ from ..data.split import SUBSETS, class_frequencies, make_split
 from ..data.table import load_classes, load_metadata
 from ..io import write_csv, write_figure, write_json
 from ..params import record_keys
-from . import SPLIT_TABLE, tracked_params
+from ..paths import PLOTS, SPLIT_PLOTS, SPLIT_REPORT, SPLIT_TABLE
+from . import tracked_params
 
 
 def run(params_file: str = "params.yaml") -> dict:
@@ -19,11 +20,11 @@ def run(params_file: str = "params.yaml") -> dict:
     freq = class_frequencies(table, len(load_classes()))
     for subset in SUBSETS:
         counts = freq[freq["subset"] == subset]
-        write_csv(f"plots/split/class_frequency_{subset}.csv", counts[["class_id", "count"]])
+        write_csv(SPLIT_PLOTS / f"class_frequency_{subset}.csv", counts[["class_id", "count"]])
         fig = plots.class_frequency(counts, f"{subset}: {counts['count'].sum()} images")
-        write_figure(f"plots/class_frequency_{subset}.png", fig)
+        write_figure(PLOTS / f"class_frequency_{subset}.png", fig)
         plt.close(fig)
     write_csv(SPLIT_TABLE, table)
-    write_json("reports/split.json", report)
+    write_json(SPLIT_REPORT, report)
     record_keys("split", p)
     return report

@@ -5,25 +5,25 @@ import hashlib
 import json
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..data.table import CLASSES, load_classes
+from .. import checkpoint
+from ..batches import Batches, features_source, images_source
+from ..boxes import relative_boxes
+from ..data.table import load_classes
+from ..distributed import launch, launched, leave
 from ..errors import DataError
-from ..evaluation import relative_boxes
-from ..io import significant, write_json, write_torch
+from ..io import significant, write_json
+from ..loop import fit
 from ..model import build_model
 from ..params import record_keys, uses_cached_features
-from ..distributed import launch, launched, leave
-from ..training import (Batches, LossConfig, OptimConfig, Resume, TrainConfig, checkpoint, epoch_sizes,
-                        features_source, fit, images_source, runtime)
-from . import FEATURES, LIVE, MODEL, SPLIT_TABLE, load, subset_rows, tracked_params
-
-
-RESUME = Path("checkpoints/train.pt")  # the state after the last complete epoch (not a DVC output)
+from ..paths import CLASSES, IMAGE_STORE, LIVE, MODEL, POOLED, RESUME, SPLIT_TABLE, TRAIN_METRICS, TRAIN_REPORT
+from ..resume import Resume
+from ..runtime import runtime
+from . import load, subset_rows, tracked_params
 
 
 def _resume_key(p) -> str:
@@ -33,7 +33,7 @@ def _resume_key(p) -> str:
                                    "train": p.train.as_dict()}, sort_keys=True).encode())
     for path in (SPLIT_TABLE, CLASSES):
         h.update(path.read_bytes())
-    for path in (FEATURES / "pooled.npy", FEATURES / "images.npy"):
+    for path in (POOLED, IMAGE_STORE):
         st = path.stat()
         h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()
@@ -51,8 +51,8 @@ def run(params_file: str = "params.yaml") -> dict | None:
     returns its report, the other ranks None."""
     p = tracked_params(params_file)
     if p.train.processes > 1 and not launched():
-        launch(p.train.processes, ["--params", params_file, "train"])
-        return json.loads(Path("reports/train.json").read_text())
+        launch(p.train.processes, ["train", "--params", params_file])
+        return json.loads(TRAIN_REPORT.read_text())
     rt = runtime(p.train.device, p.train.precision, p.train.processes)
     try:
         return _train(p, rt)
@@ -64,9 +64,9 @@ def _train(p, rt) -> dict | None:
     from dvclive import Live
 
     split = load(SPLIT_TABLE, "split")
-    pooled = load(FEATURES / "pooled.npy", "features")
+    pooled = load(POOLED, "features")
     if len(pooled) != len(split):
-        raise DataError(f"{FEATURES / 'pooled.npy'}: {len(pooled)} rows but {SPLIT_TABLE} has {len(split)}; "
+        raise DataError(f"{POOLED}: {len(pooled)} rows but {SPLIT_TABLE} has {len(split)}; "
                         f"run dvc repro")
     device, world = rt.device, rt.world
     t = p.train
@@ -75,15 +75,13 @@ def _train(p, rt) -> dict | None:
     model = build_model(p.model.backbone, p.model.weights, len(names), p.model.dropout,
                         image_size=p.data.image_size, trainable_blocks=p.model.finetune_blocks,
                         box=p.model.box_head).to(device)
-    with torch.no_grad():
-        model.loss_weight.fill_(t.loss_weight)
     eval_subsets = ("valid", "test") if t.eval_test_each_epoch else ("valid",)
     a = t.augment
     augmentation = {"margin": a.margin, "rotation": a.rotation, "color": a.color, "blur": a.blur,
                     "recrop": a.recrop}
     augmentation = augmentation if a.enabled else None
     cached = uses_cached_features(p)
-    store = None if cached else load(FEATURES / "images.npy", "features")
+    store = None if cached else load(IMAGE_STORE, "features")
     generator = torch.Generator().manual_seed(t.seed)  # the permutations: the same on every rank
     # The augmentation's draws: the same generator in one process (as always); one per rank with ranks.
     aug_generator = (torch.Generator().manual_seed((t.seed + 1) * 1_000_003 + world.rank) if world.distributed
@@ -97,13 +95,6 @@ def _train(p, rt) -> dict | None:
                  images_source(np.array(store[rows]), boxes, device, augmentation, aug_generator))
         subsets[s] = Batches(fetch, torch.as_tensor(part["class_id"].to_numpy(copy=True)), boxes)
     model.start_boxes_at(subsets["train"].boxes.mean(0))
-    cfg = TrainConfig(
-        epochs=t.epochs, batch_size=t.batch_size, seed=t.seed, num_classes=len(names),
-        loss=LossConfig(p.data.image_size, t.box_loss, t.loss_balance, t.label_smoothing, t.loss_weight),
-        optim=OptimConfig(t.lr, t.optimizer, t.weight_decay, t.backbone_lr, t.schedule, t.warmup_epochs),
-        weighting=t.class_weights, box_weighting=t.box_weights, keep=t.keep, eval_subsets=eval_subsets,
-        sizes=tuple(epoch_sizes(t.start_size, p.data.image_size, t.epochs)) if t.start_size else None,
-        eval_every=t.eval_every, ema_decay=t.ema_decay)
     resume = Resume(RESUME, _resume_key(p))
     done = resume.epochs_done() if world.main else 0
     if done:
@@ -113,25 +104,24 @@ def _train(p, rt) -> dict | None:
         if world.main:
             live.step = done
 
-        def log(epoch, row):
+        def log(epoch, row, objective):
             for subset, metrics in row.items():
                 for name, value in metrics.items():
                     live.log_metric(f"{subset}/{name}", significant(value) if isinstance(value, float) else value)
-            live.log_metric("loss_weight", significant(model.loss_weight.item()))
+            live.log_metric("loss_weight", significant(objective.loss_weight.item()))
             live.next_step()
 
         started = time.perf_counter()
-        best = fit(model, subsets, cfg, rt=rt, log=log, generator=generator, aug_generator=aug_generator,
-                   progress=not cached, resume=resume)
+        best = fit(model, subsets, t, image_size=p.data.image_size, rt=rt, log=log, generator=generator,
+                   aug_generator=aug_generator, progress=not cached, resume=resume)
         seconds = time.perf_counter() - started
     if not world.main:
         return None
-    ckpt = checkpoint(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
-                      image_size=p.data.image_size, class_names=names, epoch=best["epoch"])
-    ckpt["weights"] = p.model.weights
-    ckpt["recipe"] = p.recipe
-    ckpt["train"] = {**t.as_dict(), "finetune_blocks": p.model.finetune_blocks}
-    write_torch(MODEL, ckpt)
+    ckpt = checkpoint.make(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
+                           image_size=p.data.image_size, class_names=names, epoch=best["epoch"],
+                           loss_weight=best["loss_weight"], weights=p.model.weights, recipe=p.recipe,
+                           train={**t.as_dict(), "finetune_blocks": p.model.finetune_blocks})
+    checkpoint.save(MODEL, ckpt)
     RESUME.unlink(missing_ok=True)  # the model is written: nothing left to continue
     # The training time, measured here, is what the 20-minute budget of a recipe is about.
     report = {"best_epoch": best["epoch"], "best_valid_loss": best["loss"], "loss_weight": ckpt["loss_weight"],
@@ -140,7 +130,7 @@ def _train(p, rt) -> dict | None:
               "device": str(device), "threads": torch.get_num_threads(), "resumed_after_epoch": done}
     if world.distributed or rt.precision != "fp32":  # new keys only where they say something
         report.update(processes=world.size, precision=rt.precision)
-    write_json("reports/train.json", report)
-    write_json("metrics/train.json", {"train_minutes": report["train_minutes"]})
+    write_json(TRAIN_REPORT, report)
+    write_json(TRAIN_METRICS, {"train_minutes": report["train_minutes"]})
     record_keys("train", p)
     return report

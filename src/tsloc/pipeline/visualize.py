@@ -11,7 +11,8 @@ from ..data.table import load_classes
 from ..errors import DataError
 from ..io import write_figure
 from ..params import record_keys
-from . import LIVE, PREDICTIONS, SPLIT_TABLE, load, tracked_params
+from ..paths import LIVE, PLOTS, PREDICTIONS, SPLIT_TABLE
+from . import load, tracked_params
 
 
 def _history() -> pd.DataFrame:
@@ -48,7 +49,7 @@ def run(params_file: str = "params.yaml") -> dict:
     preds = load(PREDICTIONS, "evaluate")
     names = load_classes()
     fig = plots.history(_history())
-    write_figure("plots/history.png", fig)
+    write_figure(PLOTS / "history.png", fig)
     plt.close(fig)
 
     train = split[split["subset"] == "train"]
@@ -57,7 +58,7 @@ def run(params_file: str = "params.yaml") -> dict:
         items.append({"image": _image(r.path), "title": _name(names, r.class_id),
                       "boxes": [((r.left, r.top, r.right, r.bottom), *TRUE_BOX)]})
     fig = plots.gallery(items, legend={"true box": TRUE_BOX})
-    write_figure("plots/train_gallery.png", fig)
+    write_figure(PLOTS / "train_gallery.png", fig)
     plt.close(fig)
 
     test = split[split["subset"] == "test"].set_index("path")
@@ -77,7 +78,7 @@ def run(params_file: str = "params.yaml") -> dict:
                       "title_color": "green" if r.actual == r.predicted else "red",
                       "boxes": [((t.left, t.top, t.right, t.bottom), *TRUE_BOX), (pred_box, *PREDICTED_BOX)]})
     fig = plots.gallery(items, legend={"true box": TRUE_BOX, "predicted box": PREDICTED_BOX})
-    write_figure("plots/predictions.png", fig)
+    write_figure(PLOTS / "predictions.png", fig)
     plt.close(fig)
     record_keys("visualize", p)
     return {"right_shown": int(min(5, len(right))), "wrong_shown": int(min(5, len(wrong)))}
