@@ -152,6 +152,30 @@ def test_declared_code_deps_match_the_modules_loaded(repo):
         assert f"stages/{stage}.py" in spec["deps"]
 
 
+@pytest.mark.parametrize("module, changed", [
+    ("cli.py", set()),                                   # the command line: no stage
+    ("losses.py", {"train"}),                            # the objective: training only, not the features
+    ("model.py", {"train", "evaluate", "export"}),       # the heads: not the backbone's features pass
+    ("backbone.py", {"features", "train", "evaluate", "export"}),
+    ("onnxrt.py", {"evaluate", "export"}),
+    ("paths.py", {"ingest", "split", "features", "train", "evaluate", "export", "visualize"}),
+])
+def test_editing_a_module_changes_only_the_stages_that_use_it(repo, module, changed):
+    """What DVC sees after an edit (`dvc status`), in the reproduced copy: the stages whose code it is."""
+    dst, env, _ = repo
+    path = dst / "src" / "tsloc" / module
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# an edit\n")
+        status = json.loads(_run([BIN / "dvc", "status", "--json"], dst, env).stdout or "{}")
+    finally:
+        path.write_bytes(original)
+    assert set(status) == changed, status
+    for stage in changed:
+        assert {"changed deps": {f"src/tsloc/{module}": "modified"}} in status[stage], status[stage]
+    assert json.loads(_run([BIN / "dvc", "status", "--json"], dst, env).stdout or "{}") == {}
+
+
 def test_changed_split_seed_reruns_only_split(repo):
     dst, env, _ = repo
     proc = _run([BIN / "dvc", "exp", "run", "-S", "split.seed=7"], dst, env)

@@ -41,12 +41,13 @@ def test_a_recipe_sets_exactly_its_params(tmp_path, recipe):
     load_params(tmp_path / "params.yaml")  # and the result is valid
 
 
-def test_best_recipe_is_the_cross_validated_one(tmp_path):
-    p = load_params_from(tmp_path, ["recipe=best"])
-    assert (p.recipe, p.data.image_size, p.model.finetune_blocks, p.model.box_head) == ("best", 144, 8, "spatial")
-    assert (p.train.class_weights, p.train.box_weights, p.train.keep, p.train.eval_every) == ("sqrt", "none", "last", 6)
-    assert p.split.valid_fraction == 0.15 and p.train.augment.enabled and p.train.augment.recrop == 0.3
-    assert p.data.source == "synthetic"  # the data stay a separate choice
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_a_recipe_leaves_the_data_choice_alone(tmp_path, recipe):
+    """A recipe says how to train, not on what: the data set stays one -S away whatever the recipe."""
+    base = load_params(REPO / "params.yaml")
+    p = load_params_from(tmp_path, [f"recipe={recipe.stem}", "data.source=local", "data.path=../somewhere"])
+    assert (p.data.source, p.data.path, p.data.format) == ("local", "../somewhere", base.data.format)
+    assert load_params_from(tmp_path, [f"recipe={recipe.stem}"]).data.source == base.data.source
 
 
 def test_set_flags_apply_after_the_recipe(tmp_path):

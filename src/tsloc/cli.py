@@ -1,5 +1,7 @@
-"""`tsloc`: the command line. The pipeline's stages (what dvc.yaml runs through stages/), and the
-tools around a trained model: predict, evaluate --model, export one file, compare, cv, synthetic.
+"""tsloc: the traffic-sign pipeline's stages, and the tools around a trained model.
+
+The stages are what dvc.yaml runs (through stages/, not through this module); the tools are
+predict, evaluate --model, export of one file, compare, cv and synthetic.
 
 Each subcommand is one function; `build_parser` says what each takes. A usage error (an argument
 out of its range) shows the usage; bad input, params and model files end with one line on stderr
@@ -14,7 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .errors import UsageError
 from .guard import guarded, print_json
-from .paths import INT8, METADATA, MODEL, ONNX, RESUME, SPLIT_TABLE
+from .paths import (EVALUATE_METRICS, EVALUATE_REPORT, EXPORT_REPORT, INT8, METADATA, MODEL, MODEL_CARD, ONNX, RESUME,
+                    SPLIT_TABLE)
 
 STAGES = {
     "ingest": f"read the data set (data.source, data.format) into {METADATA} and the class list",
@@ -22,10 +25,10 @@ STAGES = {
     "features": "decode every image once into data/features/ and compute the frozen backbone's features",
     "train": f"train the model; {MODEL} is the checkpoint train.keep names (best: the lowest validation loss; "
              f"last: the final epoch); an interrupted run continues from {RESUME}",
-    "evaluate": "metrics/evaluate.json, reports/, the per-class table and models/MODEL_CARD.md "
+    "evaluate": f"{EVALUATE_METRICS}, {EVALUATE_REPORT}, the per-class table and {MODEL_CARD} "
                 "(with --model: score any model file, write nothing)",
     "export": f"{ONNX} and {INT8} for ONNX Runtime, checked against the PyTorch model "
-              "(reports/export.json); with --format, --quantize, --model or --out: one file",
+              f"({EXPORT_REPORT}); with --format, --quantize, --model or --out: one file",
     "visualize": "the training history and the galleries of training and test images under plots/",
 }
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
