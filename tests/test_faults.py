@@ -2,12 +2,12 @@
 
 Here: a full disk (a real one, and stdout on /dev/full) and CUDA out of memory. The other cases of
 issue 16 are tested beside the code they exercise:
-- resume after Ctrl-C / kill -9, to the same results: test_model.py::test_an_interrupted_fit_continues_to_the_same_weights,
+- resume after Ctrl-C / kill -9, to the same results: test_loop.py::test_an_interrupted_fit_continues_to_the_same_weights,
   test_pipeline_dvc.py::test_training_killed_midway_continues_to_the_same_results
 - `cuda` without CUDA: test_predict.py::test_cuda_asked_for_without_cuda_is_one_clear_error
 - truncated or foreign model, weights, hub and ONNX files: test_predict.py::test_missing_and_incompatible_model,
-  test_model.py::test_a_truncated_model_file_is_named, test_model.py::test_a_truncated_cached_hub_file_is_named,
-  test_model.py::test_weights_files_that_are_bad_or_outside_weights_are_named,
+  test_checkpoint.py::test_a_truncated_model_file_is_named, test_weights.py::test_a_truncated_cached_hub_file_is_named,
+  test_weights.py::test_weights_files_that_are_bad_or_outside_weights_are_named,
   test_export.py::test_broken_and_foreign_onnx_files_are_one_clear_error
 - a model that does not fit the store or the data: test_predict.py::test_evaluate_refuses_a_model_that_does_not_fit_the_store_or_the_data
 - params of the wrong type, unknown keys, out-of-range values, `1e-3`: test_params.py::test_bad_values_name_the_key,
