@@ -254,7 +254,7 @@ def test_crop_margin_cuts_each_box_out_of_its_frame(tmp_path):
 
 
 def test_crop_margin_refused_for_formats_of_crops(tmp_path):
-    with pytest.raises(DataError, match="data.crop_margin applies to a manifest"):
+    with pytest.raises(DataError, match="data.crop_margin applies to whole frames"):
         formats.read("gtsrb", write_gtsrb(tmp_path / "g"), crop_margin=0.2)
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import gt_row, write_layout, write_ppm
+from conftest import write_ppm
 from tsloc.data.belgiumtsc import folder_digest, image_size, read_dataset, read_split
 from tsloc.errors import DataError
 
@@ -119,7 +119,7 @@ def test_cli_ingest_local_folder_in_place(tmp_path, tiny_layout):
 
 
 def test_relative_data_path_is_taken_from_the_repository(tmp_path):
-    from tsloc.data.ingest import repo_root
+    from tsloc.paths import repo_root
     assert repo_root(tmp_path) == tmp_path.resolve()
     temp_exp = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpab12cd"
     temp_exp.mkdir(parents=True)

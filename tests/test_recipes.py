@@ -2,8 +2,6 @@
 `dvc exp run -S recipe=<name>` does (DVC's own compose_and_dump)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 

@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .errors import UsageError
 from .guard import guarded, print_json
 from .paths import (EVALUATE_METRICS, EVALUATE_REPORT, EXPORT_REPORT, INT8, METADATA, MODEL, MODEL_CARD, ONNX, RESUME,
-                    SPLIT_TABLE)
+                    SCENE_SPLIT, SCENE_TABLE, SPLIT_TABLE)
 
 STAGES = {
     "ingest": f"read the data set (data.source, data.format) into {METADATA} and the class list",
@@ -30,6 +30,8 @@ STAGES = {
     "export": f"{ONNX} and {INT8} for ONNX Runtime, checked against the PyTorch model "
               f"({EXPORT_REPORT}); with --format, --quantize, --model or --out: one file",
     "visualize": "the training history and the galleries of training and test images under plots/",
+    "scenes_ingest": f"read the scene data set (scenes.source, scenes.format) into {SCENE_TABLE} and its classes",
+    "scenes_split": f"split the scenes' frames into train / valid / test ({SCENE_SPLIT})",
 }
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
 

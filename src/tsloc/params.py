@@ -53,7 +53,7 @@ class SyntheticParams:
 @dataclass(frozen=True)
 class DataParams:
     source: Literal["synthetic", "download", "local"] = "synthetic"
-    format: Literal["auto", "belgiumtsc", "gtsrb", "manifest"] = "auto"
+    format: Literal["auto", "belgiumtsc", "gtsrb", "manifest", "gtsdb"] = "auto"
     path: str | None = None
     crop_margin: float = ranged(0.0, ge=0, note="0: off")  # manifest of whole frames: crop each box with this margin (share of the box)
     base_url: str = "https://btsd.ethz.ch/shareddata/BelgiumTSC/"
@@ -132,6 +132,26 @@ class ExportParams:
 
 
 @dataclass(frozen=True)
+class SceneSyntheticParams:
+    frames: int = ranged(150, ge=1)
+    seed: int = ranged(0, **SEED)
+    width: int = ranged(800, ge=160)
+    height: int = ranged(480, ge=160)
+
+
+@dataclass(frozen=True)
+class ScenesParams:
+    """The scene data set (whole frames with any number of signs), beside `data.*` (the crops)."""
+    source: Literal["synthetic", "local"] = "synthetic"
+    path: str | None = None
+    format: Literal["auto", "gtsdb", "manifest"] = "auto"
+    valid_fraction: float = ranged(0.2, gt=0, lt=1)
+    test_fraction: float = ranged(0.2, gt=0, lt=1)  # carved from the frames when the data set has no test side
+    seed: int = ranged(0, **SEED)                   # which frames go where
+    synthetic: SceneSyntheticParams = field(default_factory=SceneSyntheticParams)
+
+
+@dataclass(frozen=True)
 class Params:
     recipe: str = "notebook"      # the name of the recipe composed into params.yaml (conf/recipe/<name>.yaml)
     data: DataParams = field(default_factory=DataParams)
@@ -140,6 +160,7 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     visualize: VisualizeParams = field(default_factory=VisualizeParams)
     export: ExportParams = field(default_factory=ExportParams)
+    scenes: ScenesParams = field(default_factory=ScenesParams)
 
 
 def _range(key: str, value, meta) -> None:
@@ -223,6 +244,11 @@ def _check(p: Params) -> None:
         raise ParamsError(f"params.yaml: recipe must be a recipe's name (conf/recipe/<name>.yaml), got {p.recipe!r}")
     if p.data.source == "local" and not p.data.path:
         raise ParamsError("params.yaml: data.source is 'local' but data.path is empty")
+    if p.scenes.source == "local" and not p.scenes.path:
+        raise ParamsError("params.yaml: scenes.source is 'local' but scenes.path is empty")
+    if p.scenes.valid_fraction + p.scenes.test_fraction >= 1:
+        raise ParamsError(f"params.yaml: scenes.valid_fraction + scenes.test_fraction must leave training frames, got "
+                          f"{p.scenes.valid_fraction} + {p.scenes.test_fraction}")
     if p.data.source == "synthetic" and p.data.format not in ("auto", p.data.synthetic.format):
         raise ParamsError(f"params.yaml: data.format is {p.data.format!r} but the synthetic data is written as "
                           f"data.synthetic.format {p.data.synthetic.format!r}")

@@ -1,7 +1,9 @@
 """Every path the stages share, in one place: what one stage writes and another reads (dvc.yaml's
-`outs` and `deps`), relative to the repository root where DVC runs them."""
+`outs` and `deps`), relative to the repository root where DVC runs them; and where a relative
+data path given in params is taken from."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # ingest
@@ -37,3 +39,29 @@ EXPORT_REPORT = Path("reports/export.json")
 # plots
 PLOTS = Path("plots")
 SPLIT_PLOTS = PLOTS / "split"
+# the scene branch
+SCENES = Path("data/scenes")
+SCENES_RAW = SCENES / "raw"                 # frames a stage generated or extracted
+SCENE_TABLE = SCENES / "boxes.csv"          # one row per box, and per frame without a sign
+SCENE_CLASSES = SCENES / "classes.csv"      # class_id, name, category
+SCENES_INGEST_REPORT = Path("reports/scenes_ingest.json")
+SCENE_SPLIT = SCENES / "split.csv"          # the scene table with each frame's subset
+SCENES_SPLIT_REPORT = Path("reports/scenes_split.json")
+
+
+def repo_root(cwd: Path | None = None) -> Path:
+    """The repository a relative `data.path` is taken from.
+
+    `dvc exp run --temp` and `--queue` run the pipeline in `<repo>/.dvc/tmp/exps/<tmpdir>`: a relative
+    path is resolved against `<repo>`, not against that copy."""
+    cwd = Path(cwd or os.getcwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 3):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
+def resolve_data_path(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else repo_root() / p

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import http.client
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -11,6 +10,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..io import atomic_path
+from .archives import extract
 from .belgiumtsc import SPLITS, folder_digest, locate
 
 ARCHIVES = {"Training": "BelgiumTSC_Training.zip", "Testing": "BelgiumTSC_Testing.zip"}
@@ -19,7 +19,6 @@ OFFICIAL_DIGESTS = {
     "Training": {"files": 4638, "digest": "e3f2108ce1822be8e897581f5742af1b19361d3bbc22bda4fe0a6f3fd946fea9"},
     "Testing": {"files": 2583, "digest": "34b13e4fb0c6f80d8ef66cf21b77a4b30c0108f71a1be202189409bb48b43d84"},
 }
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
 def download(url: str, dest: Path) -> Path:
@@ -45,19 +44,6 @@ def download(url: str, dest: Path) -> Path:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise DataError(f"{url}: download failed ({exc})") from exc
     return dest
-
-
-def is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def extract(archive: Path, out: Path) -> None:
-    """Unpack a .zip or .tar.* archive into `out`; a broken archive is a DataError naming it."""
-    try:
-        kwargs = {} if archive.name.lower().endswith(".zip") else {"filter": "data"}
-        shutil.unpack_archive(str(archive), str(out), **kwargs)
-    except Exception as exc:  # zipfile, tarfile and shutil raise many kinds
-        raise DataError(f"{archive}: cannot extract ({exc})") from exc
 
 
 def find_layout(folder: Path) -> Path:

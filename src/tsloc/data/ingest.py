@@ -12,36 +12,18 @@ works on its own copy) and absolute for a folder read in place.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import DataError
 from ..io import atomic_path, write_csv, write_json
+from ..paths import CLASSES, DOWNLOADS, INGEST_REPORT, METADATA, RAW, resolve_data_path
 from . import formats
-from .download import extract, fetch_official, is_archive
+from .archives import extract, is_archive
+from .download import fetch_official
 from .synthetic import generate
-from ..paths import CLASSES, DOWNLOADS, INGEST_REPORT, METADATA, RAW
 from .table import SIDES
-
-
-def repo_root(cwd: Path | None = None) -> Path:
-    """The repository a relative `data.path` is taken from.
-
-    `dvc exp run --temp` and `--queue` run the pipeline in `<repo>/.dvc/tmp/exps/<tmpdir>`: a relative
-    path is resolved against `<repo>`, not against that copy."""
-    cwd = Path(cwd or os.getcwd()).resolve()
-    parts = cwd.parts
-    for i in range(len(parts) - 3):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return cwd
-
-
-def resolve_data_path(path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else repo_root() / p
 
 
 def _stage_images(data, tmp: Path) -> tuple[Path, dict]:

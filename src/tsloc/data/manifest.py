@@ -43,7 +43,7 @@ def locate(path: Path) -> Path | None:
     return path / NAME if (path / NAME).is_file() else None
 
 
-def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+def read_table(path: Path, required: list[str]) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.ParserError as exc:
@@ -60,11 +60,11 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     return df
 
 
-def _classes(manifest: Path, labels: pd.Series, lines: pd.Series) -> tuple[list[str], list[int]]:
+def class_ids(manifest: Path, labels: pd.Series, lines: pd.Series) -> tuple[list[str], list[int]]:
     """(names, class id per row) from classes.csv or from the labels themselves."""
     table = manifest.parent / "classes.csv"
     if table.is_file():
-        df = _read_csv(table, ["class_id", "name"])
+        df = read_table(table, ["class_id", "name"])
         bad = ~df["class_id"].str.strip().str.fullmatch(r"\d+")
         if bad.any():
             row = df[bad].iloc[0]
@@ -91,7 +91,7 @@ def _classes(manifest: Path, labels: pd.Series, lines: pd.Series) -> tuple[list[
     return names, [lookup[v] for v in labels]
 
 
-def _numbers(df: pd.DataFrame, manifest: Path) -> pd.DataFrame:
+def box_numbers(df: pd.DataFrame, manifest: Path) -> pd.DataFrame:
     for col in BOX:
         values = pd.to_numeric(df[col].str.strip(), errors="coerce")
         bad = values.isna()
@@ -102,7 +102,41 @@ def _numbers(df: pd.DataFrame, manifest: Path) -> pd.DataFrame:
     return df
 
 
-def _crop(frame: Path, boxes: list[tuple], margin: float, out: Path, stem: str) -> list[tuple]:
+def open_manifest(path: Path, what: str) -> tuple[Path, pd.DataFrame]:
+    """The manifest at `path` (a .csv, or the folder's manifest.csv) and its rows, with the required
+    columns and at least one row."""
+    manifest = locate(path)
+    if manifest is None:
+        raise DataError(f"{path}: no {what} (a .csv file, or a folder holding {NAME})")
+    df = read_table(manifest, REQUIRED)
+    if not len(df):
+        raise DataError(f"{manifest}: no rows")
+    return manifest, df
+
+
+def sides_and_files(df: pd.DataFrame, manifest: Path, what: str) -> tuple[list[str], list[Path]]:
+    """Each row's side (Training, or Testing for `subset: test`) and its file (relative to the
+    manifest's folder, or absolute), checked: one message naming the line when a subset is unknown,
+    a path empty or a file missing."""
+    if "subset" in df.columns:
+        values = df["subset"].str.strip().str.lower()
+        bad = ~values.isin(SUBSETS)
+        if bad.any():
+            row = df[bad].iloc[0]
+            raise DataError(f"{manifest}, line {row['line']}: subset is {row['subset']!r}, not train or test")
+        sides = values.map(SUBSETS).tolist()
+    else:
+        sides = ["Training"] * len(df)
+    files = [Path(p) if os.path.isabs(p) else manifest.parent / p for p in df["path"].str.strip()]
+    for line, path, file in zip(df["line"], df["path"], files):
+        if not path.strip():
+            raise DataError(f"{manifest}, line {line}: empty path")
+        if not file.is_file():
+            raise DataError(f"{manifest}, line {line}: {what} {file} not found")
+    return sides, files
+
+
+def crop_boxes(frame: Path, boxes: list[tuple], margin: float, out: Path, stem: str) -> list[tuple]:
     """Cut each box out of its frame with `margin` x its size per side (clipped to the frame); write
     PNGs; returns (file, width, height, box in the crop) per box."""
     img = open_rgb(frame)
@@ -119,32 +153,13 @@ def _crop(frame: Path, boxes: list[tuple], margin: float, out: Path, stem: str) 
 
 
 def read(path: Path, crop_margin: float = 0.0, crops: Path | None = None) -> Dataset:
-    manifest = locate(path)
-    if manifest is None:
-        raise DataError(f"{path}: no manifest (a .csv file, or a folder holding {NAME})")
-    df = _read_csv(manifest, REQUIRED)
-    if not len(df):
-        raise DataError(f"{manifest}: no rows")
+    manifest, df = open_manifest(path, "manifest")
     has_subset, has_group = "subset" in df.columns, "group" in df.columns
-    df = _numbers(df, manifest)
-    names, ids = _classes(manifest, df["label"].str.strip(), df["line"])
+    df = box_numbers(df, manifest)
+    names, ids = class_ids(manifest, df["label"].str.strip(), df["line"])
     df["class_id"] = ids
-    if has_subset:
-        values = df["subset"].str.strip().str.lower()
-        bad = ~values.isin(SUBSETS)
-        if bad.any():
-            row = df[bad].iloc[0]
-            raise DataError(f"{manifest}, line {row['line']}: subset is {row['subset']!r}, not train or test")
-        df["split"] = values.map(SUBSETS)
-    else:
-        df["split"] = "Training"
+    df["split"], df["file"] = sides_and_files(df, manifest, "image")
     base = manifest.parent
-    df["file"] = [Path(p) if os.path.isabs(p) else base / p for p in df["path"].str.strip()]
-    for r in df.itertuples(index=False):
-        if not r.path.strip():
-            raise DataError(f"{manifest}, line {r.line}: empty path")
-        if not r.file.is_file():
-            raise DataError(f"{manifest}, line {r.line}: image {r.file} not found")
     rows = {s: int((df["split"] == s).sum()) for s in SIDES}
     key = ["path", "label", *BOX] + (["subset"] if has_subset else []) + (["group"] if has_group else [])
     duplicates = df.duplicated(subset=key).to_numpy()
@@ -170,7 +185,7 @@ def read(path: Path, crop_margin: float = 0.0, crops: Path | None = None) -> Dat
             raise ValueError("crop_margin needs a folder for the crops")
         crops.mkdir(parents=True, exist_ok=True)
         by_frame = [(i, f, rows) for i, (f, rows) in enumerate(df.groupby("file", sort=False))]  # frames' order
-        cut = map_threads(lambda job: _crop(job[1], list(job[2][BOX].itertuples(index=False, name=None)),
+        cut = map_threads(lambda job: crop_boxes(job[1], list(job[2][BOX].itertuples(index=False, name=None)),
                                             crop_margin, crops, f"{job[0]:06d}"), by_frame, desc="crop boxes")
         for (_, _, boxes), results in zip(by_frame, cut):
             for r, (file, w, h, box) in zip(boxes.itertuples(index=False), results):

@@ -1,0 +1,207 @@
+"""The scene branch's data: the GTSDB reader, the manifest of frames, the synthetic street scenes,
+the split by frame, GTSDB's signs as crops for the namer, and bad input through the stage."""
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli, write_ppm
+from tsloc.data import formats
+from tsloc.errors import DataError
+from tsloc.scenes import gtsdb, manifest, synthetic
+from tsloc.scenes.split import split_frames
+from tsloc.scenes.table import NO_SIGN
+
+README = "\n".join(["Some text", "0 = speed limit 20 (prohibitory)"]
+                   + [f"{i} = class {i} ({('danger', 'mandatory', 'other', 'prohibitory')[i % 4]})" for i in range(1, 43)])
+
+
+def write_gtsdb(root: Path, lines: list[str], frames=(0, 1, 2), size=(80, 50), readme: bool = True) -> Path:
+    """A small GTSDB package: frames NNNNN.ppm of `size`, gt.txt with `lines`, ReadMe.txt."""
+    folder = root / "FullIJCNN2013"
+    for i in frames:
+        write_ppm(folder / f"{i:05d}.ppm", *size, seed=i)
+    (folder / "gt.txt").write_text("".join(line + "\n" for line in lines))
+    if readme:
+        (folder / "ReadMe.txt").write_text(README)
+    return root
+
+
+def test_gtsdb_inclusive_edges_empty_frames_and_categories(tmp_path):
+    root = write_gtsdb(tmp_path, ["00000.ppm;10;5;29;24;14", "00000.ppm;40;10;59;30;1", "00002.ppm;0;0;79;49;42"])
+    data = gtsdb.read(root)
+    t = data.table
+    signs = t[t["class_id"] != NO_SIGN]
+    assert signs[["left", "top", "right", "bottom"]].values.tolist() == [[10, 5, 30, 25], [40, 10, 60, 31], [0, 0, 80, 50]]
+    assert t.loc[t["class_id"] == NO_SIGN, "frame"].map(lambda p: Path(p).name).tolist() == ["00001.ppm"]
+    assert (t["side"] == "Training").all() and (t[["width", "height"]] == [80, 50]).all().all()
+    assert data.classes.loc[14, "name"] == "Stop" and data.classes.loc[0, "category"] == "prohibitory"
+    assert data.classes.loc[1, "category"] == "mandatory"  # from this ReadMe.txt, not the shipped list
+    assert data.summary["Training"] == {"frames": 3, "with_signs": 2, "without_signs": 1, "boxes": 3, "classes": 3,
+                                        "box_side_px": [20.0, 50.0]}
+    shipped = gtsdb.read(write_gtsdb(tmp_path / "plain", ["00000.ppm;1;1;9;9;14"], frames=(0,), readme=False))
+    assert shipped.classes.loc[1, "category"] == "prohibitory"  # GTSDB's own list, shipped with the project
+
+
+def test_the_whole_package_keeps_its_test_frames(tmp_path):
+    root = write_gtsdb(tmp_path, ["00001.ppm;1;1;9;9;3", "00600.ppm;2;2;12;12;3"], frames=(0, 1, 600, 601))
+    t = gtsdb.read(root).table
+    assert t.groupby("side")["frame"].nunique().to_dict() == {"Testing": 2, "Training": 2}
+    table, report = split_frames(t, 0.5, 0.2, seed=0)
+    assert set(table.loc[table["side"] == "Testing", "subset"]) == {"test"} and report["test_side"] == "the data set's own"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("00000.ppm;10;5;29;24", "gt.txt, line 2: expected 6 fields"),
+    ("00000.ppm;10;5;29;x;1", "gt.txt, line 2: box and class must be non-negative integers"),
+    ("00000.ppm;10;5;29;24;43", "gt.txt, line 2: class 43 is not one of GTSDB's 0-42"),
+    ("00000.ppm;70;5;80;24;1", "gt.txt, line 2: box (left 70, top 5, right 81, bottom 25) is not inside its 80x50 frame"),
+    ("00007.ppm;1;1;5;5;1", "gt.txt, line 2: frame"),
+    ("frame.ppm;1;1;5;5;1", "gt.txt, line 2: 'frame.ppm' is not a frame name"),
+])
+def test_bad_gtsdb_lines_are_one_message_through_the_stage_and_nothing_is_written(tmp_path, line, message):
+    write_gtsdb(tmp_path / "pkg", ["00001.ppm;1;1;9;9;3", line])
+    (tmp_path / "params.yaml").write_text(f"scenes: {{source: local, path: {tmp_path / 'pkg'}}}\n")
+    proc = run_cli("scenes_ingest", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    lines = [line.split("\r")[-1].strip() for line in proc.stderr.strip().split("\n")]  # progress bars end in \r
+    assert len(lines) == 1 and lines[0].startswith("tsloc scenes_ingest: error: ") and message in lines[0], proc.stderr
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()] and not (tmp_path / "reports").exists()
+
+
+def test_an_unreadable_frame_is_named(tmp_path):
+    root = write_gtsdb(tmp_path, ["00000.ppm;1;1;9;9;3"])
+    frame = root / "FullIJCNN2013" / "00002.ppm"
+    frame.write_bytes(frame.read_bytes()[:200])
+    with pytest.raises(DataError, match="00002.ppm: truncated image"):
+        gtsdb.read(root)
+
+
+def test_the_stage_reads_the_zip_and_writes_the_table(tmp_path):
+    src = write_gtsdb(tmp_path / "src", ["00000.ppm;10;5;29;24;14"], frames=(0, 1))
+    with zipfile.ZipFile(tmp_path / "FullIJCNN2013.zip", "w") as z:
+        for f in sorted((src / "FullIJCNN2013").iterdir()):
+            z.write(f, f"FullIJCNN2013/{f.name}")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(f"scenes: {{source: local, path: {tmp_path / 'FullIJCNN2013.zip'}}}\n")
+    proc = run_cli("scenes_ingest", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(work / "data" / "scenes" / "boxes.csv")
+    assert table["frame"].tolist() == ["data/scenes/raw/FullIJCNN2013/00000.ppm", "data/scenes/raw/FullIJCNN2013/00001.ppm"]
+    assert (work / table["frame"][0]).is_file()
+    report = json.loads((work / "reports" / "scenes_ingest.json").read_text())
+    assert report["format"] == "gtsdb" and report["source"]["archives"] == ["FullIJCNN2013.zip"]
+    assert report["Training"]["frames"] == 2 and report["Training"]["boxes"] == 1
+    assert pd.read_csv(work / "data" / "scenes" / "classes.csv").shape == (43, 3)
+
+
+def write_frames(root: Path, rows: list[str], classes: str | None = None, frames=("a.png", "b.png", "c.png")) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(frames):
+        write_ppm(root / "x.ppm", 60, 40, seed=i)
+        from PIL import Image
+        Image.open(root / "x.ppm").save(root / name)
+    (root / "x.ppm").unlink()
+    (root / "manifest.csv").write_text("path,label,left,top,right,bottom\n" + "".join(r + "\n" for r in rows))
+    if classes is not None:
+        (root / "classes.csv").write_text(classes)
+    return root / "manifest.csv"
+
+
+def test_a_manifest_of_frames_with_several_signs_and_an_empty_frame(tmp_path):
+    path = write_frames(tmp_path, ["a.png,stop,1,2,11,12", "a.png,yield,20,5,30,15", "b.png,,,,,", "c.png,stop,0,0,60,40"],
+                        "class_id,name,category\n0,stop,other\n1,yield,danger\n")
+    data = manifest.read(path)
+    t = data.table
+    assert t.groupby(t["frame"].map(lambda p: Path(p).name))["class_id"].apply(list).to_dict() == \
+        {"a.png": [0, 1], "b.png": [NO_SIGN], "c.png": [0]}
+    assert data.classes["category"].tolist() == ["other", "danger"]
+    assert data.summary["Training"]["without_signs"] == 1 and data.summary["Training"]["boxes"] == 3
+
+
+@pytest.mark.parametrize("rows, classes, message", [
+    (["a.png,stop,1,2,61,12"], None, "manifest.csv, line 2: box (left 1, top 2, right 61, bottom 12) is not inside its 60x40 frame"),
+    (["a.png,stop,1,2,x,12"], None, "manifest.csv, line 2: right is 'x', not a number"),
+    (["a.png,nope,1,2,9,12"], "class_id,name\n0,stop\n", "manifest.csv, line 2: label 'nope' is neither a class id nor"),
+    (["a.png,stop,1,2,9,12"], "class_id,name,category\n0,stop,dangerous\n", "classes.csv, line 2: category 'dangerous'"),
+    (["d.png,stop,1,2,9,12"], None, "manifest.csv, line 2: frame"),
+])
+def test_bad_frame_manifests_are_named(tmp_path, rows, classes, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        manifest.read(write_frames(tmp_path, rows, classes))
+
+
+def test_synthetic_scenes_are_street_frames_with_the_crop_defaults_classes(tmp_path):
+    path = synthetic.generate(tmp_path / "one", frames=24, seed=3, width=320, height=200)
+    again = synthetic.generate(tmp_path / "two", frames=24, seed=3, width=320, height=200)
+    assert path.read_bytes() == again.read_bytes()  # deterministic in the seed
+    data = manifest.read(path)
+    signs = data.table[data.table["class_id"] != NO_SIGN]
+    sides = np.minimum(signs["right"] - signs["left"], signs["bottom"] - signs["top"])
+    assert sides.min() >= 16 and sides.max() <= 130 * 1.1
+    assert data.summary["Training"]["without_signs"] >= 1 and signs.groupby("frame").size().max() >= 2
+    crop_names = formats.read("auto", Path(_synthetic_crops(tmp_path)), 0.0).names
+    assert data.classes["name"].tolist() == crop_names  # a scene class is the crop model's class of that id
+    assert set(data.classes["category"]) == {"prohibitory", "danger", "mandatory", "other"}
+    # The signs are drawn where the boxes say: the box's pixels differ from the frame's surroundings.
+    from PIL import Image
+    first = signs.iloc[0]
+    img = np.asarray(Image.open(first["frame"]).convert("RGB"), dtype=float)
+    inside = img[int(first["top"]):int(first["bottom"]), int(first["left"]):int(first["right"])]
+    assert inside.std() > 10
+
+
+def _synthetic_crops(tmp_path):
+    from tsloc.data.synthetic import generate
+    generate(tmp_path / "crops", size=200, seed=0)
+    return tmp_path / "crops"
+
+
+def test_the_split_is_by_frame_and_keeps_empty_frames_in_each_subset(tmp_path):
+    path = synthetic.generate(tmp_path, frames=60, seed=1, width=200, height=160)
+    table = manifest.read(path).table
+    out, report = split_frames(table, 0.2, 0.2, seed=4)
+    assert out.groupby("frame")["subset"].nunique().max() == 1  # every box of a frame where the frame goes
+    assert report["frames"] == {"train": 36, "valid": 12, "test": 12} or sum(report["frames"].values()) == 60
+    empty = out[out["class_id"] == NO_SIGN]
+    assert set(empty["subset"]) == {"train", "valid", "test"} or len(empty) < 3
+    again, _ = split_frames(table, 0.2, 0.2, seed=4)
+    assert again["subset"].tolist() == out["subset"].tolist()
+    other, _ = split_frames(table, 0.2, 0.2, seed=5)
+    assert other["subset"].tolist() != out["subset"].tolist()
+
+
+def test_gtsdb_signs_as_crops_for_the_namer(tmp_path):
+    root = write_gtsdb(tmp_path, ["00000.ppm;10;5;29;24;14", "00000.ppm;40;10;59;30;1"], frames=(0, 1))
+    data = formats.read("auto", root, 0.0, tmp_path / "crops")
+    assert data.format == "gtsdb" and data.names[14] == "Stop"
+    t = data.table
+    assert t["class_id"].tolist() == [14, 1] and t["group"].nunique() == 1  # one frame: one group
+    # 10% of the 20-px sign on each side: 2 px of border
+    assert t[["left", "top", "right", "bottom"]].values.tolist()[0] == [2, 2, 22, 22]
+    assert t[["width", "height"]].values.tolist()[0] == [24, 24]
+    wide = formats.read("gtsdb", root, 0.5, tmp_path / "crops2").table  # 10 px each side, clipped at the top
+    assert wide[["width", "height"]].values.tolist()[0] == [40, 35] and wide["top"][0] == 5
+
+
+@pytest.mark.slow  # reads the 600 shared frames
+def test_the_shared_gtsdb_training_part(tmp_path):
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "gtsdb"
+    if not (shared / "restore.py").exists():
+        pytest.skip("no shared GTSDB copy")
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, str(shared / "restore.py"), str(tmp_path), "--jpeg"], check=True, capture_output=True)
+    data = gtsdb.read(tmp_path)
+    assert data.summary["Training"] == {"frames": 600, "with_signs": 506, "without_signs": 94, "boxes": 852,
+                                        "classes": 43, "box_side_px": [17.0, 124.0]}
+    assert data.summary["Testing"]["frames"] == 0
+    assert data.classes["category"].value_counts().to_dict() == {"danger": 15, "prohibitory": 12, "other": 8, "mandatory": 8}
+    shutil.rmtree(tmp_path / "FullIJCNN2013")
