@@ -69,7 +69,8 @@ def repo(tmp_path_factory):
     _copy_repo(dst)
     # `dvc exp run` composes params.yaml from conf/ (Hydra): the small settings go into the base config
     # and into every recipe that sets them.
-    small = {("data", "synthetic", "size"): 250, ("data", "image_size"): 64, ("train", "epochs"): 3}
+    small = {("data", "synthetic", "size"): 250, ("data", "image_size"): 64, ("train", "epochs"): 3,
+             ("scenes", "synthetic", "frames"): 40, ("detector", "epochs"): 2}
     for path in [dst / "conf" / "config.yaml", *(dst / "conf" / "recipe").glob("*.yaml")]:
         config = yaml.safe_load(path.read_text())
         for keys, value in small.items():
@@ -129,7 +130,7 @@ def test_declared_params_match_the_keys_read(repo):
                 value = value[part]
             declared |= leaf_keys(value, key + ".") if isinstance(value, dict) else {key}
         # data.path only matters for data.source=local; it is declared so that changing it reruns ingest.
-        optional = {"data.path", "data.base_url"} if stage == "ingest" else set()
+        optional = {"ingest": {"data.path", "data.base_url"}, "scenes_ingest": {"scenes.path"}}.get(stage, set())
         assert read[stage] <= declared, f"{stage} reads undeclared {read[stage] - declared}"
         assert declared - optional <= read[stage], f"{stage} declares unread {declared - read[stage]}"
 
@@ -158,7 +159,9 @@ def test_declared_code_deps_match_the_modules_loaded(repo):
     ("model.py", {"train", "evaluate", "export"}),       # the heads: not the backbone's features pass
     ("backbone.py", {"features", "train", "evaluate", "export"}),
     ("onnxrt.py", {"evaluate", "export"}),
-    ("paths.py", {"ingest", "split", "features", "train", "evaluate", "export", "visualize"}),
+    ("paths.py", {"ingest", "split", "features", "train", "evaluate", "export", "visualize", "scenes_ingest",
+                  "scenes_split"}),
+    ("scenes/split.py", {"scenes_split"}),                # the scene branch: apart from the crop branch
 ])
 def test_editing_a_module_changes_only_the_stages_that_use_it(repo, module, changed):
     """What DVC sees after an edit (`dvc status`), in the reproduced copy: the stages whose code it is."""
@@ -182,6 +185,22 @@ def test_changed_split_seed_reruns_only_split(repo):
     assert "Running stage 'split'" in proc.stdout
     assert "Running stage 'ingest'" not in proc.stdout
     assert json.loads((dst / "reports" / "split.json").read_text())["images"]["train"] > 0
+
+
+def test_scene_params_rerun_only_the_scene_stages(repo):
+    """The two branches are apart: a scene param reruns scene stages only, and the crop branch's
+    outputs stay as they were."""
+    dst, env, _ = repo
+    before = (dst / "metrics" / "evaluate.json").read_text()
+    proc = _run([BIN / "dvc", "exp", "run", "-S", "scenes.seed=3"], dst, env)
+    assert "Running stage 'scenes_split'" in proc.stdout
+    ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"scenes_split"}, ran
+    proc = _run([BIN / "dvc", "exp", "run", "-S", "scenes.synthetic.frames=30"], dst, env)
+    ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"scenes_ingest", "scenes_split"}, ran
+    assert json.loads((dst / "reports" / "scenes_ingest.json").read_text())["Training"]["frames"] == 30
+    assert (dst / "metrics" / "evaluate.json").read_text() == before
 
 
 def test_checkpoint_and_metrics(repo):

@@ -16,8 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .errors import UsageError
 from .guard import guarded, print_json
-from .paths import (EVALUATE_METRICS, EVALUATE_REPORT, EXPORT_REPORT, INT8, METADATA, MODEL, MODEL_CARD, ONNX, RESUME,
-                    SCENE_SPLIT, SCENE_TABLE, SPLIT_TABLE)
+from .paths import (DETECTOR, EVALUATE_METRICS, EVALUATE_REPORT, EXPORT_REPORT, INT8, METADATA, MODEL, MODEL_CARD, ONNX,
+                    RESUME, SCENE_SPLIT, SCENE_TABLE, SPLIT_TABLE)
 
 STAGES = {
     "ingest": f"read the data set (data.source, data.format) into {METADATA} and the class list",
@@ -32,6 +32,9 @@ STAGES = {
     "visualize": "the training history and the galleries of training and test images under plots/",
     "scenes_ingest": f"read the scene data set (scenes.source, scenes.format) into {SCENE_TABLE} and its classes",
     "scenes_split": f"split the scenes' frames into train / valid / test ({SCENE_SPLIT})",
+    "detector_train": f"train the detector on windows of the training frames ({DETECTOR})",
+    "scenes_evaluate": "find and name the signs of the test frames: COCO's AP, recall, frames per second "
+                       "(metrics/scenes.json), precision-recall curves, a gallery",
 }
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
 
@@ -75,6 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--draw", metavar="DIR", help="also write each image with its box and label to DIR")
     pred.add_argument("--batch-size", type=int, default=32, help="images per inference call, 1 to 256 (default: 32)")
     pred.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+
+    det = sub.add_parser("detect", help="find and name every sign in camera frames (files and folders)",
+                         description="Find every sign in each frame (the detector), name it and refine its box (the "
+                                     "crop model): one JSON line (or CSV rows) per frame, boxes in pixels of the "
+                                     "upright frame.")
+    det.add_argument("paths", nargs="+", metavar="FRAME", help="frame files, or folders searched recursively")
+    det.add_argument("--detector", metavar="FILE", default=str(DETECTOR),
+                     help=f"the detector (default: {DETECTOR}, the pipeline's)")
+    det.add_argument("--model", metavar="FILE", default=str(MODEL),
+                     help=f"the crop model that names each detection, .pt or .onnx (default: {MODEL})")
+    det.add_argument("--min-score", type=float, metavar="S",
+                     help="the detector's score a detection needs, 0 to 1 (default: detect.min_score in params.yaml, "
+                          "else 0.3)")
+    det.add_argument("--min-probability", type=float, metavar="P",
+                     help="the crop model's probability a named detection needs, 0 to 1 (default: "
+                          "detect.min_probability in params.yaml, else 0.5)")
+    det.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                     help="jsonl: one JSON object per frame; csv: a row per detection (default: jsonl)")
+    det.add_argument("--draw", metavar="DIR", help="also write each frame with its boxes and names to DIR")
+    det.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
 
     cmp = sub.add_parser("compare", help="score experiments on validation images none of them trained on")
     cmp.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions")
@@ -140,6 +163,36 @@ def predict(args) -> int:
     return 0
 
 
+def detect(args) -> int:
+    from pathlib import Path
+
+    from .backend import load_backend
+    from .detect import detect_files
+    from .device import select_device
+    from .params import DetectParams, load_params
+    from .predict import NoImages
+    from .scenes import detector as det
+    from .scenes.find import Finder
+    point = load_params(args.params).detect if Path(args.params).is_file() else DetectParams()
+    min_score = point.min_score if args.min_score is None else args.min_score
+    min_probability = point.min_probability if args.min_probability is None else args.min_probability
+    for flag, value in (("--min-score", min_score), ("--min-probability", min_probability)):
+        if not 0 <= value <= 1:
+            raise UsageError(f"{flag} must be from 0 to 1, not {value}")
+    device = select_device(args.device)
+    finder = Finder(det.load(args.detector)[0], load_backend(args.model, device), device)
+    try:
+        failed = detect_files(finder, args.paths, min_score=min_score, min_probability=min_probability,
+                              fmt=args.format, draw_dir=args.draw)
+    except NoImages as exc:
+        print(f"tsloc detect: {exc}", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"tsloc detect: {failed} file(s) could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
 def compare(args) -> None:
     from .compare import compare as run_compare
     from .io import write_csv
@@ -167,7 +220,7 @@ def synthetic(args) -> None:
 
 
 COMMANDS = {**{name: stage for name in STAGES}, "evaluate": evaluate, "export": export, "predict": predict,
-            "compare": compare, "cv": cv, "synthetic": synthetic}
+            "detect": detect, "compare": compare, "cv": cv, "synthetic": synthetic}
 
 
 def main(argv: list[str] | None = None) -> int:

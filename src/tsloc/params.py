@@ -133,7 +133,7 @@ class ExportParams:
 
 @dataclass(frozen=True)
 class SceneSyntheticParams:
-    frames: int = ranged(150, ge=1)
+    frames: int = ranged(60, ge=1)
     seed: int = ranged(0, **SEED)
     width: int = ranged(800, ge=160)
     height: int = ranged(480, ge=160)
@@ -152,6 +152,32 @@ class ScenesParams:
 
 
 @dataclass(frozen=True)
+class DetectorParams:
+    """The scene branch's detector (tsloc.scenes.detector), trained on windows cut from the frames."""
+    weights: str = "imagenet"                      # the MobileNetV2 trunk's: imagenet | none | a state dict's file
+    window: int = ranged(320, ge=64)               # training windows, square, in pixels
+    background_share: float = ranged(0.3, ge=0, lt=1)  # of each epoch's windows, cut anywhere (the rest: one per sign)
+    scale_jitter: float = ranged(0.2, ge=0, lt=1)  # each window's frame scaled by 1 +- this
+    flip: bool = True                              # mirror half the windows
+    epochs: int = ranged(6, ge=1)
+    batch_size: int = ranged(8, ge=1)
+    lr: float = ranged(0.001, gt=0)                # AdamW, cosine after a one-epoch warm-up
+    weight_decay: float = ranged(0.0001, ge=0)
+    frozen_blocks: int = ranged(4, ge=0, le=14)    # MobileNetV2's first blocks that do not train
+    fpn_channels: int = ranged(64, ge=32)          # a multiple of 32 (the head's GroupNorm has 32 groups)
+    head_convs: int = ranged(2, ge=1)
+    seed: int = ranged(0, **SEED)
+    device: str = "auto"                           # auto | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
+class DetectParams:
+    """The operating point of finding and naming (the scenes_evaluate stage; `tsloc detect`'s defaults)."""
+    min_score: float = ranged(0.3, ge=0, le=1)        # the detector's score a detection needs
+    min_probability: float = ranged(0.5, ge=0, le=1)  # the crop model's probability a named detection needs
+
+
+@dataclass(frozen=True)
 class Params:
     recipe: str = "notebook"      # the name of the recipe composed into params.yaml (conf/recipe/<name>.yaml)
     data: DataParams = field(default_factory=DataParams)
@@ -161,6 +187,8 @@ class Params:
     visualize: VisualizeParams = field(default_factory=VisualizeParams)
     export: ExportParams = field(default_factory=ExportParams)
     scenes: ScenesParams = field(default_factory=ScenesParams)
+    detector: DetectorParams = field(default_factory=DetectorParams)
+    detect: DetectParams = field(default_factory=DetectParams)
 
 
 def _range(key: str, value, meta) -> None:
@@ -270,8 +298,12 @@ def _check(p: Params) -> None:
     if t.batch_size % t.processes or t.batch_size // t.processes < 2:
         raise ParamsError(f"params.yaml: train.processes must divide train.batch_size (the global batch) "
                           f"into shares of at least 2, got processes={t.processes}, batch_size={t.batch_size}")
-    if t.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", t.device):
-        raise ParamsError(f"params.yaml: train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+    if p.detector.fpn_channels % 32:
+        raise ParamsError(f"params.yaml: detector.fpn_channels must be a multiple of 32 (the FCOS head's GroupNorm has "
+                          f"32 groups), got {p.detector.fpn_channels}")
+    for key, device in (("train.device", t.device), ("detector.device", p.detector.device)):
+        if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
+            raise ParamsError(f"params.yaml: {key} must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:

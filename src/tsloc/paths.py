@@ -47,6 +47,16 @@ SCENE_CLASSES = SCENES / "classes.csv"      # class_id, name, category
 SCENES_INGEST_REPORT = Path("reports/scenes_ingest.json")
 SCENE_SPLIT = SCENES / "split.csv"          # the scene table with each frame's subset
 SCENES_SPLIT_REPORT = Path("reports/scenes_split.json")
+DETECTOR = Path("models/detector.pt")
+DETECTOR_LIVE = Path("dvclive-detector")
+DETECTOR_RESUME = Path("checkpoints/detector.pt")
+DETECTOR_REPORT = Path("reports/detector_train.json")
+DETECTOR_METRICS = Path("metrics/detector.json")
+SCENES_METRICS = Path("metrics/scenes.json")
+SCENES_REPORT = Path("reports/scenes_evaluate.json")
+SCENES_PLOTS = Path("plots/scenes")          # precision-recall curves (csv, for dvc plots)
+SCENES_GALLERY = Path("plots/scenes_gallery.png")
+SCENES_DETECTIONS = SCENES / "detections_test.csv"
 
 
 def repo_root(cwd: Path | None = None) -> Path:

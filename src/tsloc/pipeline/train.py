@@ -39,6 +39,15 @@ def _resume_key(p) -> str:
     return h.hexdigest()
 
 
+def crop_margin(rows) -> float:
+    """The border around the sign in the training crops, as a share of the sign's size per side (the
+    median over the crops of their four sides' mean): what the scene branch cuts around a detection
+    before the model names it."""
+    w, h = rows["right"] - rows["left"], rows["bottom"] - rows["top"]
+    sides = [rows["left"] / w, rows["top"] / h, (rows["width"] - rows["right"]) / w, (rows["height"] - rows["bottom"]) / h]
+    return round(float(np.median(sum(sides) / 4)), 4) if len(rows) else 0.1
+
+
 def _trim_history(epochs: int) -> None:
     """Keep DVCLive's per-epoch rows of the first `epochs` epochs (steps 0 .. epochs - 1)."""
     for tsv in (LIVE / "plots" / "metrics").rglob("*.tsv"):
@@ -120,7 +129,8 @@ def _train(p, rt) -> dict | None:
     ckpt = checkpoint.make(model, {k: v.cpu() for k, v in best["state"].items()}, backbone=p.model.backbone,
                            image_size=p.data.image_size, class_names=names, epoch=best["epoch"],
                            loss_weight=best["loss_weight"], weights=p.model.weights, recipe=p.recipe,
-                           train={**t.as_dict(), "finetune_blocks": p.model.finetune_blocks})
+                           train={**t.as_dict(), "finetune_blocks": p.model.finetune_blocks},
+                           crop_margin=crop_margin(split[split["subset"] == "train"]))
     checkpoint.save(MODEL, ckpt)
     RESUME.unlink(missing_ok=True)  # the model is written: nothing left to continue
     # The training time, measured here, is what the 20-minute budget of a recipe is about.

@@ -1,0 +1,99 @@
+"""The detector: torchvision's FCOS (anchor-free, one point per feature-map cell) on the offline
+ImageNet MobileNetV2, class-agnostic (it finds signs; the crop model names them).
+
+- Features at stride 8 and 16 (MobileNetV2's blocks 6 and 13) through a feature pyramid
+  (torchvision's BackboneWithFPN, plus its max-pooled level at stride 32): a 16-px sign covers
+  2 x 2 cells at stride 8. The blocks after 13 (stride 32, 1280 channels) are not run: signs are
+  at most about 130 px.
+- BatchNorm frozen (torchvision's FrozenBatchNorm2d, as its detection models do with a pretrained
+  backbone): windows of a few signs are small batches. The first `frozen_blocks` blocks do not train.
+- No resizing (`NativeSize`): windows and whole frames run at their own size, so a 16-px sign stays
+  16 px; torchvision's transform still normalises and pads to a multiple of 32.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ..backbone import IMAGENET_MEAN, IMAGENET_STD, backbone_features
+
+LEVELS = {"6": "0", "13": "1"}     # MobileNetV2 block -> pyramid level: stride 8 (32 ch), stride 16 (96 ch)
+CHANNELS = [32, 96]
+STRIDES = (8, 16, 32)              # the two levels and the pyramid's max-pooled one
+
+
+class NativeSize(GeneralizedRCNNTransform):
+    """torchvision's detection transform (normalise, batch, pad to a multiple of 32) without resizing."""
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm2d replaced by torchvision's FrozenBatchNorm2d with its statistics and affine."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def build_detector(weights: str = "imagenet", fpn_channels: int = 64, head_convs: int = 2, frozen_blocks: int = 4,
+                   score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 50) -> FCOS:
+    """FCOS with one class (a sign) on MobileNetV2's blocks 0-13 and a small feature pyramid."""
+    body, _ = backbone_features("mobilenet_v2", weights)
+    trunk = freeze_batchnorm(body[:14])
+    for i, block in enumerate(trunk):
+        for p in block.parameters():
+            p.requires_grad_(i >= frozen_blocks)
+    fpn = BackboneWithFPN(trunk, LEVELS, CHANNELS, fpn_channels)
+    anchors = AnchorGenerator(sizes=tuple((s,) for s in STRIDES), aspect_ratios=((1.0,),) * len(STRIDES))
+    head = FCOSHead(fpn_channels, anchors.num_anchors_per_location()[0], 1, num_convs=head_convs)
+    model = FCOS(fpn, num_classes=1, anchor_generator=anchors, head=head, score_thresh=score_thresh,
+                 nms_thresh=nms_thresh, detections_per_img=detections_per_img)
+    model.transform = NativeSize(800, 1333, list(IMAGENET_MEAN), list(IMAGENET_STD), size_divisible=32)
+    return model
+
+
+def to_input(frames_uint8: list) -> list[torch.Tensor]:
+    """uint8 RGB arrays (H, W, 3) as the float CHW tensors in 0..1 torchvision's detection models take."""
+    return [torch.from_numpy(f).permute(2, 0, 1).float().div_(255) for f in frames_uint8]
+
+
+def save(path, model: FCOS, config: dict, **description) -> None:
+    """models/detector.pt: the weights, what `build_detector` needs to rebuild it, and the rest."""
+    import platform
+
+    import torchvision
+
+    from ..io import write_torch
+    write_torch(path, {"state_dict": model.state_dict(), "config": config, "strides": list(STRIDES),
+                       "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+                                    "python": platform.python_version()}, **description})
+
+
+def load(path) -> tuple[FCOS, dict]:
+    """A trained detector in eval mode and its description; one message when the file is missing or foreign."""
+    from pathlib import Path
+
+    from ..errors import ModelFileError
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: detector file not found (train one with `dvc repro detector_train`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_detector("none", **ckpt["config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as exc:  # unpickling errors, missing keys, shape mismatches
+        raise ModelFileError(f"{path}: not a compatible tsloc detector ({type(exc).__name__}: {exc})") from exc
+    return model.eval(), ckpt

@@ -1,0 +1,41 @@
+"""Finding and naming the signs of a frame: the detector's boxes, each named by the crop model
+(tsloc.scenes.namer). One function for the evaluate stage and `tsloc detect`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .namer import margin_of, name
+
+
+@dataclass
+class Finder:
+    """The detector (a torchvision FCOS) and the namer (a crop model backend, tsloc.backend)."""
+    detector: object
+    namer: object
+    device: torch.device = torch.device("cpu")
+
+    def __post_init__(self):
+        self.detector.to(self.device).eval()
+        self.margin = margin_of(self.namer.meta)
+
+    @torch.no_grad()
+    def __call__(self, frame: np.ndarray, min_score: float = 0.0) -> list[dict]:
+        """Every detection of `frame` (uint8 H x W x 3) scoring at least `min_score`: the detector's
+        box and score, and the namer's class id (its own ids), probability and refined box, in pixels."""
+        image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255).to(self.device)
+        found = self.detector([image])[0]
+        keep = found["scores"] >= min_score
+        boxes, scores = found["boxes"][keep].cpu().numpy(), found["scores"][keep].cpu().numpy()
+        probs, refined = name(self.namer, frame, boxes, self.margin)
+        h, w = frame.shape[:2]
+        refined = np.clip(refined, 0, [w, h, w, h])
+        out = []
+        for box, score, p, ref in zip(boxes, scores, probs, refined):
+            c = int(np.argmax(p))
+            valid = ref[2] > ref[0] and ref[3] > ref[1]
+            out.append({"detector_box": [float(v) for v in box], "score": float(score), "class_id": c,
+                        "probability": float(p[c]), "box": [float(v) for v in (ref if valid else box)]})
+        return out

@@ -1,0 +1,174 @@
+"""The scene branch's detector, windows, namer and metrics: pieces checked by hand, and a tiny
+training run that learns."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import STUB_BOX, run_cli, stub_model
+from tsloc.backend import load_backend
+from tsloc.errors import DataError
+from tsloc.scenes import detector as det
+from tsloc.scenes.find import Finder
+from tsloc.scenes.metrics import evaluate, recall_at
+from tsloc.scenes.namer import crop_windows, match_classes
+from tsloc.scenes.windows import cut_window, window_plan
+
+
+def _truth():
+    rows = [("a", 0, 10, 10, 50, 50), ("a", 1, 100, 20, 140, 60), ("b", 0, 10, 10, 50, 50), ("c", -1, None, None, None, None)]
+    return pd.DataFrame([{"frame": f, "width": 200, "height": 100, "class_id": c, "left": l, "top": t, "right": r,
+                          "bottom": b} for f, c, l, t, r, b in rows])
+
+
+def test_average_precision_against_a_hand_computed_case():
+    """Three signs; by score: a hit, a false alarm, a hit at IoU 0.82, one sign missed. Recall 1/3, 1/3,
+    2/3 at precision 1, 1/2, 2/3: COCO's 101-point AP at 0.5 is (34 x 1 + 33 x 2/3) / 101."""
+    found = [{"frame": "a", "box": [10, 10, 50, 50], "score": 0.9, "class_id": 0},
+             {"frame": "a", "box": [150, 60, 190, 95], "score": 0.8, "class_id": 0},
+             {"frame": "b", "box": [14, 10, 54, 50], "score": 0.7, "class_id": 0}]
+    result = evaluate(_truth(), found)
+    assert result["ap50"] == pytest.approx((34 + 33 * 2 / 3) / 101, abs=1e-6)
+    assert recall_at(_truth(), found) == pytest.approx(2 / 3)
+    assert recall_at(_truth(), found[:1]) == pytest.approx(1 / 3)
+    # Per class: class 0 has two signs, both found (AP 1 over 0.5 once the false alarm is named class 1);
+    # class 1's one sign is missed and the false alarm is its only detection (AP 0).
+    named = [found[0], {**found[1], "class_id": 1}, found[2]]
+    per = evaluate(_truth(), named, category=lambda c: c + 1)
+    assert per["ap50_per_category"] == {1: pytest.approx(1.0), 2: pytest.approx(0.0)}
+    assert per["ap50"] == pytest.approx(0.5)
+    assert evaluate(_truth(), [])["ap50"] == 0.0
+
+
+def test_classes_match_by_id_else_by_name_and_unknown_ones_are_named():
+    scene = pd.DataFrame({"class_id": [0, 1], "name": ["stop", "yield"], "category": ["other", "other"]})
+    assert match_classes(scene, ["stop", "yield", "other"]).tolist() == [0, 1, -1]     # same ids, same names
+    assert match_classes(scene, ["yield", "x", "stop"]).tolist() == [1, -1, 0]         # by name
+    with pytest.raises(DataError, match=r"the crop model does not know 1 of the scene classes \(1 'yield'\)"):
+        match_classes(scene, ["stop", "give way"])
+
+
+def test_crop_windows_grow_by_the_margin_and_stay_in_the_frame():
+    windows = crop_windows(np.array([[50, 20, 90, 60], [0, 0, 10, 10]]), 100, 80, 0.1)
+    assert windows.tolist() == [[46, 16, 94, 64], [0, 0, 11, 11]]
+
+
+def test_a_detection_is_named_and_its_box_refined_by_the_crop_model(tmp_path):
+    """A stub detector that finds one box, and the stub crop model (class 3; its box STUB_BOX of the crop)."""
+    class One(torch.nn.Module):
+        def forward(self, images):
+            return [{"boxes": torch.tensor([[50.0, 20.0, 90.0, 60.0]]), "scores": torch.tensor([0.8]),
+                     "labels": torch.tensor([0])}]
+    namer = load_backend(stub_model(tmp_path / "m.pt"))
+    found = Finder(One(), namer)(np.zeros((100, 200, 3), np.uint8))
+    assert len(found) == 1 and found[0]["class_id"] == 3 and found[0]["score"] == pytest.approx(0.8)
+    l, t, r, b = STUB_BOX  # of the crop window (46, 16, 94, 64): 48 x 48 px, the margin of 10%
+    assert found[0]["box"] == pytest.approx([46 + l * 48, 16 + t * 48, 46 + r * 48, 16 + b * 48], abs=0.05)
+    assert found[0]["detector_box"] == [50.0, 20.0, 90.0, 60.0]
+
+
+def test_every_sign_gets_a_window_that_holds_it():
+    rng = np.random.default_rng(0)
+    boxes = [np.array([[10, 10, 40, 40], [600, 300, 700, 420]], np.float32), np.zeros((0, 4), np.float32)]
+    sizes = [(800, 480), (800, 480)]
+    plan = window_plan(boxes, sizes, 320, 0.25, 0.0, rng)
+    assert len(plan) == 3 and sum(i == 1 for i, *_ in plan) <= 1  # two signs, a quarter of background
+    for i, scale, left, top in plan:
+        frame = np.zeros((480, 800, 3), np.uint8)
+        image, inside = cut_window(frame, boxes[i], scale, left, top, 320)
+        assert image.shape == (3, 320, 320)
+        if i == 0:
+            assert len(inside) >= 1 and (inside >= 0).all() and (inside <= 320).all()
+
+
+def test_cut_window_clips_drops_and_flips():
+    frame = np.zeros((100, 200, 3), np.uint8)
+    frame[10:30, 10:30] = 255
+    boxes = np.array([[10, 10, 30, 30], [45, 0, 65, 20], [58, 50, 78, 70]], np.float32)
+    image, inside = cut_window(frame, boxes, 1.0, 0, 0, 64)
+    # the second is whole; the third is 6 of 20 columns inside: dropped
+    assert inside.tolist() == [[10, 10, 30, 30], [45, 0, 64, 20]]
+    assert image[:, 10:30, 10:30].min() == 1.0 and image[:, 40:, 40:].max() == 0.0
+    mirrored, flipped = cut_window(frame, boxes, 1.0, 0, 0, 64, flip=True)
+    assert flipped.tolist()[0] == [34, 10, 54, 30] and torch.equal(mirrored, image.flip(-1))
+    half, scaled = cut_window(frame, boxes[:1], 0.5, 0, 0, 64)
+    assert scaled.tolist() == [[5, 5, 15, 15]]
+
+
+def test_the_detector_keeps_the_frame_size_and_freezes_what_it_says():
+    model = det.build_detector("none", frozen_blocks=4).eval()
+    trunk = model.backbone.body
+    assert not any(p.requires_grad for i in range(4) for p in trunk[str(i)].parameters())
+    assert all(p.requires_grad for p in trunk["13"].parameters())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        out = model([torch.rand(3, 150, 230)])[0]
+    assert out["boxes"].shape[1] == 4
+    images, _ = model.transform([torch.rand(3, 150, 230)])
+    assert images.image_sizes == [(150, 230)]  # not resized: a 16-px sign stays 16 px
+
+
+def test_a_detector_file_round_trips_and_a_bad_one_is_named(tmp_path):
+    model = det.build_detector("none", fpn_channels=32, head_convs=1)
+    det.save(tmp_path / "d.pt", model, {"fpn_channels": 32, "head_convs": 1, "frozen_blocks": 4}, window=320)
+    again, ckpt = det.load(tmp_path / "d.pt")
+    assert ckpt["window"] == 320 and all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    (tmp_path / "bad.pt").write_bytes(b"not a detector")
+    from tsloc.errors import ModelFileError
+    with pytest.raises(ModelFileError, match="bad.pt: not a compatible tsloc detector"):
+        det.load(tmp_path / "bad.pt")
+
+
+def test_detect_on_files(tmp_path):
+    """`tsloc detect` on two frames and a broken file: one JSON line per readable frame with its size,
+    the broken file named, exit 1; --draw writes the frames; csv has a header and a row per frame."""
+    from PIL import Image
+    det.save(tmp_path / "d.pt", det.build_detector("none", fpn_channels=32, head_convs=1),
+             {"fpn_channels": 32, "head_convs": 1, "frozen_blocks": 4})
+    stub_model(tmp_path / "m.pt")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("RGB", (120, 80), (90, 120, 160)).save(frames / "a.jpg")
+    Image.new("RGB", (64, 48), (10, 20, 30)).save(frames / "b.png")
+    (frames / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    args = ["detect", frames, "--detector", tmp_path / "d.pt", "--model", tmp_path / "m.pt", "--device", "cpu"]
+    proc = run_cli(*args, "--draw", tmp_path / "drawn", cwd=tmp_path)
+    assert proc.returncode == 1 and "c.png: unreadable image" in proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(r["width"], r["height"]) for r in records] == [(120, 80), (64, 48)]
+    assert all(set(r) == {"path", "width", "height", "detections"} for r in records)
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == ["a.png", "b.png"]
+    proc = run_cli(*args[:-2], "--device", "cpu", "--format", "csv", cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("path,width,height,left,top,right,bottom,score,class_id,class,probability")
+    assert len(lines) == 3
+    bad = run_cli(*args, "--min-score", "2", cwd=tmp_path)
+    assert bad.returncode == 2 and "--min-score must be from 0 to 1, not 2.0" in bad.stderr
+
+
+@pytest.mark.slow  # trains the detector for a few epochs on synthetic scenes (about a minute)
+def test_the_detector_learns_to_find_synthetic_signs(tmp_path):
+    from tsloc.params import DetectorParams
+    from tsloc.scenes import manifest, synthetic
+    from tsloc.scenes.fit import decode_frames, detect, fit_detector
+    data = manifest.read(synthetic.generate(tmp_path, frames=24, seed=2, width=320, height=240)).table
+    paths = list(dict.fromkeys(data["frame"]))
+    signs = data[data["class_id"] >= 0]
+    boxes = [signs.loc[signs["frame"] == p, ["left", "top", "right", "bottom"]].to_numpy(np.float32) for p in paths]
+    frames = decode_frames(paths)
+    model = det.build_detector("imagenet")
+    before = evaluate(data, _found(paths, detect(model, frames, "cpu", None)))["ap50"]
+    rows = []
+    fit_detector(model, frames, boxes, DetectorParams(window=160, epochs=4, batch_size=8, lr=0.002),
+                 device=torch.device("cpu"), log=lambda e, row: rows.append(row))
+    after = evaluate(data, _found(paths, detect(model, frames, "cpu", None)))["ap50"]
+    assert rows[-1]["loss"] < rows[0]["loss"] and after > max(0.3, before + 0.2), (before, after, rows)
+
+
+def _found(paths, results):
+    return [{"frame": f, "box": b.tolist(), "score": float(s)} for f, r in zip(paths, results)
+            for b, s in zip(r["boxes"], r["scores"])]
