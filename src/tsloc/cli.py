@@ -143,7 +143,7 @@ def export(args) -> int | None:
 
 def predict(args) -> int:
     from .backend import load_backend
-    from .predict import NoImages, predict_files
+    from .predict import predict_files
     from .device import select_device
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, not {args.top_k}")
@@ -151,14 +151,21 @@ def predict(args) -> int:
     if args.model is None:  # say which model answers: after the Quickstart, the synthetic data's
         from .checkpoint import one_line
         print(f"tsloc predict: {MODEL}: {one_line(backend.meta)}", file=sys.stderr)
+    return _over_files("predict", lambda: predict_files(backend, args.paths, top_k=args.top_k, fmt=args.format,
+                                                        draw_dir=args.draw, batch_size=args.batch_size))
+
+
+def _over_files(command: str, work) -> int:
+    """A command over files: 1 when a folder held no image or a file could not be read (each was
+    named as it came), 0 when every file was answered."""
+    from .predict import NoImages
     try:
-        failed = predict_files(backend, args.paths, top_k=args.top_k, fmt=args.format, draw_dir=args.draw,
-                               batch_size=args.batch_size)
+        failed = work()
     except NoImages as exc:
-        print(f"tsloc predict: {exc}", file=sys.stderr)
+        print(f"tsloc {command}: {exc}", file=sys.stderr)
         return 1
     if failed:
-        print(f"tsloc predict: {failed} file(s) could not be read", file=sys.stderr)
+        print(f"tsloc {command}: {failed} file(s) could not be read", file=sys.stderr)
         return 1
     return 0
 
@@ -170,7 +177,6 @@ def detect(args) -> int:
     from .detect import detect_files
     from .device import select_device
     from .params import DetectParams, load_params
-    from .predict import NoImages
     from .scenes import detector as det
     from .scenes.find import Finder
     point = load_params(args.params).detect if Path(args.params).is_file() else DetectParams()
@@ -181,16 +187,9 @@ def detect(args) -> int:
             raise UsageError(f"{flag} must be from 0 to 1, not {value}")
     device = select_device(args.device)
     finder = Finder(det.load(args.detector)[0], load_backend(args.model, device), device)
-    try:
-        failed = detect_files(finder, args.paths, min_score=min_score, min_probability=min_probability,
-                              fmt=args.format, draw_dir=args.draw)
-    except NoImages as exc:
-        print(f"tsloc detect: {exc}", file=sys.stderr)
-        return 1
-    if failed:
-        print(f"tsloc detect: {failed} file(s) could not be read", file=sys.stderr)
-        return 1
-    return 0
+    return _over_files("detect", lambda: detect_files(finder, args.paths, min_score=min_score,
+                                                      min_probability=min_probability, fmt=args.format,
+                                                      draw_dir=args.draw))
 
 
 def compare(args) -> None:
