@@ -191,6 +191,7 @@ def test_scene_params_rerun_only_the_scene_stages(repo):
     """The two branches are apart: a scene param reruns scene stages only (those after the param's),
     and the crop branch's outputs stay as they were."""
     dst, env, _ = repo
+    _run([BIN / "dvc", "exp", "run"], dst, env)  # back to the default params (each exp run composes them afresh)
     before = (dst / "metrics" / "evaluate.json").read_text()
 
     def ran(proc):
@@ -351,7 +352,7 @@ def test_plots_page_draws_every_plot_offline_in_chromium(repo, tmp_path):
     plots = yaml.safe_load((dst / "dvc.yaml").read_text())["plots"]
     vega = [next(iter(p)) for p in plots if isinstance(p, dict)]
     pngs = [p for p in plots if isinstance(p, str)]
-    assert len(vega) == 6 and len(pngs) == 6
+    assert len(vega) == 9 and len(pngs) == 7
     _run([BIN / "dvc", "plots", "show", "-o", str(tmp_path / "show")], dst, env)
     shot = os.environ.get("TSLOC_SCREENSHOT")  # TSLOC_SCREENSHOT=$PWD/docs/plots_page.png refreshes the README's
     page = check_page(tmp_path / "show" / "index.html", tmp_path / "profile", Path(shot) if shot else None)
