@@ -17,10 +17,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from pathlib import Path
+
+from trees import src_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,12 +93,8 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.images, args.size)))
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "old.tar"
-        subprocess.run(["git", "archive", "-o", str(archive), args.against, "src"], cwd=REPO, check=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(Path(tmp) / "old", filter="data")
-        trees = {"new": REPO / "src", "old": Path(tmp) / "old" / "src"}
+    with src_at(args.against) as old:
+        trees = {"new": REPO / "src", "old": old}
         times: dict[str, dict[str, list]] = {k: {} for k in trees}
         for _ in range(args.repeats):
             for name, src in trees.items():

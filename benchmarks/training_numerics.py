@@ -10,9 +10,9 @@ import argparse
 import os
 import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
+
+from trees import src_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,12 +64,8 @@ def main() -> int:
     if args.child:
         child(args.child)
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "old.tar"
-        subprocess.run(["git", "archive", "-o", str(archive), args.against, "src"], cwd=REPO, check=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(Path(tmp) / "old", filter="data")
-        for label, src in ((args.against, Path(tmp) / "old" / "src"), ("this tree", REPO / "src")):
+    with src_at(args.against) as old:
+        for label, src in ((args.against, old), ("this tree", REPO / "src")):
             subprocess.run([sys.executable, __file__, "--child", label], env={**os.environ, "PYTHONPATH": str(src)},
                            check=True, stderr=subprocess.DEVNULL)
     return 0

@@ -65,9 +65,10 @@ def build_detector(weights: str = "imagenet", fpn_channels: int = 64, head_convs
     return model
 
 
-def to_input(frames_uint8: list) -> list[torch.Tensor]:
-    """uint8 RGB arrays (H, W, 3) as the float CHW tensors in 0..1 torchvision's detection models take."""
-    return [torch.from_numpy(f).permute(2, 0, 1).float().div_(255) for f in frames_uint8]
+def frame_tensor(frame) -> torch.Tensor:
+    """A uint8 RGB frame (H, W, 3) as the float CHW tensor in 0..1 torchvision's detection models take."""
+    import numpy as np
+    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255)
 
 
 def save(path, model: FCOS, config: dict, **description) -> None:

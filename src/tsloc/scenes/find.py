@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .detector import frame_tensor
 from .namer import margin_of, name
 
 
@@ -25,7 +26,7 @@ class Finder:
     def __call__(self, frame: np.ndarray, min_score: float = 0.0) -> list[dict]:
         """Every detection of `frame` (uint8 H x W x 3) scoring at least `min_score`: the detector's
         box and score, and the namer's class id (its own ids), probability and refined box, in pixels."""
-        image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255).to(self.device)
+        image = frame_tensor(frame).to(self.device)
         found = self.detector([image])[0]
         keep = found["scores"] >= min_score
         boxes, scores = found["boxes"][keep].cpu().numpy(), found["scores"][keep].cpu().numpy()

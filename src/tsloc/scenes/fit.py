@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..data.images import open_rgb
 from ..data.table import map_threads
 from ..resume import Resume
+from .detector import frame_tensor
 from .windows import cut_window, photometric, window_plan
 
 
@@ -85,7 +86,7 @@ def detect(model, frames: list[np.ndarray], device, progress: str | None = "dete
     model.to(device).eval()
     out = []
     for f in tqdm(frames, desc=progress, unit="frame", leave=False, disable=progress is None):
-        image = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).float().div_(255).to(device)
+        image = frame_tensor(f).to(device)
         found = model([image])[0]
         out.append({"boxes": found["boxes"].cpu().numpy(), "scores": found["scores"].cpu().numpy()})
     return out

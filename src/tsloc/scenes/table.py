@@ -10,6 +10,7 @@ category` (GTSDB's categories: prohibitory, danger, mandatory, other).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -61,7 +62,6 @@ def check_frame_box(where: str, box, width: int, height: int) -> None:
 
 
 def load_scene_table(path) -> pd.DataFrame:
-    from pathlib import Path
     if not Path(path).exists():
         raise DataError(f"{path}: not found (run the scenes_ingest stage first: dvc repro scenes_ingest)")
     return pd.read_csv(path)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .detector import frame_tensor
+
 MIN_VISIBLE = 0.5  # a sign cut by the window's edge counts when at least this share of it is inside
 
 
@@ -43,7 +45,7 @@ def cut_window(frame: np.ndarray, boxes: np.ndarray, scale: float, left: int, to
     antialiased), zero-padded where it leaves the frame; and the boxes inside it (N, 4), clipped,
     those less than MIN_VISIBLE inside dropped. `flip` mirrors both (a sign's class may change
     with it, but the detector only finds signs)."""
-    image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255)
+    image = frame_tensor(frame)
     h, w = image.shape[1:]
     sh, sw = int(round(h * scale)), int(round(w * scale))
     if (sh, sw) != (h, w):
