@@ -59,12 +59,10 @@ def test_crop_windows_grow_by_the_margin_and_stay_in_the_frame():
 
 def test_a_detection_is_named_and_its_box_refined_by_the_crop_model(tmp_path):
     """A stub detector that finds one box, and the stub crop model (class 3; its box STUB_BOX of the crop)."""
-    class One(torch.nn.Module):
-        def forward(self, images):
-            return [{"boxes": torch.tensor([[50.0, 20.0, 90.0, 60.0]]), "scores": torch.tensor([0.8]),
-                     "labels": torch.tensor([0])}]
+    def one(frame):
+        return np.array([[50.0, 20.0, 90.0, 60.0]]), np.array([0.8])
     namer = load_backend(stub_model(tmp_path / "m.pt"))
-    found = Finder(One(), namer)(np.zeros((100, 200, 3), np.uint8))
+    found = Finder(one, namer)(np.zeros((100, 200, 3), np.uint8))
     assert len(found) == 1 and found[0]["class_id"] == 3 and found[0]["score"] == pytest.approx(0.8)
     l, t, r, b = STUB_BOX  # of the crop window (46, 16, 94, 64): 48 x 48 px, the margin of 10%
     assert found[0]["box"] == pytest.approx([46 + l * 48, 16 + t * 48, 46 + r * 48, 16 + b * 48], abs=0.05)
@@ -150,11 +148,115 @@ def test_detect_on_files(tmp_path):
     assert bad.returncode == 2 and "--min-score must be from 0 to 1, not 2.0" in bad.stderr
 
 
+def _lively(model):
+    """A random detector whose scores spread (freshly built, every cell scores about 0.07: all ties)."""
+    torch.manual_seed(0)
+    head = model.head
+    for conv in (head.classification_head.cls_logits, head.regression_head.bbox_ctrness, head.regression_head.bbox_reg):
+        torch.nn.init.normal_(conv.weight, std=0.3)
+        torch.nn.init.zeros_(conv.bias)
+    return model.eval()
+
+
+def test_numpy_nms_keeps_what_torchvision_keeps():
+    from torchvision.ops import nms as tv_nms
+    from tsloc.scenes.decode import nms
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 200, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 60, (300, 2))], 1).astype(np.float32)
+    boxes[:20, 2:] = boxes[:20, :2]  # empty boxes (0 / 0 overlap) as a head with zero distances gives
+    scores = rng.uniform(0, 1, 300).astype(np.float32)
+    for iou in (0.3, 0.5, 0.7):
+        assert nms(boxes, scores, iou).tolist() == tv_nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou).tolist()
+
+
+def test_decoding_the_heads_outputs_gives_torchvisions_detections():
+    """The graph the ONNX file holds (pixels to per-cell scores and distances) and the NumPy decoding
+    after it give what torchvision's FCOS gives, on a frame whose sides are not multiples of 32."""
+    from tsloc.scenes.decode import decode
+    from tsloc.scenes.export import DetectorGraph
+    model = _lively(det.build_detector("none", fpn_channels=32, head_convs=1))
+    frame = np.random.default_rng(1).integers(0, 256, (150, 230, 3), dtype=np.uint8)
+    boxes, scores = det.TorchDetector(model, {})(frame)
+    with torch.no_grad():
+        cells, distances = DetectorGraph(model)(torch.from_numpy(frame))
+    mine, my_scores = decode(cells.numpy(), distances.numpy(), 150, 230, det.STRIDES, score_thresh=model.score_thresh,
+                             topk=model.topk_candidates, nms_thresh=model.nms_thresh,
+                             max_detections=model.detections_per_img)
+    assert 10 <= len(boxes) == len(mine) and np.allclose(my_scores, scores, atol=1e-5)
+    assert np.abs(mine - boxes).max() < 1e-2
+
+
+@pytest.fixture(scope="module")
+def onnx_detector(tmp_path_factory):
+    """A random detector with spread scores and its ONNX export (about half a minute: marked slow)."""
+    from tsloc.scenes.export import export_detector
+    model = _lively(det.build_detector("none", fpn_channels=32, head_convs=1))
+    path = tmp_path_factory.mktemp("onnx") / "detector.onnx"
+    return model, export_detector(model, {"config": {"fpn_channels": 32}, "strides": list(det.STRIDES)}, path)
+
+
+@pytest.fixture(scope="module")
+def onnx_crop_model(tmp_path_factory):
+    """The stub crop model as ONNX (its class 3 everywhere)."""
+    from tsloc.checkpoint import load as load_ckpt
+    from tsloc.export import export as export_crop
+    folder = tmp_path_factory.mktemp("crop")
+    return export_crop(*load_ckpt(stub_model(folder / "m.pt")), "onnx", folder / "model.onnx")
+
+
+@pytest.mark.slow
+def test_the_onnx_detector_finds_what_pytorch_finds(onnx_detector, onnx_crop_model):
+    """The exported file (dynamic frame size) through ONNX Runtime against torchvision's FCOS on two
+    frame sizes, within the export stage's parity; its metadata names it a detector, and a crop model
+    given as the detector (or the detector as the crop model) is one message."""
+    from tsloc.backend import load_detector
+    from tsloc.errors import ModelFileError
+    from tsloc.pipeline.detector_export import PARITY, agreement
+    model, path = onnx_detector
+    torch_det = det.TorchDetector(model, {})
+    onnx_det = load_detector(path)
+    assert onnx_det.meta["kind"] == "detector" and onnx_det.meta["config"] == {"fpn_channels": 32}
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((150, 230), (96, 64))]
+    parity = agreement([onnx_det(f) for f in frames], [torch_det(f) for f in frames])
+    assert parity["frames_differing"] == 0 and parity["max_box_difference"] <= PARITY["max_box_difference"], parity
+    assert parity["max_score_difference"] <= PARITY["max_score_difference"], parity
+    with pytest.raises(ModelFileError, match="detector.onnx: a tsloc detector, not a crop model"):
+        load_backend(path)
+    with pytest.raises(ModelFileError, match="model.onnx: a tsloc crop model, not a detector"):
+        load_detector(onnx_crop_model)
+
+
+@pytest.mark.slow
+def test_detect_with_onnx_files_runs_without_torch(tmp_path, onnx_detector, onnx_crop_model):
+    """The pipeline's default files in a folder (models/detector.onnx, models/model.onnx): `tsloc detect`
+    picks them, says so, and answers in a process where importing torch or torchvision fails."""
+    import shutil
+    import subprocess
+    import sys
+    from PIL import Image
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(onnx_detector[1], models / "detector.onnx")
+    shutil.copy(onnx_crop_model, models / "model.onnx")
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (90, 140, 3), dtype=np.uint8)).save(tmp_path / "f.png")
+    code = ("import sys; sys.modules['torch'] = sys.modules['torchvision'] = None\n"
+            "from tsloc.cli import main\nsys.exit(main(['detect', 'f.png', '--min-probability', '0']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "detector onnxruntime fp32, namer onnxruntime fp32" in proc.stderr
+    record = json.loads(proc.stdout)
+    assert (record["width"], record["height"]) == (140, 90) and record["detections"], record
+    assert all(d["class_id"] == 3 for d in record["detections"])  # the stub crop model's answer
+
+
 @pytest.mark.slow  # trains the detector for a few epochs on synthetic scenes (about a minute)
 def test_the_detector_learns_to_find_synthetic_signs(tmp_path):
     from tsloc.params import DetectorParams
     from tsloc.scenes import manifest, synthetic
-    from tsloc.scenes.fit import decode_frames, detect, fit_detector
+    from tsloc.data.frames import decode_frames
+    from tsloc.scenes.fit import detect, fit_detector
     data = manifest.read(synthetic.generate(tmp_path, frames=24, seed=2, width=320, height=240)).table
     paths = list(dict.fromkeys(data["frame"]))
     signs = data[data["class_id"] >= 0]

@@ -70,7 +70,8 @@ def repo(tmp_path_factory):
     # `dvc exp run` composes params.yaml from conf/ (Hydra): the small settings go into the base config
     # and into every recipe that sets them.
     small = {("data", "synthetic", "size"): 250, ("data", "image_size"): 64, ("train", "epochs"): 3,
-             ("scenes", "synthetic", "frames"): 40, ("detector", "epochs"): 2}
+             ("scenes", "synthetic", "frames"): 40, ("detector", "epochs"): 2,
+             ("detector_export", "calibration_frames"): 8}
     for path in [dst / "conf" / "config.yaml", *(dst / "conf" / "recipe").glob("*.yaml")]:
         config = yaml.safe_load(path.read_text())
         for keys, value in small.items():
@@ -157,11 +158,13 @@ def test_declared_code_deps_match_the_modules_loaded(repo):
     ("cli.py", set()),                                   # the command line: no stage
     ("losses.py", {"train"}),                            # the objective: training only, not the features
     ("model.py", {"train", "evaluate", "export", "scenes_evaluate"}),  # the network: not the backbone's features pass
-    ("backbone.py", {"features", "train", "evaluate", "export", "detector_train", "scenes_evaluate"}),
-    ("onnxrt.py", {"evaluate", "export", "scenes_evaluate"}),
+    ("backbone.py", {"features", "train", "evaluate", "export", "detector_train", "detector_export",
+                     "scenes_evaluate"}),
+    ("onnxrt.py", {"evaluate", "export", "detector_export", "scenes_evaluate"}),
     ("scenes/split.py", {"scenes_split"}),                # the scene branch: apart from the crop branch
+    ("scenes/decode.py", {"detector_export"}),            # the ONNX detector's decoding: not the PyTorch path
     ("paths.py", {"ingest", "split", "features", "train", "evaluate", "export", "visualize", "scenes_ingest",
-                  "scenes_split", "detector_train", "scenes_evaluate"}),
+                  "scenes_split", "detector_train", "detector_export", "scenes_evaluate"}),
 ])
 def test_editing_a_module_changes_only_the_stages_that_use_it(repo, module, changed):
     """What DVC sees after an edit (`dvc status`), in the reproduced copy: the stages whose code it is."""
@@ -197,10 +200,12 @@ def test_scene_params_rerun_only_the_scene_stages(repo):
     def ran(proc):
         return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "detect.min_score=0.5"], dst, env)) == {"scenes_evaluate"}
+    assert ran(_run([BIN / "dvc", "exp", "run", "-S", "detector_export.calibration_frames=4"], dst, env)) == \
+        {"detector_export"}
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "scenes.seed=3"], dst, env)) == \
-        {"scenes_split", "detector_train", "scenes_evaluate"}
+        {"scenes_split", "detector_train", "detector_export", "scenes_evaluate"}
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "scenes.synthetic.frames=30"], dst, env)) == \
-        {"scenes_ingest", "scenes_split", "detector_train", "scenes_evaluate"}
+        {"scenes_ingest", "scenes_split", "detector_train", "detector_export", "scenes_evaluate"}
     assert json.loads((dst / "reports" / "scenes_ingest.json").read_text())["Training"]["frames"] == 30
     assert set(json.loads((dst / "metrics" / "scenes.json").read_text())["test"]) == \
         {"find_ap50", "map50", "map", "recall", "frames_per_second"}

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli, write_ppm
-from tsloc.data import formats
+from tsloc.data import formats, gtsdb
+from tsloc.data.frames import NO_SIGN
 from tsloc.errors import DataError
-from tsloc.scenes import gtsdb, manifest, synthetic
+from tsloc.scenes import manifest, synthetic
 from tsloc.scenes.split import split_frames
-from tsloc.scenes.table import NO_SIGN
 
 README = "\n".join(["Some text", "0 = speed limit 20 (prohibitory)"]
                    + [f"{i} = class {i} ({('danger', 'mandatory', 'other', 'prohibitory')[i % 4]})" for i in range(1, 43)])
@@ -35,7 +35,7 @@ def write_gtsdb(root: Path, lines: list[str], frames=(0, 1, 2), size=(80, 50), r
 
 def test_gtsdb_inclusive_edges_empty_frames_and_categories(tmp_path):
     root = write_gtsdb(tmp_path, ["00000.ppm;10;5;29;24;14", "00000.ppm;40;10;59;30;1", "00002.ppm;0;0;79;49;42"])
-    data = gtsdb.read(root)
+    data = gtsdb.read_frames(root)
     t = data.table
     signs = t[t["class_id"] != NO_SIGN]
     assert signs[["left", "top", "right", "bottom"]].values.tolist() == [[10, 5, 30, 25], [40, 10, 60, 31], [0, 0, 80, 50]]
@@ -45,13 +45,13 @@ def test_gtsdb_inclusive_edges_empty_frames_and_categories(tmp_path):
     assert data.classes.loc[1, "category"] == "mandatory"  # from this ReadMe.txt, not the shipped list
     assert data.summary["Training"] == {"frames": 3, "with_signs": 2, "without_signs": 1, "boxes": 3, "classes": 3,
                                         "box_side_px": [20.0, 50.0]}
-    shipped = gtsdb.read(write_gtsdb(tmp_path / "plain", ["00000.ppm;1;1;9;9;14"], frames=(0,), readme=False))
+    shipped = gtsdb.read_frames(write_gtsdb(tmp_path / "plain", ["00000.ppm;1;1;9;9;14"], frames=(0,), readme=False))
     assert shipped.classes.loc[1, "category"] == "prohibitory"  # GTSDB's own list, shipped with the project
 
 
 def test_the_whole_package_keeps_its_test_frames(tmp_path):
     root = write_gtsdb(tmp_path, ["00001.ppm;1;1;9;9;3", "00600.ppm;2;2;12;12;3"], frames=(0, 1, 600, 601))
-    t = gtsdb.read(root).table
+    t = gtsdb.read_frames(root).table
     assert t.groupby("side")["frame"].nunique().to_dict() == {"Testing": 2, "Training": 2}
     table, report = split_frames(t, 0.5, 0.2, seed=0)
     assert set(table.loc[table["side"] == "Testing", "subset"]) == {"test"} and report["test_side"] == "the data set's own"
@@ -80,7 +80,7 @@ def test_an_unreadable_frame_is_named(tmp_path):
     frame = root / "FullIJCNN2013" / "00002.ppm"
     frame.write_bytes(frame.read_bytes()[:200])
     with pytest.raises(DataError, match="00002.ppm: truncated image"):
-        gtsdb.read(root)
+        gtsdb.read_frames(root)
 
 
 def test_the_stage_reads_the_zip_and_writes_the_table(tmp_path):
@@ -199,7 +199,7 @@ def test_the_shared_gtsdb_training_part(tmp_path):
     import subprocess
     import sys
     subprocess.run([sys.executable, str(shared / "restore.py"), str(tmp_path), "--jpeg"], check=True, capture_output=True)
-    data = gtsdb.read(tmp_path)
+    data = gtsdb.read_frames(tmp_path)
     assert data.summary["Training"] == {"frames": 600, "with_signs": 506, "without_signs": 94, "boxes": 852,
                                         "classes": 43, "box_side_px": [17.0, 124.0]}
     assert data.summary["Testing"]["frames"] == 0

@@ -16,8 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .errors import UsageError
 from .guard import guarded, print_json
-from .paths import (DETECTOR, EVALUATE_METRICS, EVALUATE_REPORT, EXPORT_REPORT, INT8, METADATA, MODEL, MODEL_CARD, ONNX,
-                    RESUME, SCENE_SPLIT, SCENE_TABLE, SPLIT_TABLE)
+from .paths import (DETECTOR, DETECTOR_INT8, DETECTOR_ONNX, EVALUATE_METRICS, EVALUATE_REPORT, EXPORT_REPORT, INT8,
+                    METADATA, MODEL, MODEL_CARD, ONNX, RESUME, SCENE_SPLIT, SCENE_TABLE, SPLIT_TABLE, first_existing)
 
 STAGES = {
     "ingest": f"read the data set (data.source, data.format) into {METADATA} and the class list",
@@ -33,6 +33,8 @@ STAGES = {
     "scenes_ingest": f"read the scene data set (scenes.source, scenes.format) into {SCENE_TABLE} and its classes",
     "scenes_split": f"split the scenes' frames into train / valid / test ({SCENE_SPLIT})",
     "detector_train": f"train the detector on windows of the training frames ({DETECTOR})",
+    "detector_export": f"{DETECTOR_ONNX} and {DETECTOR_INT8} for ONNX Runtime, checked against the PyTorch "
+                       "detector on the validation frames (reports/detector_export.json)",
     "scenes_evaluate": "find and name the signs of the test frames: COCO's AP, recall, frames per second "
                        "(metrics/scenes.json), precision-recall curves, a gallery",
 }
@@ -84,10 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "crop model): one JSON line (or CSV rows) per frame, boxes in pixels of the "
                                      "upright frame.")
     det.add_argument("paths", nargs="+", metavar="FRAME", help="frame files, or folders searched recursively")
-    det.add_argument("--detector", metavar="FILE", default=str(DETECTOR),
-                     help=f"the detector (default: {DETECTOR}, the pipeline's)")
-    det.add_argument("--model", metavar="FILE", default=str(MODEL),
-                     help=f"the crop model that names each detection, .pt or .onnx (default: {MODEL})")
+    det.add_argument("--detector", metavar="FILE",
+                     help=f"the detector, .onnx (ONNX Runtime) or .pt (default: the pipeline's: {DETECTOR_INT8} where it "
+                          f"kept AP50 within detector_export.max_ap50_loss, else {DETECTOR_ONNX}, else {DETECTOR}; "
+                          "which one goes to stderr)")
+    det.add_argument("--model", metavar="FILE",
+                     help=f"the crop model that names each detection, .onnx or .pt (default: {ONNX} if it exists, "
+                          f"else {MODEL})")
     det.add_argument("--min-score", type=float, metavar="S",
                      help="the detector's score a detection needs, 0 to 1 (default: detect.min_score in params.yaml, "
                           "else 0.3)")
@@ -173,11 +178,9 @@ def _over_files(command: str, work) -> int:
 def detect(args) -> int:
     from pathlib import Path
 
-    from .backend import load_backend
+    from .backend import default_detector, load_backend, load_detector
     from .detect import detect_files
-    from .device import select_device
     from .params import DetectParams, load_params
-    from .scenes import detector as det
     from .scenes.find import Finder
     point = load_params(args.params).detect if Path(args.params).is_file() else DetectParams()
     min_score = point.min_score if args.min_score is None else args.min_score
@@ -185,8 +188,17 @@ def detect(args) -> int:
     for flag, value in (("--min-score", min_score), ("--min-probability", min_probability)):
         if not 0 <= value <= 1:
             raise UsageError(f"{flag} must be from 0 to 1, not {value}")
-    device = select_device(args.device)
-    finder = Finder(det.load(args.detector)[0], load_backend(args.model, device), device)
+    files = (args.detector or default_detector(), args.model or first_existing(ONNX, MODEL))
+    if args.device == "auto" and all(Path(f).suffix == ".onnx" for f in files):
+        from .onnxrt import auto_device
+        device = auto_device()  # ONNX files only: PyTorch is not imported
+    else:
+        from .device import select_device
+        device = select_device(args.device)
+    detector, namer = load_detector(files[0], device), load_backend(files[1], device)
+    if args.detector is None or args.model is None:
+        print(f"tsloc detect: detector {detector.name}, namer {namer.name}", file=sys.stderr)
+    finder = Finder(detector, namer)
     return _over_files("detect", lambda: detect_files(finder, args.paths, min_score=min_score,
                                                       min_probability=min_probability, fmt=args.format,
                                                       draw_dir=args.draw))

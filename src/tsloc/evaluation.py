@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .boxes import paired_iou, relative_boxes
 from .data.images import open_rgb
-from .data.store import to_input
+from .data.images import to_input
 
 
 def predict_images(backend, images: np.ndarray, batch_size: int = 64) -> dict:

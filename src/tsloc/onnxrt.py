@@ -32,6 +32,43 @@ def read_meta(path: str | Path) -> dict:
     return json.loads(props[META_KEY])
 
 
+def set_meta(path: Path, meta: dict, doc: str | None = None) -> None:
+    """Write the file's description under `META_KEY` (and its doc string, when given)."""
+    import onnx
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {META_KEY: json.dumps(meta)})
+    if doc is not None:
+        model.doc_string = doc
+    onnx.save(model, str(path))
+
+
+def auto_device() -> str:
+    """`--device auto` for ONNX files without asking PyTorch: CUDA where this onnxruntime has it."""
+    import onnxruntime as ort
+    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+
+
+def session(path: str | Path, device="cpu"):
+    """An ONNX Runtime session for the file, on CUDA when `device` says so (one message when this
+    onnxruntime has no CUDA provider, or the file is truncated or foreign)."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if str(device).startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ModelFileError(f"{path}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu), "
+                                 "or run on the CPU with --device cpu")
+        providers.insert(0, "CUDAExecutionProvider")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own types for a truncated or foreign file
+        raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]})") from exc
+
+
 class OnnxBackend:
     """A `.onnx` export through ONNX Runtime. The file describes itself (`read_meta`):
     no `.pt` file is needed beside it. On the CPU a call's images run in chunks of `CPU_CHUNK`: per
@@ -43,24 +80,13 @@ class OnnxBackend:
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, device="cpu"):
-        import onnxruntime as ort
-
         self.meta = read_meta(path)
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ModelFileError(f"{path}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu), "
-                                     "or predict on the CPU with --device cpu")
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own types for a truncated or foreign file
-            raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:200]})") from exc
+        if self.meta.get("kind") == "detector":
+            raise ModelFileError(f"{path}: a tsloc detector, not a crop model (give it as --detector)")
+        self.session = session(path, device)
         self.name = f"onnxruntime {self.meta['export']['precision']}"
-        self.chunk = None if "CUDAExecutionProvider" in providers else self.CPU_CHUNK  # a GPU wants whole batches
+        on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
+        self.chunk = None if on_gpu else self.CPU_CHUNK  # a GPU wants whole batches
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(images, dtype=np.uint8)

@@ -166,8 +166,18 @@ class DetectorParams:
     frozen_blocks: int = ranged(4, ge=0, le=14)    # MobileNetV2's first blocks that do not train
     fpn_channels: int = ranged(64, ge=32)          # a multiple of 32 (the head's GroupNorm has 32 groups)
     head_convs: int = ranged(2, ge=1)
+    top_block: int = ranged(13, ge=7, le=13)       # MobileNetV2's block for the stride-16 level (7-10: lighter)
     seed: int = ranged(0, **SEED)
     device: str = "auto"                           # auto | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
+class DetectorExportParams:
+    """The detector's ONNX files (the detector_export stage)."""
+    calibration_frames: int = ranged(32, ge=1)       # training frames the int8 ranges are calibrated on
+    seed: int = ranged(0, **SEED)                    # which training frames
+    float_convs: int = ranged(3, ge=0)               # the first N convolutions stay float in int8
+    max_ap50_loss: float = ranged(0.005, ge=0, le=1)  # int8 is detect's default only when it loses no more AP50
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,7 @@ class Params:
     export: ExportParams = field(default_factory=ExportParams)
     scenes: ScenesParams = field(default_factory=ScenesParams)
     detector: DetectorParams = field(default_factory=DetectorParams)
+    detector_export: DetectorExportParams = field(default_factory=DetectorExportParams)
     detect: DetectParams = field(default_factory=DetectParams)
 
 

@@ -48,6 +48,9 @@ SCENES_INGEST_REPORT = Path("reports/scenes_ingest.json")
 SCENE_SPLIT = SCENES / "split.csv"          # the scene table with each frame's subset
 SCENES_SPLIT_REPORT = Path("reports/scenes_split.json")
 DETECTOR = Path("models/detector.pt")
+DETECTOR_ONNX = DETECTOR.with_suffix(".onnx")
+DETECTOR_INT8 = DETECTOR.with_suffix(".int8.onnx")  # written only when it keeps AP50 (detector_export)
+DETECTOR_EXPORT_REPORT = Path("reports/detector_export.json")
 DETECTOR_LIVE = Path("dvclive-detector")
 DETECTOR_RESUME = Path("checkpoints/detector.pt")
 DETECTOR_REPORT = Path("reports/detector_train.json")
@@ -75,3 +78,8 @@ def repo_root(cwd: Path | None = None) -> Path:
 def resolve_data_path(path: str) -> Path:
     p = Path(path).expanduser()
     return p if p.is_absolute() else repo_root() / p
+
+
+def first_existing(*paths: Path) -> Path:
+    """The first of `paths` that exists (the last when none does: its error names what to make)."""
+    return next((p for p in paths if p.exists()), paths[-1])

@@ -18,8 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .data.images import open_rgb
-from .data.store import to_input
+from .data.images import open_rgb, to_input
 from .errors import DataError
 
 IMAGE_SUFFIXES = {".ppm", ".pgm", ".pbm", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import DataError
@@ -103,3 +104,9 @@ def _ppm_size(path: Path) -> tuple[int, int]:
     if actual < expected:
         raise DataError(f"{path}: truncated image ({actual} bytes, its header needs {expected})")
     return width, height
+
+
+def to_input(img: Image.Image, size: int) -> np.ndarray:
+    """An RGB image as the network sees it: squashed to size x size, uint8 (S, S, 3). The one place
+    training, evaluation, predict and the scene branch's namer prepare pixels, so they cannot drift apart."""
+    return np.asarray(img.resize((size, size), Image.BILINEAR))

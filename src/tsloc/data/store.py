@@ -12,17 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..backbone import IMAGENET_MEAN, IMAGENET_STD
-from .images import open_rgb
-
-
-def to_input(img: Image.Image, size: int) -> np.ndarray:
-    """An RGB image as the network sees it: squashed to size x size, uint8 (S, S, 3). The one place
-    training, evaluation and predict prepare pixels, so they cannot drift apart."""
-    return np.asarray(img.resize((size, size), Image.BILINEAR))
+from .images import open_rgb, to_input
 
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:

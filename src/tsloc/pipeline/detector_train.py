@@ -9,15 +9,15 @@ import time
 
 import numpy as np
 
+from ..data.frames import BOX, NO_SIGN, decode_frames, load_scene_table
 from ..device import select_device
 from ..io import significant, write_json
 from ..params import record_keys
 from ..paths import DETECTOR, DETECTOR_LIVE, DETECTOR_METRICS, DETECTOR_REPORT, DETECTOR_RESUME, SCENE_SPLIT
 from ..resume import Resume
 from ..scenes import detector as det
-from ..scenes.fit import decode_frames, detect, fit_detector
+from ..scenes.fit import detect, fit_detector
 from ..scenes.metrics import evaluate
-from ..scenes.table import BOX, NO_SIGN, load_scene_table
 from . import tracked_params
 
 
@@ -38,7 +38,8 @@ def run(params_file: str = "params.yaml") -> dict:
     _, train_paths, train_boxes = _frames(split, "train")
     valid, valid_paths, _ = _frames(split, "valid")
     device = select_device(d.device)
-    config = {"fpn_channels": d.fpn_channels, "head_convs": d.head_convs, "frozen_blocks": d.frozen_blocks}
+    config = {"fpn_channels": d.fpn_channels, "head_convs": d.head_convs, "frozen_blocks": d.frozen_blocks,
+              "top_block": d.top_block}
     model = det.build_detector(d.weights, **config)
     key = hashlib.sha256(json.dumps(d.as_dict(), sort_keys=True).encode() + SCENE_SPLIT.read_bytes()).hexdigest()
     resume = Resume(DETECTOR_RESUME, key)

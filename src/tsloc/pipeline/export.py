@@ -17,11 +17,12 @@ from .. import checkpoint
 from ..backend import load_backend
 from ..errors import ExportError
 from ..evaluation import agreement, constant_box, evaluate_subset, predict_images
-from ..export import FORMATS, export, quantize_int8
+from ..export import FORMATS, export
 from ..inference import TorchBackend
 from ..io import write_json
 from ..params import load_params, record_keys
 from ..paths import EXPORT_REPORT, IMAGE_STORE, INT8, MODEL, ONNX, SPLIT_TABLE
+from ..quantize import quantize_int8
 from . import load, subset_rows, tracked_params
 # fp32 ONNX against PyTorch on the test set: the same class for at least this share of images, and
 # boxes within this much of the image's width and height.

@@ -18,19 +18,17 @@ import numpy as np
 import pandas as pd
 
 from .. import plots
-from ..backend import load_backend
+from ..backend import load_backend, load_detector
+from ..data.frames import BOX, NO_SIGN, decode_frame, load_scene_table
 from ..device import select_device
 from ..errors import DataError
 from ..io import write_csv, write_figure, write_json
 from ..params import record_keys
 from ..paths import (DETECTOR, MODEL, SCENE_CLASSES, SCENE_SPLIT, SCENES_DETECTIONS, SCENES_GALLERY, SCENES_METRICS,
                      SCENES_PLOTS, SCENES_REPORT)
-from ..scenes import detector as det
 from ..scenes.find import Finder
-from ..scenes.fit import decode_frame
 from ..scenes.metrics import evaluate, recall_at
 from ..scenes.namer import match_classes
-from ..scenes.table import BOX, NO_SIGN, load_scene_table
 from . import tracked_params
 
 GALLERY = 6  # test frames in the gallery, the worst first
@@ -43,14 +41,14 @@ def run(params_file: str = "params.yaml") -> dict:
     test = split[split["subset"] == "test"]
     paths = list(dict.fromkeys(test["frame"]))
     device = select_device(p.detector.device)
-    detector, _ = det.load(DETECTOR)
+    detector = load_detector(DETECTOR, device)
     namer = load_backend(MODEL, device)
     try:
         mapping = match_classes(classes, namer.meta["class_names"])
     except DataError as exc:  # e.g. a GTSRB crop model beside the synthetic scenes: finding is still scored
         print(f"tsloc scenes_evaluate: naming not scored: {exc}", file=sys.stderr)
         mapping = np.full(len(namer.meta["class_names"]), -1)
-    finder = Finder(detector, namer, device)
+    finder = Finder(detector, namer)
     rows, seconds = [], 0.0
     for path in paths:
         started = time.perf_counter()

@@ -1,10 +1,10 @@
 """The detector: torchvision's FCOS (anchor-free, one point per feature-map cell) on the offline
 ImageNet MobileNetV2, class-agnostic (it finds signs; the crop model names them).
 
-- Features at stride 8 and 16 (MobileNetV2's blocks 6 and 13) through a feature pyramid
-  (torchvision's BackboneWithFPN, plus its max-pooled level at stride 32): a 16-px sign covers
-  2 x 2 cells at stride 8. The blocks after 13 (stride 32, 1280 channels) are not run: signs are
-  at most about 130 px.
+- Features at stride 8 and 16 (MobileNetV2's block 6, and block `top_block`: 13 by default, 7-10
+  for a lighter trunk) through a feature pyramid (torchvision's BackboneWithFPN, plus its
+  max-pooled level at stride 32): a 16-px sign covers 2 x 2 cells at stride 8. The blocks after it
+  (up to stride 32 and 1280 channels) are not run: signs are at most about 130 px.
 - BatchNorm frozen (torchvision's FrozenBatchNorm2d, as its detection models do with a pretrained
   backbone): windows of a few signs are small batches. The first `frozen_blocks` blocks do not train.
 - No resizing (`NativeSize`): windows and whole frames run at their own size, so a 16-px sign stays
@@ -23,8 +23,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..backbone import IMAGENET_MEAN, IMAGENET_STD, backbone_features
 
-LEVELS = {"6": "0", "13": "1"}     # MobileNetV2 block -> pyramid level: stride 8 (32 ch), stride 16 (96 ch)
-CHANNELS = [32, 96]
+STRIDE_8 = 6                       # MobileNetV2's last block at stride 8 (32 channels)
+STRIDE_16 = range(7, 14)           # its blocks at stride 16: 64 channels up to block 10, 96 after
 STRIDES = (8, 16, 32)              # the two levels and the pyramid's max-pooled one
 
 
@@ -49,14 +49,18 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def build_detector(weights: str = "imagenet", fpn_channels: int = 64, head_convs: int = 2, frozen_blocks: int = 4,
-                   score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 50) -> FCOS:
-    """FCOS with one class (a sign) on MobileNetV2's blocks 0-13 and a small feature pyramid."""
+                   top_block: int = 13, score_thresh: float = 0.05, nms_thresh: float = 0.5,
+                   detections_per_img: int = 50) -> FCOS:
+    """FCOS with one class (a sign) on MobileNetV2's blocks 0 to `top_block` and a small feature pyramid."""
+    if top_block not in STRIDE_16:
+        raise ValueError(f"top_block {top_block}: MobileNetV2's blocks at stride 16 are {STRIDE_16.start}-{STRIDE_16.stop - 1}")
     body, _ = backbone_features("mobilenet_v2", weights)
-    trunk = freeze_batchnorm(body[:14])
+    trunk = freeze_batchnorm(body[:top_block + 1])
     for i, block in enumerate(trunk):
         for p in block.parameters():
             p.requires_grad_(i >= frozen_blocks)
-    fpn = BackboneWithFPN(trunk, LEVELS, CHANNELS, fpn_channels)
+    levels = {str(STRIDE_8): "0", str(top_block): "1"}
+    fpn = BackboneWithFPN(trunk, levels, [32, 64 if top_block <= 10 else 96], fpn_channels)
     anchors = AnchorGenerator(sizes=tuple((s,) for s in STRIDES), aspect_ratios=((1.0,),) * len(STRIDES))
     head = FCOSHead(fpn_channels, anchors.num_anchors_per_location()[0], 1, num_convs=head_convs)
     model = FCOS(fpn, num_classes=1, anchor_generator=anchors, head=head, score_thresh=score_thresh,
@@ -69,6 +73,20 @@ def frame_tensor(frame) -> torch.Tensor:
     """A uint8 RGB frame (H, W, 3) as the float CHW tensor in 0..1 torchvision's detection models take."""
     import numpy as np
     return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255)
+
+
+class TorchDetector:
+    """`detector(frame)` -> (boxes (N, 4) in pixels, scores (N,)): torchvision's FCOS on a uint8 frame
+    (H, W, 3), as tsloc.scenes.onnxdet.OnnxDetector answers from the ONNX file."""
+
+    def __init__(self, model: FCOS, meta: dict, device=torch.device("cpu")):
+        self.model, self.meta, self.device = model.to(device).eval(), meta, device
+        self.name = f"pytorch {device}"
+
+    @torch.no_grad()
+    def __call__(self, frame):
+        found = self.model([frame_tensor(frame).to(self.device)])[0]
+        return found["boxes"].cpu().numpy(), found["scores"].cpu().numpy()
 
 
 def save(path, model: FCOS, config: dict, **description) -> None:

@@ -1,35 +1,31 @@
 """Finding and naming the signs of a frame: the detector's boxes, each named by the crop model
-(tsloc.scenes.namer). One function for the evaluate stage and `tsloc detect`."""
+(tsloc.scenes.namer). One function for the evaluate stage and `tsloc detect`. Imports no torch:
+with ONNX files for both models, neither is loaded."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from .detector import frame_tensor
 from .namer import margin_of, name
 
 
 @dataclass
 class Finder:
-    """The detector (a torchvision FCOS) and the namer (a crop model backend, tsloc.backend)."""
+    """The detector (a `detector(frame) -> (boxes, scores)`: tsloc.backend.load_detector) and the namer
+    (a crop model backend: tsloc.backend.load_backend)."""
     detector: object
     namer: object
-    device: torch.device = torch.device("cpu")
 
     def __post_init__(self):
-        self.detector.to(self.device).eval()
         self.margin = margin_of(self.namer.meta)
 
-    @torch.no_grad()
     def __call__(self, frame: np.ndarray, min_score: float = 0.0) -> list[dict]:
         """Every detection of `frame` (uint8 H x W x 3) scoring at least `min_score`: the detector's
         box and score, and the namer's class id (its own ids), probability and refined box, in pixels."""
-        image = frame_tensor(frame).to(self.device)
-        found = self.detector([image])[0]
-        keep = found["scores"] >= min_score
-        boxes, scores = found["boxes"][keep].cpu().numpy(), found["scores"][keep].cpu().numpy()
+        boxes, scores = self.detector(frame)
+        keep = scores >= min_score
+        boxes, scores = boxes[keep], scores[keep]
         probs, refined = name(self.namer, frame, boxes, self.margin)
         h, w = frame.shape[:2]
         refined = np.clip(refined, 0, [w, h, w, h])

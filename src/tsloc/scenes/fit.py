@@ -10,21 +10,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data.images import open_rgb
-from ..data.table import map_threads
 from ..resume import Resume
-from .detector import frame_tensor
+from .detector import TorchDetector
 from .windows import cut_window, photometric, window_plan
-
-
-def decode_frame(path) -> np.ndarray:
-    """A frame as upright RGB uint8 (H, W, 3), writable (torch takes it as it is)."""
-    return np.array(open_rgb(path))
-
-
-def decode_frames(paths: list[str]) -> list[np.ndarray]:
-    """Every frame decoded once, in threads."""
-    return map_threads(decode_frame, paths, desc="decode frames")
 
 
 def fit_detector(model, frames: list[np.ndarray], boxes: list[np.ndarray], d, *, device, log=None,
@@ -80,13 +68,11 @@ def fit_detector(model, frames: list[np.ndarray], boxes: list[np.ndarray], d, *,
     return row
 
 
-@torch.no_grad()
 def detect(model, frames: list[np.ndarray], device, progress: str | None = "detect") -> list[dict]:
     """The detector on whole frames, one at a time: boxes (N, 4) in pixels and scores (N,) per frame."""
-    model.to(device).eval()
+    detector = TorchDetector(model, {}, device)
     out = []
     for f in tqdm(frames, desc=progress, unit="frame", leave=False, disable=progress is None):
-        image = frame_tensor(f).to(device)
-        found = model([image])[0]
-        out.append({"boxes": found["boxes"].cpu().numpy(), "scores": found["scores"].cpu().numpy()})
+        boxes, scores = detector(f)
+        out.append({"boxes": boxes, "scores": scores})
     return out

@@ -12,21 +12,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data import gtsdb
 from ..data.archives import extract
+from ..data.frames import SceneSet
 from ..errors import DataError
 from ..io import atomic_path, write_csv, write_json
 from ..paths import SCENE_CLASSES, SCENE_TABLE, SCENES_INGEST_REPORT, SCENES_RAW, resolve_data_path
-from . import gtsdb, manifest, synthetic
-from .table import SceneSet
+from . import manifest, synthetic
 
-READERS = {"gtsdb": gtsdb, "manifest": manifest}  # in the order auto tries them
+READERS = {"gtsdb": (gtsdb.locate, gtsdb.read_frames), "manifest": (manifest.locate, manifest.read)}  # auto: in this order
 LOOKED_FOR = (f"GTSDB: {gtsdb.GT} and frames NNNNN.ppm (here or one folder down) or {gtsdb.ARCHIVE}; "
               "a manifest of frames: a .csv file, or manifest.csv in the folder")
 
 
 def detect(path: Path) -> str:
-    for name, module in READERS.items():
-        if module.locate(path) is not None:
+    for name, (locate, _) in READERS.items():
+        if locate(path) is not None:
             return name
     raise DataError(f"{path}: no scene data set recognised (looked for {LOOKED_FOR})")
 
@@ -34,7 +35,7 @@ def detect(path: Path) -> str:
 def read(fmt: str, path: Path) -> SceneSet:
     """The scene data set at `path` in format `fmt` (auto: recognised)."""
     fmt = detect(path) if fmt == "auto" else fmt
-    data = READERS[fmt].read(path)
+    data = READERS[fmt][1](path)
     data.format = fmt
     return data
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..data.images import image_size
 from ..data import manifest as crops
+from ..data.frames import CATEGORIES, COLUMNS, NO_SIGN, SceneSet, check_frame_box, classes_table, side_summary
+from ..data.images import image_size
 from ..data.manifest import BOX, box_numbers, class_ids, open_manifest, read_table, sides_and_files
 from ..data.table import files_digest, map_threads
 from ..errors import DataError
-from .table import CATEGORIES, COLUMNS, NO_SIGN, SceneSet, check_frame_box, classes_table, side_summary
 
 SIDES = ("Training", "Testing")
 locate = crops.locate  # found as the crop manifest is: a .csv file, or the folder's manifest.csv

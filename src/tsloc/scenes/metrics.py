@@ -14,7 +14,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .table import NO_SIGN
+from ..data.frames import NO_SIGN
 
 
 def _coco(truth, detections, category) -> tuple[COCO, COCO | None]:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..data.store import to_input
+from ..data.images import to_input
 from ..errors import DataError
 
 DEFAULT_MARGIN = 0.1  # a model file that does not say its crops' margin: GTSRB's border

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..data.frames import NO_SIGN
 from ..errors import DataError
-from .table import NO_SIGN
 
 SUBSETS = ("train", "valid", "test")
 

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from .images import open_rgb
+from .table import map_threads
 
 COLUMNS = ["frame", "side", "width", "height", "class_id", "left", "top", "right", "bottom", "line"]
 BOX = ["left", "top", "right", "bottom"]
@@ -65,3 +67,13 @@ def load_scene_table(path) -> pd.DataFrame:
     if not Path(path).exists():
         raise DataError(f"{path}: not found (run the scenes_ingest stage first: dvc repro scenes_ingest)")
     return pd.read_csv(path)
+
+
+def decode_frame(path) -> np.ndarray:
+    """A frame as upright RGB uint8 (H, W, 3), writable (torch takes it as it is)."""
+    return np.array(open_rgb(path))
+
+
+def decode_frames(paths: list[str]) -> list[np.ndarray]:
+    """Every frame decoded once, in threads."""
+    return map_threads(decode_frame, paths, desc="decode frames")

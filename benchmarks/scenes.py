@@ -1,0 +1,90 @@
+"""Finding and naming signs in whole frames, side by side in one process: the detector through PyTorch
+(torchvision's FCOS, eager) and its ONNX exports through ONNX Runtime (fp32, int8), the namer the
+crop model's ONNX file, on the same frames.
+
+    dvc repro detector_export export && python benchmarks/scenes.py [--frames DIR] [--count 20] [--rounds 3]
+
+Frames: the first `--count` image files of DIR (e.g. ../gtsdb/FullIJCNN2013: 1360 x 800), else
+synthetic street scenes of 1360 x 800 generated into a temporary folder. The backends take turns in
+rounds, so a slower moment of the machine is shared.
+(a) the detector alone on decoded frames (frames per second);
+(b) end to end as `tsloc detect` runs (decoding a few frames ahead in a thread, finding, naming,
+    one JSON line per frame), frames per second;
+(c) memory as frames stream: the process's peak resident memory after (b) on `--count` frames, and
+    after the same files ten times over (a bounded stream: the peak does not grow with the count).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tsloc.backend import load_backend, load_detector
+from tsloc.data.frames import decode_frames
+from tsloc.detect import detect_files
+from tsloc.paths import DETECTOR, DETECTOR_INT8, DETECTOR_ONNX, MODEL, ONNX, first_existing
+from tsloc.predict import collect
+from tsloc.scenes.find import Finder
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", help="a folder of frames (default: synthetic 1360 x 800 scenes)")
+    ap.add_argument("--count", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    scratch = tempfile.TemporaryDirectory()
+    if args.frames:
+        files = [str(f) for f, _ in collect([args.frames])][:args.count]
+    else:
+        from tsloc.scenes import synthetic
+        synthetic.generate(Path(scratch.name), frames=args.count, seed=1, width=1360, height=800)
+        files = [str(f) for f, _ in collect([scratch.name])][:args.count]
+    frames = decode_frames(files)
+    namer = load_backend(first_existing(ONNX, MODEL))
+    detectors = {"pytorch eager": load_detector(DETECTOR)}
+    for label, path in (("onnxruntime fp32", DETECTOR_ONNX), ("onnxruntime int8", DETECTOR_INT8)):
+        if path.exists():
+            detectors[label] = load_detector(path)
+    h, w = frames[0].shape[:2]
+    print(f"{len(files)} frames of {w} x {h} ({args.frames or 'synthetic'}); namer {namer.name}; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    for d in detectors.values():  # warm-up: first calls allocate
+        d(frames[0])
+    alone = {k: [] for k in detectors}
+    whole = {k: [] for k in detectors}
+    for _ in range(args.rounds):
+        for label, d in detectors.items():
+            started = time.perf_counter()
+            for f in frames:
+                d(f)
+            alone[label].append(len(frames) / (time.perf_counter() - started))
+            started = time.perf_counter()
+            detect_files(Finder(d, namer), files, min_score=0.3, min_probability=0.5, out=io.StringIO())
+            whole[label].append(len(frames) / (time.perf_counter() - started))
+    print(f"{'detector':18} {'(a) frames/s, detector alone':>30} {'(b) frames/s, end to end':>26}")
+    for label in detectors:
+        print(f"{label:18} {np.median(alone[label]):30.2f} {np.median(whole[label]):26.2f}")
+    fastest = max(detectors, key=lambda k: np.median(whole[k]))
+    finder = Finder(detectors[fastest], namer)
+    before = peak_mb()
+    detect_files(finder, files * 10, min_score=0.3, min_probability=0.5, out=io.StringIO())
+    print(f"(c) {fastest}: peak resident memory {before:.0f} MB after the runs above on {len(files)} frames, "
+          f"{peak_mb():.0f} MB after {10 * len(files)} more")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
