@@ -2,11 +2,12 @@
 (torchvision's FCOS, eager) and its ONNX exports through ONNX Runtime (fp32, int8), the namer the
 crop model's ONNX file, on the same frames.
 
-    dvc repro detector_export export && python benchmarks/scenes.py [--frames DIR] [--count 20] [--rounds 3]
+    dvc repro detector_export export && python benchmarks/scenes.py [--frames DIR] [--count 20] [--rounds 3] [--models DIR]
 
 Frames: the first `--count` image files of DIR (e.g. ../gtsdb/FullIJCNN2013: 1360 x 800), else
 synthetic street scenes of 1360 x 800 generated into a temporary folder. The backends take turns in
-rounds, so a slower moment of the machine is shared.
+rounds, so a slower moment of the machine is shared. `--models` (default: models/): the folder holding
+detector.pt, detector.onnx, detector.int8.onnx and model.onnx (or model.pt), as the pipeline writes them.
 (a) the detector alone on decoded frames (frames per second);
 (b) end to end as `tsloc detect` runs (decoding a few frames ahead in a thread, finding, naming,
     one JSON line per frame), frames per second;
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--frames", help="a folder of frames (default: synthetic 1360 x 800 scenes)")
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--models", default=str(MODEL.parent), help="the folder of the model files (default: models)")
     args = ap.parse_args()
     scratch = tempfile.TemporaryDirectory()
     if args.frames:
@@ -53,11 +55,12 @@ def main() -> None:
         synthetic.generate(Path(scratch.name), frames=args.count, seed=1, width=1360, height=800)
         files = [str(f) for f, _ in collect([scratch.name])][:args.count]
     frames = decode_frames(files)
-    namer = load_backend(first_existing(ONNX, MODEL))
-    detectors = {"pytorch eager": load_detector(DETECTOR)}
-    for label, path in (("onnxruntime fp32", DETECTOR_ONNX), ("onnxruntime int8", DETECTOR_INT8)):
-        if path.exists():
-            detectors[label] = load_detector(path)
+    folder = Path(args.models)
+    namer = load_backend(first_existing(folder / ONNX.name, folder / MODEL.name))
+    detectors = {"pytorch eager": load_detector(folder / DETECTOR.name)}
+    for label, name in (("onnxruntime fp32", DETECTOR_ONNX.name), ("onnxruntime int8", DETECTOR_INT8.name)):
+        if (folder / name).exists():
+            detectors[label] = load_detector(folder / name)
     h, w = frames[0].shape[:2]
     print(f"{len(files)} frames of {w} x {h} ({args.frames or 'synthetic'}); namer {namer.name}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
