@@ -7,8 +7,11 @@ crop model's ONNX file, on the same frames.
 Frames: the first `--count` image files of DIR (e.g. ../gtsdb/FullIJCNN2013: 1360 x 800), else
 synthetic street scenes of 1360 x 800 generated into a temporary folder. The backends take turns in
 rounds, so a slower moment of the machine is shared. `--models` (default: models/): the folder holding
-detector.pt, detector.onnx, detector.int8.onnx and model.onnx (or model.pt), as the pipeline writes them.
-(a) the detector alone on decoded frames (frames per second);
+detector.pt, detector.onnx, detector.int8.onnx and model.onnx (or model.pt), as the pipeline writes them;
+with `--export` the two detector ONNX files are first written there from detector.pt (int8 calibrated
+on the benchmark's own frames: enough for its speed; the detector_export stage calibrates on
+training frames and scores AP).
+(a) the detector alone on decoded frames (frames per second), at the operating point (`--min-score`);
 (b) end to end as `tsloc detect` runs (decoding a few frames ahead in a thread, finding, naming,
     one JSON line per frame), frames per second;
 (c) memory as frames stream: the process's peak resident memory after (b) on `--count` frames, and
@@ -45,7 +48,9 @@ def main() -> None:
     ap.add_argument("--frames", help="a folder of frames (default: synthetic 1360 x 800 scenes)")
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--min-score", type=float, default=0.3, help="the detector's operating point (default: 0.3)")
     ap.add_argument("--models", default=str(MODEL.parent), help="the folder of the model files (default: models)")
+    ap.add_argument("--export", action="store_true", help="first write detector.onnx and detector.int8.onnx there")
     args = ap.parse_args()
     scratch = tempfile.TemporaryDirectory()
     if args.frames:
@@ -56,6 +61,13 @@ def main() -> None:
         files = [str(f) for f, _ in collect([scratch.name])][:args.count]
     frames = decode_frames(files)
     folder = Path(args.models)
+    if args.export:
+        from tsloc.quantize import quantize_int8
+        from tsloc.scenes import detector as det
+        from tsloc.scenes.export import export_detector
+        export_detector(*det.load(folder / DETECTOR.name), folder / DETECTOR_ONNX.name)
+        quantize_int8(folder / DETECTOR_ONNX.name, folder / DETECTOR_INT8.name, frames[:8], float_convs=3,
+                      batch_size=None, input_name="frame", symbolic_shapes=False)
     namer = load_backend(first_existing(folder / ONNX.name, folder / MODEL.name))
     detectors = {"pytorch eager": load_detector(folder / DETECTOR.name)}
     for label, name in (("onnxruntime fp32", DETECTOR_ONNX.name), ("onnxruntime int8", DETECTOR_INT8.name)):
@@ -65,17 +77,17 @@ def main() -> None:
     print(f"{len(files)} frames of {w} x {h} ({args.frames or 'synthetic'}); namer {namer.name}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     for d in detectors.values():  # warm-up: first calls allocate
-        d(frames[0])
+        d(frames[0], args.min_score)
     alone = {k: [] for k in detectors}
     whole = {k: [] for k in detectors}
     for _ in range(args.rounds):
         for label, d in detectors.items():
             started = time.perf_counter()
             for f in frames:
-                d(f)
+                d(f, args.min_score)
             alone[label].append(len(frames) / (time.perf_counter() - started))
             started = time.perf_counter()
-            detect_files(Finder(d, namer), files, min_score=0.3, min_probability=0.5, out=io.StringIO())
+            detect_files(Finder(d, namer), files, min_score=args.min_score, min_probability=0.5, out=io.StringIO())
             whole[label].append(len(frames) / (time.perf_counter() - started))
     print(f"{'detector':18} {'(a) frames/s, detector alone':>30} {'(b) frames/s, end to end':>26}")
     for label in detectors:
@@ -83,7 +95,7 @@ def main() -> None:
     fastest = max(detectors, key=lambda k: np.median(whole[k]))
     finder = Finder(detectors[fastest], namer)
     before = peak_mb()
-    detect_files(finder, files * 10, min_score=0.3, min_probability=0.5, out=io.StringIO())
+    detect_files(finder, files * 10, min_score=args.min_score, min_probability=0.5, out=io.StringIO())
     print(f"(c) {fastest}: peak resident memory {before:.0f} MB after the runs above on {len(files)} frames, "
           f"{peak_mb():.0f} MB after {10 * len(files)} more")
     sys.stdout.flush()

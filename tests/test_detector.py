@@ -59,7 +59,7 @@ def test_crop_windows_grow_by_the_margin_and_stay_in_the_frame():
 
 def test_a_detection_is_named_and_its_box_refined_by_the_crop_model(tmp_path):
     """A stub detector that finds one box, and the stub crop model (class 3; its box STUB_BOX of the crop)."""
-    def one(frame):
+    def one(frame, min_score):
         return np.array([[50.0, 20.0, 90.0, 60.0]]), np.array([0.8])
     namer = load_backend(stub_model(tmp_path / "m.pt"))
     found = Finder(one, namer)(np.zeros((100, 200, 3), np.uint8))
@@ -185,6 +185,11 @@ def test_decoding_the_heads_outputs_gives_torchvisions_detections():
                              max_detections=model.detections_per_img)
     assert 10 <= len(boxes) == len(mine) and np.allclose(my_scores, scores, atol=1e-5)
     assert np.abs(mine - boxes).max() < 1e-2
+    # an operating point applied before NMS (fewer candidates: faster) keeps exactly the detections over it
+    cut = float(np.median(my_scores))
+    high, high_scores = decode(cells.numpy(), distances.numpy(), 150, 230, det.STRIDES, score_thresh=cut,
+                               topk=model.topk_candidates, nms_thresh=model.nms_thresh, max_detections=50)
+    assert np.array_equal(high, mine[my_scores > cut]) and np.array_equal(high_scores, my_scores[my_scores > cut])
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     while order.size:
         i, rest = order[0], order[1:]
         keep.append(i)
-        lt = np.maximum(boxes[i, :2], boxes[rest, :2])
-        rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+        w = np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0])
+        h = np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1])
+        inter = np.maximum(w, 0) * np.maximum(h, 0)
         with np.errstate(invalid="ignore", divide="ignore"):  # two empty boxes: 0 / 0, not suppressed (torchvision's rule)
             order = rest[~(inter / (area[i] + area[rest] - inter) > iou)]
     return np.asarray(keep, dtype=np.int64)

@@ -82,9 +82,12 @@ class TorchDetector:
     def __init__(self, model: FCOS, meta: dict, device=torch.device("cpu")):
         self.model, self.meta, self.device = model.to(device).eval(), meta, device
         self.name = f"pytorch {device}"
+        self.score_thresh = model.score_thresh
 
     @torch.no_grad()
-    def __call__(self, frame):
+    def __call__(self, frame, min_score: float = 0.0):
+        """Detections scoring at least `min_score` (and the model's own threshold), as OnnxDetector."""
+        self.model.score_thresh = max(self.score_thresh, min_score)
         found = self.model([frame_tensor(frame).to(self.device)])[0]
         return found["boxes"].cpu().numpy(), found["scores"].cpu().numpy()
 

@@ -23,8 +23,8 @@ class Finder:
     def __call__(self, frame: np.ndarray, min_score: float = 0.0) -> list[dict]:
         """Every detection of `frame` (uint8 H x W x 3) scoring at least `min_score`: the detector's
         box and score, and the namer's class id (its own ids), probability and refined box, in pixels."""
-        boxes, scores = self.detector(frame)
-        keep = scores >= min_score
+        boxes, scores = self.detector(frame, min_score)
+        keep = scores >= min_score  # also for a detector that leaves its threshold as it is
         boxes, scores = boxes[keep], scores[keep]
         probs, refined = name(self.namer, frame, boxes, self.margin)
         h, w = frame.shape[:2]
