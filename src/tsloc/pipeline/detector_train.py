@@ -40,7 +40,7 @@ def run(params_file: str = "params.yaml") -> dict:
     device = select_device(d.device)
     config = {"fpn_channels": d.fpn_channels, "head_convs": d.head_convs, "frozen_blocks": d.frozen_blocks,
               "top_block": d.top_block}
-    model = det.build_detector(d.weights, **config)
+    model = det.build_detector(d.weights, **config, seed=d.seed)  # the same start in every run
     key = hashlib.sha256(json.dumps(d.as_dict(), sort_keys=True).encode() + SCENE_SPLIT.read_bytes()).hexdigest()
     resume = Resume(DETECTOR_RESUME, key)
     done = resume.epochs_done()

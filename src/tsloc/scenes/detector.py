@@ -50,10 +50,13 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 def build_detector(weights: str = "imagenet", fpn_channels: int = 64, head_convs: int = 2, frozen_blocks: int = 4,
                    top_block: int = 13, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                   detections_per_img: int = 50) -> FCOS:
-    """FCOS with one class (a sign) on MobileNetV2's blocks 0 to `top_block` and a small feature pyramid."""
+                   detections_per_img: int = 50, seed: int | None = None) -> FCOS:
+    """FCOS with one class (a sign) on MobileNetV2's blocks 0 to `top_block` and a small feature pyramid.
+    `seed`: the new layers' initial weights (else whatever state PyTorch's generator is in)."""
     if top_block not in STRIDE_16:
         raise ValueError(f"top_block {top_block}: MobileNetV2's blocks at stride 16 are {STRIDE_16.start}-{STRIDE_16.stop - 1}")
+    if seed is not None:
+        torch.manual_seed(seed)
     body, _ = backbone_features("mobilenet_v2", weights)
     trunk = freeze_batchnorm(body[:top_block + 1])
     for i, block in enumerate(trunk):
