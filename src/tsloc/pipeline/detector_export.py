@@ -76,7 +76,7 @@ def run(params_file: str = "params.yaml") -> dict:
     report = {"valid_frames": len(paths), "parity_required": PARITY, "max_ap50_loss": e.max_ap50_loss}
     report["pytorch"], reference = score(load_detector(DETECTOR), frames, paths, valid)
     with tempfile.TemporaryDirectory(prefix=".detector_export.", dir=DETECTOR.parent) as scratch:
-        fp32 = export_detector(model, ckpt, Path(scratch) / DETECTOR_ONNX.name, example=None)
+        fp32 = export_detector(model, ckpt, Path(scratch) / DETECTOR_ONNX.name)
         report["onnx_fp32"], found = score(load_detector(fp32), frames, paths, valid)
         report["onnx_fp32"]["against_pytorch"] = parity = agreement(found, reference)
         if parity["frames_differing"] or parity["max_box_difference"] > PARITY["max_box_difference"] \
