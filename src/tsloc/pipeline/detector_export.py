@@ -74,7 +74,7 @@ def run(params_file: str = "params.yaml") -> dict:
     calibration = decode_frames([train[i] for i in picked])
     model, ckpt = det.load(DETECTOR)
     report = {"valid_frames": len(paths), "parity_required": PARITY, "max_ap50_loss": e.max_ap50_loss}
-    report["pytorch"], reference = score(load_detector(DETECTOR), frames, paths, valid)
+    report["pytorch"], reference = score(det.TorchDetector(model, ckpt), frames, paths, valid)  # the file read once
     with tempfile.TemporaryDirectory(prefix=".detector_export.", dir=DETECTOR.parent) as scratch:
         fp32 = export_detector(model, ckpt, Path(scratch) / DETECTOR_ONNX.name)
         report["onnx_fp32"], found = score(load_detector(fp32), frames, paths, valid)
@@ -92,8 +92,8 @@ def run(params_file: str = "params.yaml") -> dict:
         meta = read_meta(int8)
         meta["export"].update(valid_ap50=report["onnx_int8"]["ap50"], valid_ap50_loss=round(loss, 4), kept=kept)
         set_meta(int8, meta)
-        for path in (int8, fp32):
-            report[f"onnx_{'int8' if path == int8 else 'fp32'}"]["megabytes"] = round(path.stat().st_size / 2**20, 2)
+        for key, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
+            report[key]["megabytes"] = round(path.stat().st_size / 2**20, 2)
         os.replace(fp32, DETECTOR_ONNX)
         os.replace(int8, DETECTOR_INT8)
     write_json(DETECTOR_EXPORT_REPORT, report)
