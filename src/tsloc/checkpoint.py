@@ -4,7 +4,6 @@ everything inference needs (classes, input size, normalisation, box format), plu
 trained. The ONNX exports carry the same description without the weights (tsloc.export)."""
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 
@@ -15,10 +14,9 @@ from .errors import DataError, ModelFileError
 from .io import write_torch
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, backbone_features
 from .model import SignNet
-from .paths import EVALUATE_METRICS, IMAGE_STORE, INGEST_REPORT, SPLIT_TABLE
+from .paths import IMAGE_STORE, SPLIT_TABLE
 
 BOX_FORMAT = "left, top, right, bottom, relative to the image (0..1)"
-DATASETS = {"belgiumtsc": "BelgiumTSC", "gtsrb": "GTSRB", "manifest": "a manifest of one's own images"}
 # Before the loss balance moved to the objective (tsloc.losses), the model held it: such files still load.
 BALANCE_KEYS = ("loss_weight", "uncertainty")
 
@@ -80,25 +78,3 @@ def check_fits(ckpt: dict, store, split, model: Path | str) -> None:
     if top >= ckpt["num_classes"]:
         raise DataError(f"{model}: the model knows {ckpt['num_classes']} classes but {SPLIT_TABLE} has class id "
                         f"{top} (trained on another data set?): run dvc repro")
-
-
-def tuning(ckpt: dict) -> str:
-    """How much of the backbone was trained."""
-    blocks = ckpt.get("train", {}).get("finetune_blocks", 0)
-    return "frozen" if blocks == 0 else "fine-tuned entirely" if blocks < 0 else f"its last {blocks} blocks fine-tuned"
-
-
-def dataset_name(fmt: str) -> str:
-    return DATASETS.get(fmt, fmt)
-
-
-def one_line(ckpt: dict, ingest: str | Path = INGEST_REPORT, metrics: str | Path = EVALUATE_METRICS) -> str:
-    """The model in a line: recipe, data set and test accuracy (from the pipeline's reports beside it)."""
-    text = f"recipe {ckpt.get('recipe', 'notebook')}, {ckpt['num_classes']} classes"
-    try:
-        data = json.loads(Path(ingest).read_text())
-        test = json.loads(Path(metrics).read_text())["test"]
-    except (OSError, ValueError, KeyError):
-        return text + " (no pipeline reports beside it to say more)"
-    return (f"{text}, trained on {data.get('source')} {dataset_name(data.get('format', 'belgiumtsc'))} data; "
-            f"test accuracy {100 * test['accuracy']:.2f}% ({metrics}). Another model: --model FILE")

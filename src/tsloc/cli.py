@@ -72,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "line (or CSV row) per image, boxes in pixels of the upright image.")
     pred.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
     pred.add_argument("--model", metavar="FILE", help=f"a model file: .pt (PyTorch) or .onnx (ONNX Runtime, fp32 or "
-                      f"int8) (default: {MODEL}, the pipeline's; which one it is goes to stderr)")
+                      f"int8), or a ready model: belgiumtsc (default: {MODEL}, the pipeline's; which one it is goes "
+                      "to stderr)")
+    pred.add_argument("--min-probability", type=float, default=0.0, metavar="P",
+                      help="under this probability the answer's class is null (not a known sign, or not sure "
+                           "which); its top-k stays (default: 0, always a class)")
     pred.add_argument("--top-k", type=int, default=5, metavar="K",
                       help="how many of the most probable classes each answer lists (default: 5)")
     pred.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
@@ -103,6 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="jsonl: one JSON object per frame; csv: a row per detection (default: jsonl)")
     det.add_argument("--draw", metavar="DIR", help="also write each frame with its boxes and names to DIR")
     det.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+
+    srv = sub.add_parser("serve", help="the model behind an HTTP API, with a page to try it (FastAPI, uvicorn)",
+                         description="Serve the model: POST /v1/predict (an image), POST /v1/detect (a street frame, "
+                                     "with --detector), GET /v1/model, GET /healthz, the OpenAPI page at /docs and a "
+                                     "page to try it at /. Requests that arrive together run as one batch.")
+    srv.add_argument("--model", default="belgiumtsc", metavar="FILE",
+                     help="a model file (.onnx or .pt) or a ready model: belgiumtsc (default: belgiumtsc)")
+    srv.add_argument("--detector", metavar="FILE", help="a detector file (.onnx or .pt) to serve /v1/detect too")
+    srv.add_argument("--host", default="127.0.0.1", help="the address to bind (default: 127.0.0.1, this machine only)")
+    srv.add_argument("--port", type=int, default=8000, help="the port (default: 8000)")
+    srv.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: 1)")
+    srv.add_argument("--max-batch", type=int, default=32, metavar="N", help="images per batch at most (default: 32)")
+    srv.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                     help="how long a request waits for others to batch with (default: 5)")
+    srv.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, metavar="N",
+                     help="the largest request body accepted (default: 20 MB)")
+    srv.add_argument("--top-k", type=int, default=5, metavar="K", help="classes listed per answer (default: 5)")
+    srv.add_argument("--min-probability", type=float, default=0.0, metavar="P",
+                     help="under this probability an answer's class is null (default: 0)")
+    srv.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
 
     cmp = sub.add_parser("compare", help="score experiments on validation images none of them trained on")
     cmp.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions")
@@ -147,17 +171,26 @@ def export(args) -> int | None:
 
 
 def predict(args) -> int:
-    from .backend import load_backend
+    from .backend import load_backend, pick_device
     from .predict import predict_files
-    from .device import select_device
+    from .ready import resolve
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, not {args.top_k}")
-    backend = load_backend(args.model or MODEL, select_device(args.device))
+    _probability(args.min_probability)
+    model = resolve(args.model or MODEL)
+    backend = load_backend(model, pick_device(args.device, [model]))
     if args.model is None:  # say which model answers: after the Quickstart, the synthetic data's
-        from .checkpoint import one_line
+        from .describe import one_line
         print(f"tsloc predict: {MODEL}: {one_line(backend.meta)}", file=sys.stderr)
-    return _over_files("predict", lambda: predict_files(backend, args.paths, top_k=args.top_k, fmt=args.format,
-                                                        draw_dir=args.draw, batch_size=args.batch_size))
+    return _over_files("predict", lambda: predict_files(
+        backend, args.paths, top_k=args.top_k, min_probability=args.min_probability, fmt=args.format,
+        draw_dir=args.draw, batch_size=args.batch_size))
+
+
+def _probability(value: float, flag: str = "--min-probability") -> float:
+    if not 0 <= value <= 1:
+        raise UsageError(f"{flag} must be from 0 to 1, not {value}")
+    return value
 
 
 def _over_files(command: str, work) -> int:
@@ -175,26 +208,26 @@ def _over_files(command: str, work) -> int:
     return 0
 
 
-def detect(args) -> int:
+def _detect_params(params: str):
+    """The operating point (detect.*) of params.yaml where there is one, else its defaults."""
     from pathlib import Path
 
-    from .backend import default_detector, load_backend, load_detector
-    from .detect import detect_files
     from .params import DetectParams, load_params
+    return load_params(params).detect if Path(params).is_file() else DetectParams()
+
+
+def detect(args) -> int:
+    from .backend import default_detector, load_backend, load_detector, pick_device
+    from .detect import detect_files
+    from .ready import resolve
     from .scenes.find import Finder
-    point = load_params(args.params).detect if Path(args.params).is_file() else DetectParams()
+    point = _detect_params(args.params)
     min_score = point.min_score if args.min_score is None else args.min_score
     min_probability = point.min_probability if args.min_probability is None else args.min_probability
-    for flag, value in (("--min-score", min_score), ("--min-probability", min_probability)):
-        if not 0 <= value <= 1:
-            raise UsageError(f"{flag} must be from 0 to 1, not {value}")
-    files = (args.detector or default_detector(), args.model or first_existing(ONNX, MODEL))
-    if args.device == "auto" and all(Path(f).suffix == ".onnx" for f in files):
-        from .onnxrt import auto_device
-        device = auto_device()  # ONNX files only: PyTorch is not imported
-    else:
-        from .device import select_device
-        device = select_device(args.device)
+    _probability(min_score, "--min-score")
+    _probability(min_probability)
+    files = (args.detector or default_detector(), resolve(args.model) if args.model else first_existing(ONNX, MODEL))
+    device = pick_device(args.device, files)
     detector, namer = load_detector(files[0], device), load_backend(files[1], device)
     if args.detector is None or args.model is None:
         print(f"tsloc detect: detector {detector.name}, namer {namer.name}", file=sys.stderr)
@@ -202,6 +235,21 @@ def detect(args) -> int:
     return _over_files("detect", lambda: detect_files(finder, args.paths, min_score=min_score,
                                                       min_probability=min_probability, fmt=args.format,
                                                       draw_dir=args.draw))
+
+
+def serve(args) -> None:
+    from .serve import ServeConfig, serve as run_server
+    for flag, value, low in (("--workers", args.workers, 1), ("--max-batch", args.max_batch, 1),
+                             ("--top-k", args.top_k, 1), ("--max-bytes", args.max_bytes, 1),
+                             ("--max-wait-ms", args.max_wait_ms, 0), ("--port", args.port, 0)):
+        if value < low:
+            raise UsageError(f"{flag} must be at least {low}, not {value}")
+    point = _detect_params(args.params)
+    config = ServeConfig(model=args.model, detector=args.detector, device=args.device, max_batch=args.max_batch,
+                         max_wait_ms=args.max_wait_ms, max_bytes=args.max_bytes, top_k=args.top_k,
+                         min_probability=_probability(args.min_probability), min_score=point.min_score,
+                         detect_min_probability=point.min_probability)
+    run_server(config, args.host, args.port, args.workers)
 
 
 def compare(args) -> None:
@@ -231,7 +279,7 @@ def synthetic(args) -> None:
 
 
 COMMANDS = {**{name: stage for name in STAGES}, "evaluate": evaluate, "export": export, "predict": predict,
-            "detect": detect, "compare": compare, "cv": cv, "synthetic": synthetic}
+            "detect": detect, "serve": serve, "compare": compare, "cv": cv, "synthetic": synthetic}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,9 +46,9 @@ def frames(files: list[tuple[Path, Path]]):
             yield path, name, frame
 
 
-def record(path: Path, frame: np.ndarray, found: list[dict], names: list[str], min_probability: float) -> dict:
+def record(path: Path | None, frame: np.ndarray, found: list[dict], names: list[str], min_probability: float) -> dict:
     h, w = frame.shape[:2]
-    return {"path": str(path), "width": int(w), "height": int(h), "detections": [
+    return {"path": None if path is None else str(path), "width": int(w), "height": int(h), "detections": [
         {"box": [round(v, 1) for v in d["box"]], "score": round(d["score"], 4), "class_id": d["class_id"],
          "class": names[d["class_id"]], "probability": round(d["probability"], 4)}
         for d in found if d["probability"] >= min_probability]}

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .data.images import open_rgb, to_input
+from .data.images import load_image, to_input
 from .errors import DataError
 
 IMAGE_SUFFIXES = {".ppm", ".pgm", ".pbm", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -46,15 +46,18 @@ AHEAD = 2        # batches decoded ahead of the one being inferred
 
 
 class Item(NamedTuple):
-    path: Path
-    name: Path            # where --draw writes it, relative to the --draw folder
+    path: Path | None     # None: an image given as bytes, a PIL image or an array
+    name: Path | None     # where --draw writes it, relative to the --draw folder
     size: tuple[int, int]  # the upright image's width and height: boxes are scaled back to these
     pixels: np.ndarray    # (S, S, 3) uint8, as the model sees it
     image: Image.Image | None  # the decoded image, kept only for --draw
 
 
-def _prepare(path: Path, name: Path, size: int, keep: bool) -> Item:
-    img = open_rgb(path)
+def prepare(source, size: int, *, name: Path | None = None, label: str | None = None, keep: bool = False) -> Item:
+    """One image (a path, bytes, a PIL image or an array: tsloc.data.images.load_image) decoded,
+    upright and squashed to the model's input; `label` names it in errors when it is not a path."""
+    img = load_image(source, label)
+    path = Path(source) if isinstance(source, (str, Path)) else None
     return Item(path, name, img.size, to_input(img, size), img if keep else None)
 
 
@@ -65,15 +68,15 @@ def decoded_batches(files: list[tuple[Path, Path]], size: int, batch_size: int, 
     decoding overlaps inference and memory holds at most AHEAD + 1 batches; 0 decodes in the caller."""
     starts = range(0, len(files), batch_size)
 
-    def run(task, *args):
+    def run(path, name):
         try:
-            return task(*args)
+            return prepare(path, size, name=name, keep=keep_images)
         except DataError as exc:
             return exc
 
     if threads <= 0:
         for start in starts:
-            yield [run(_prepare, f, n, size, keep_images) for f, n in files[start:start + batch_size]]
+            yield [run(f, n) for f, n in files[start:start + batch_size]]
         return
     with ThreadPoolExecutor(threads) as pool:
         pending, queue = deque(), iter(starts)
@@ -81,8 +84,7 @@ def decoded_batches(files: list[tuple[Path, Path]], size: int, batch_size: int, 
         def submit():
             start = next(queue, None)
             if start is not None:
-                pending.append([pool.submit(run, _prepare, f, n, size, keep_images)
-                                for f, n in files[start:start + batch_size]])
+                pending.append([pool.submit(run, f, n) for f, n in files[start:start + batch_size]])
         for _ in range(AHEAD + 1):
             submit()
         while pending:
@@ -91,14 +93,18 @@ def decoded_batches(files: list[tuple[Path, Path]], size: int, batch_size: int, 
             submit()
 
 
-def record(item: Item, probs: np.ndarray, box: np.ndarray, names: list[str], top_k: int) -> dict:
+def record(path: Path | None, size: tuple[int, int], probs: np.ndarray, box: np.ndarray, names: list[str],
+           top_k: int, min_probability: float = 0.0) -> dict:
+    """An image's answer. Under `min_probability` the class is null (not one of the known signs, or
+    not sure which) while the probability and top-k stay: a caller tells a confident answer from a guess."""
     ids = np.argsort(-probs, kind="stable")[:top_k]
-    w, h = item.size
+    w, h = size
     left, top, right, bottom = (box.astype(np.float64) * [w, h, w, h]).tolist()
+    known = float(probs[ids[0]]) >= min_probability
     return {
-        "path": str(item.path),
-        "class_id": int(ids[0]),
-        "class_name": names[int(ids[0])],
+        "path": None if path is None else str(path),
+        "class_id": int(ids[0]) if known else None,
+        "class_name": names[int(ids[0])] if known else None,
         "probability": round(float(probs[ids[0]]), 6),
         "top_k": [{"class_id": int(i), "class_name": names[int(i)], "probability": round(float(probs[i]), 6)}
                   for i in ids],
@@ -129,7 +135,8 @@ def draw(img: Image.Image, rec: dict, out: Path) -> None:
     d = ImageDraw.Draw(img)
     width = max(1, round(min(img.size) / 60))
     d.rectangle(rec["box"], outline=(255, 0, 0), width=width)
-    label = f"{rec['class_id']} {rec['class_name']} {100 * rec['probability']:.1f}%"
+    label = (f"{rec['class_id']} {rec['class_name']}" if rec["class_id"] is not None else "unknown sign") + \
+        f" {100 * rec['probability']:.1f}%"
     d.text((2, 2), label, fill=(255, 255, 0), stroke_width=1, stroke_fill=(0, 0, 0))
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
@@ -162,8 +169,8 @@ class Writer:
         })
 
 
-def predict_files(backend, paths: list[str], *, top_k: int = 5, fmt: str = "jsonl", draw_dir: str | None = None,
-                  batch_size: int = 32, threads: int = 4, out=None, err=None) -> int:
+def predict_files(backend, paths: list[str], *, top_k: int = 5, min_probability: float = 0.0, fmt: str = "jsonl",
+                  draw_dir: str | None = None, batch_size: int = 32, threads: int = 4, out=None, err=None) -> int:
     """Predict every image with `backend` (tsloc.inference.load_backend); unreadable files are reported on
     `err` and skipped. Returns how many failed. Images are decoded a few batches at a time (in parallel,
     ahead of inference), so a folder of any size streams in bounded memory. `out` and `err` default to
@@ -188,7 +195,7 @@ def predict_files(backend, paths: list[str], *, top_k: int = 5, fmt: str = "json
             continue
         probs, boxes = backend(np.stack([it.pixels for it in items]))
         for item, p, b in zip(items, probs, boxes):
-            rec = record(item, p, b, meta["class_names"], top_k)
+            rec = record(item.path, item.size, p, b, meta["class_names"], top_k, min_probability)
             writer.write(rec)
             if names:
                 draw(item.image, rec, names(item.name))

@@ -10,6 +10,7 @@ read pixels through here, so a box always refers to the same pixels.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -35,9 +36,10 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Any image Pillow reads, upright and RGB. Raises DataError naming the file when it is unreadable
-    or too large."""
+def open_rgb(path, name: str | None = None) -> Image.Image:
+    """Any image Pillow reads (a path, or a binary file object such as an upload's bytes), upright and
+    RGB. Raises DataError naming the file (or `name`) when it is unreadable or too large."""
+    label = name or path
     try:
         with Image.open(path) as img:  # reads the header only
             limit = Image.MAX_IMAGE_PIXELS
@@ -47,9 +49,32 @@ def open_rgb(path: str | Path) -> Image.Image:
             img.load()
             return _upright_rgb(img)
     except Image.DecompressionBombError as exc:
-        raise DataError(f"{path}: image too large to decode ({exc})") from exc
+        raise DataError(f"{label}: image too large to decode ({exc})") from exc
+    except Image.UnidentifiedImageError as exc:  # its message names a BytesIO object for uploaded bytes
+        raise DataError(f"{label}: unreadable image (not in an image format Pillow reads)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: unreadable image ({exc})") from exc
+        raise DataError(f"{label}: unreadable image ({exc})") from exc
+
+
+def load_image(source, name: str | None = None) -> Image.Image:
+    """An image from whatever a caller holds, upright and RGB: a path, encoded bytes, a PIL image or
+    a uint8 array (H, W, 3) RGB or (H, W) grey. The Python API and the server read through here."""
+    if isinstance(source, (str, Path)):
+        return open_rgb(source, name)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not len(source):
+            raise DataError(f"{name or 'image'}: empty (no bytes)")
+        return open_rgb(io.BytesIO(source), name or "image")
+    if isinstance(source, Image.Image):
+        return _upright_rgb(source)
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or not (source.ndim == 2 or source.ndim == 3 and source.shape[2] in (3, 4)) \
+                or 0 in source.shape:
+            raise DataError(f"{name or 'array'}: an image array is uint8 (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) "
+                            f"grey, not {source.dtype} {source.shape}")
+        return _upright_rgb(Image.fromarray(source))
+    raise DataError(f"{name or 'image'}: not an image: {type(source).__name__} (a path, bytes, a PIL image or a "
+                    "uint8 array)")
 
 
 def _upright_rgb(img: Image.Image) -> Image.Image:

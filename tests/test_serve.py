@@ -1,0 +1,212 @@
+"""The Python API (`tsloc.load`), the server (`tsloc serve`: its answers, batching, bad input) and
+`--min-probability`, on the stub model (its class 3 everywhere) and real PIL images."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli, stub_model
+from tsloc.errors import DataError
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from tsloc.serve import Batcher, ServeConfig, create_app  # noqa: E402
+
+
+def _png(w=60, h=40, seed=0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return stub_model(tmp_path_factory.mktemp("serve") / "m.pt")
+
+
+def test_load_answers_paths_bytes_pil_and_arrays_alike(model_file, tmp_path):
+    """One image in, one record out; a list in, a list out in order; the record is predict's, its box
+    in pixels of the image given; the path only where a path was given."""
+    import tsloc
+    model = tsloc.load(model_file, device="cpu")
+    data = _png(60, 40)
+    (tmp_path / "a.png").write_bytes(data)
+    pil = Image.open(io.BytesIO(data))
+    answers = model.predict([tmp_path / "a.png", data, pil, np.asarray(pil)])
+    assert [a["path"] for a in answers] == [str(tmp_path / "a.png"), None, None, None]
+    assert all({k: v for k, v in a.items() if k != "path"} == {k: v for k, v in answers[0].items() if k != "path"}
+               for a in answers)
+    one = model.predict(data)
+    assert isinstance(one, dict) and one["class_id"] == 3 and len(one["top_k"]) == 5
+    left, top, right, bottom = one["box"]
+    assert 0 <= left < right <= 60 and 0 <= top < bottom <= 40
+    assert model.info["input_size"] == 64 and len(model.info["classes"]) == 62
+    with pytest.raises(DataError, match="image 1: unreadable image"):
+        model.predict([data, b"not an image"])
+    with pytest.raises(DataError, match="uint8"):
+        model.predict(np.zeros((8, 8, 3), np.float32))
+
+
+def test_min_probability_gives_a_null_class_and_keeps_the_top_k(model_file, tmp_path):
+    import tsloc
+    model = tsloc.load(model_file, device="cpu")
+    sure = model.predict(_png())
+    unsure = model.predict(_png(), min_probability=min(1.0, sure["probability"] + 1e-3))
+    assert sure["class_id"] == 3 and unsure["class_id"] is None and unsure["class_name"] is None
+    assert unsure["top_k"] == sure["top_k"] and unsure["probability"] == sure["probability"]
+    (tmp_path / "a.png").write_bytes(_png())
+    proc = run_cli("predict", tmp_path / "a.png", "--model", model_file, "--device", "cpu", "--min-probability", "1")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["class_name"] is None
+    proc = run_cli("predict", tmp_path / "a.png", "--model", model_file, "--min-probability", "1.5")
+    assert proc.returncode == 2 and "--min-probability must be from 0 to 1" in proc.stderr
+
+
+def test_batcher_runs_what_arrives_together_as_one_batch():
+    """Eight requests at once: one batch of eight, each its own answer; a lone request waits
+    max_wait at most; a failing model answers every request of its batch with the error."""
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        if "boom" in items:
+            raise RuntimeError("model failed")
+        return [x * 10 for x in items]
+
+    async def main():
+        batcher = Batcher(run, max_batch=32, max_wait=0.05)
+        batcher.start()
+        answers = await asyncio.gather(*(batcher(i) for i in range(8)))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        lone = await batcher(100)
+        waited = loop.time() - start
+        failed = await asyncio.gather(batcher("boom"), batcher(1), return_exceptions=True)
+        await batcher.stop()
+        return answers, lone, waited, failed
+
+    answers, lone, waited, failed = asyncio.run(main())
+    assert answers == [i * 10 for i in range(8)] and calls[0] == list(range(8))
+    assert lone == 1000 and waited < 1.0
+    assert all(isinstance(f, RuntimeError) for f in failed)
+
+
+def test_batcher_never_exceeds_max_batch():
+    sizes = []
+
+    def run(items):
+        sizes.append(len(items))
+        return items
+
+    async def main():
+        batcher = Batcher(run, max_batch=4, max_wait=0.05)
+        batcher.start()
+        out = await asyncio.gather(*(batcher(i) for i in range(10)))
+        await batcher.stop()
+        return out
+
+    assert asyncio.run(main()) == list(range(10)) and max(sizes) == 4 and sum(sizes) == 10
+
+
+def test_the_server_answers_as_the_api_does_and_batches(model_file):
+    import tsloc
+    expected = tsloc.load(model_file, device="cpu").predict(_png(70, 50))
+    with TestClient(create_app(ServeConfig(model=str(model_file), device="cpu", max_wait_ms=50))) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        form = client.post("/v1/predict", files={"file": ("sign.png", _png(70, 50), "image/png")})
+        raw = client.post("/v1/predict", content=_png(70, 50), headers={"content-type": "image/png"})
+        assert form.status_code == raw.status_code == 200
+        assert form.json() == expected | {"path": "sign.png"} and raw.json() == expected | {"path": None}
+        info = client.get("/v1/model").json()
+        assert info["model"]["input_size"] == 64 and len(info["model"]["classes"]) == 62
+        assert info["detector"] is None and info["batching"]["max_batch"] == 32
+        page = client.get("/")
+        assert page.status_code == 200 and 'id="file"' in page.text and "http" not in page.text.split("<script>")[1]
+        assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/predict", "/v1/detect", "/v1/model"}
+
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda k: client.post("/v1/predict", content=_png(30 + k, 30),
+                                                          headers={"content-type": "image/png"}), range(16)))
+        assert all(a.status_code == 200 and a.json()["class_id"] == 3 for a in answers)
+        assert [a.json()["box"][2] <= 30 + k for k, a in enumerate(answers)] == [True] * 16
+        runs = client.get("/v1/model").json()["batching"]["batches_run"]
+        assert sum(int(size) * n for size, n in runs.items()) == 18 and max(map(int, runs)) > 1, runs
+
+
+def _bomb() -> bytes:
+    import warnings
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.new("L", (12000, 8000)).save(buf, "PNG")  # 96 million pixels in about 100 kB: over Pillow's limit
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("body, ctype, status, message", [
+    (b"", "image/png", 400, "the request body: empty"),
+    (b"hello, not an image", "image/png", 400, "the request body: unreadable image (not in an image format"),
+    (_png()[:200], "image/png", 400, "the request body: unreadable image"),
+    (None, "image/png", 400, "image too large to decode"),
+    (b"x" * 5000, "image/png", 413, "over 4096"),
+    (_png(), "text/plain", 415, "content type 'text/plain'"),
+    (_png(), None, 415, "content type '(none)'"),
+])
+def test_bad_requests_are_one_line_of_json_and_the_server_goes_on(model_file, caplog, body, ctype, status, message):
+    """Each bad request a 4xx with {"error": one line}; the next good request answers; one log line
+    per request."""
+    body = _bomb() if body is None else body
+    with TestClient(create_app(ServeConfig(model=str(model_file), device="cpu", max_bytes=4096 if status == 413
+                                           else 20 * 1024 * 1024))) as client:
+        with caplog.at_level(logging.INFO, logger="tsloc.serve"):
+            headers = {"content-type": ctype} if ctype else {}
+            bad = client.post("/v1/predict", content=body, headers=headers)
+            good = client.post("/v1/predict", content=_png(20, 20), headers={"content-type": "image/png"})
+    assert bad.status_code == status and set(bad.json()) == {"error"}, bad.text
+    assert message in bad.json()["error"] and "\n" not in bad.json()["error"]
+    assert good.status_code == 200 and good.json()["class_id"] == 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "tsloc.serve"]
+    assert len(lines) == 2 and f"POST /v1/predict {status}" in lines[0] and "POST /v1/predict 200" in lines[1]
+
+
+def test_a_chunked_body_over_the_limit_and_bad_forms_are_refused(model_file):
+    with TestClient(create_app(ServeConfig(model=str(model_file), device="cpu", max_bytes=4096))) as client:
+        chunked = client.post("/v1/predict", content=(b"x" * 1024 for _ in range(8)), headers={"content-type": "image/png"})
+        assert chunked.status_code == 413 and "over 4096" in chunked.json()["error"]
+        no_file = client.post("/v1/predict", files={"image": ("a.png", _png(20, 20), "image/png")})
+        assert no_file.status_code == 400 and "no file field named 'file'" in no_file.json()["error"]
+        big_form = client.post("/v1/predict", files={"file": ("a.png", b"x" * 5000, "image/png")})
+        assert big_form.status_code == 413
+        named = client.post("/v1/predict", files={"file": ("broken.png", b"broken", "image/png")})
+        assert named.status_code == 400 and named.json()["error"].startswith("broken.png: unreadable image")
+        assert client.post("/v1/detect", content=_png(), headers={"content-type": "image/png"}).status_code == 404
+
+
+def test_detect_endpoint_answers_detects_record(model_file, tmp_path):
+    from tsloc.scenes import detector as det
+    import tsloc
+    det.save(tmp_path / "d.pt", det.build_detector("none", fpn_channels=32, head_convs=1),
+             {"fpn_channels": 32, "head_convs": 1, "frozen_blocks": 4})
+    frame = _png(120, 80, seed=4)
+    expected = tsloc.load(model_file, detector=tmp_path / "d.pt", device="cpu").detect(frame, min_score=0.0,
+                                                                                       min_probability=0.0)
+    config = ServeConfig(model=str(model_file), detector=str(tmp_path / "d.pt"), device="cpu", min_score=0.0,
+                         detect_min_probability=0.0)
+    with TestClient(create_app(config)) as client:
+        answer = client.post("/v1/detect", files={"file": ("f.png", frame, "image/png")})
+        assert client.get("/v1/model").json()["detector"]["min_score"] == 0.0
+    assert answer.status_code == 200 and answer.json() == expected | {"path": "f.png"}
+    assert (answer.json()["width"], answer.json()["height"]) == (120, 80) and answer.json()["detections"]
+
+
+def test_serve_arguments_are_checked(model_file):
+    proc = run_cli("serve", "--model", model_file, "--workers", "0")
+    assert proc.returncode == 2 and "--workers must be at least 1" in proc.stderr
+    proc = run_cli("serve", "--model", "no-such.onnx")
+    assert proc.returncode == 2 and "no-such.onnx: model file not found" in proc.stderr

@@ -1,0 +1,109 @@
+"""The page `tsloc serve` shows at /, as a user sees it: headless Chromium (Debian's, driven by
+Playwright) with every request off this server refused, an image chosen in the file input, the
+answer drawn. `python tests/test_serve_page.py MODEL IMAGE OUT.png` takes the screenshot in docs/."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from browser import chromium
+from conftest import stub_model
+
+
+@contextmanager
+def running(app):
+    """A real uvicorn server for `app` on a free port of 127.0.0.1, in a thread: its base URL."""
+    import uvicorn
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def try_page(base: str, image: Path, screenshot: Path | None = None) -> dict:
+    """Open the page, choose `image`, wait for the drawn answer: what the page shows, and every
+    request it made elsewhere (refused)."""
+    from playwright.sync_api import sync_playwright
+    elsewhere = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1000, "height": 700})
+
+        def gate(route):
+            if route.request.url.startswith(base):
+                route.continue_()
+            else:
+                elsewhere.append(route.request.url)
+                route.abort()
+        page.route("**/*", gate)
+        page.goto(base + "/")
+        page.wait_for_function("document.getElementById('about').textContent.startsWith('Model')", timeout=30000)
+        page.set_input_files("#file", str(image))
+        page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=30000)
+        shown = page.evaluate("""() => {
+            const c = document.getElementById('canvas'), ctx = c.getContext('2d');
+            const px = ctx.getImageData(0, 0, c.width, c.height).data;
+            let red = 0;
+            for (let i = 0; i < px.length; i += 4) if (px[i] > 240 && px[i + 1] < 40 && px[i + 2] < 90) red++;
+            return {state: document.body.dataset.state, error: document.getElementById('error').textContent,
+                    name: document.getElementById('answer-name').textContent, about: document.getElementById('about').textContent,
+                    rows: [...document.querySelectorAll('#topk tbody tr')].map(r => r.cells[1].textContent),
+                    answer: JSON.parse(document.getElementById('answer').textContent || 'null'),
+                    canvas: [c.width, c.height], red_pixels: red};
+        }""")
+        if screenshot is not None:
+            page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+    return shown | {"elsewhere": elsewhere}
+
+
+@pytest.mark.slow  # starts a browser and a server
+def test_the_page_draws_the_answer_to_a_chosen_image(tmp_path):
+    if chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Debian's chromium for the page test")
+        pytest.skip("no chromium")
+    pytest.importorskip("playwright")
+    from PIL import Image
+
+    from tsloc.serve import ServeConfig, create_app
+    import tsloc
+    model = stub_model(tmp_path / "m.pt")
+    image = tmp_path / "sign.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(image)
+    expected = tsloc.load(model, device="cpu").predict(image)
+    with running(create_app(ServeConfig(model=str(model), device="cpu"))) as base:
+        shown = try_page(base, image, tmp_path / "page.png")
+    assert shown["state"] == "done" and not shown["error"], shown
+    assert shown["elsewhere"] == []
+    assert shown["answer"] == expected | {"path": "sign.png"}
+    assert shown["name"].startswith(expected["class_name"]) and shown["rows"] == [t["class_name"] for t in expected["top_k"]]
+    assert "62 classes" in shown["about"]
+    assert shown["canvas"][0] >= 200 and shown["red_pixels"] > 100  # the image drawn, the box over it
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+if __name__ == "__main__":  # the screenshot in docs/: python tests/test_serve_page.py belgiumtsc IMAGE docs/serve_page.png
+    from tsloc.serve import ServeConfig, create_app
+    with running(create_app(ServeConfig(model=sys.argv[1]))) as base:
+        print(try_page(base, Path(sys.argv[2]), Path(sys.argv[3])))
