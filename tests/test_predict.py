@@ -221,8 +221,8 @@ def test_decoding_runs_ahead_in_order_and_in_bounded_memory(tmp_path, monkeypatc
         Image.new("RGB", (20 + i, 20), (i, 0, 0)).save(tmp_path / f"{i:02}.png")
     (tmp_path / "07.png").write_bytes(b"broken")
     files = predict.collect([str(tmp_path)])
-    decoded, prepare = [], predict._prepare
-    monkeypatch.setattr(predict, "_prepare", lambda *a: decoded.append(1) or prepare(*a))
+    decoded, prepare = [], predict.prepare
+    monkeypatch.setattr(predict, "prepare", lambda *a, **k: decoded.append(1) or prepare(*a, **k))
     seen, most_ahead = [], 0
     for batch in predict.decoded_batches(files, 16, 4, threads=3):
         seen.append(batch)

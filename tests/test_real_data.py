@@ -65,3 +65,19 @@ def test_recognised_as_belgiumtsc_with_poles_as_groups(real):
     out, df, _ = real
     assert formats.detect(out) == "belgiumtsc"
     assert (df.group == df.filename.str[:5].astype(int)).all()  # the pole, PPPPP of PPPPP_VVVVV.ppm
+
+
+def test_the_ready_model_names_the_real_test_signs(real):
+    """The ready model (`--model belgiumtsc`, shipped in the package) on the 2520 official test
+    images through the Python API: its card's accuracy (CPU numerics may move an image or two)."""
+    import numpy as np
+
+    import tsloc
+    _, df, _ = real
+    test = df[df.split.eq("Testing")]
+    model = tsloc.load("belgiumtsc", device="cpu")
+    answers = model.predict(test.path.tolist())
+    accuracy = float(np.mean([a["class_id"] == c for a, c in zip(answers, test.class_id)]))
+    card = model.info["test"]
+    assert card["images"] == len(test) == 2520
+    assert accuracy >= 0.99 and abs(accuracy - card["accuracy"]) <= 2 / 2520, (accuracy, card["accuracy"])

@@ -15,11 +15,11 @@ class OnnxDetector:
     """`detector(frame)` -> (boxes (N, 4) in pixels, scores (N,)), as `TorchDetector` answers."""
 
     def __init__(self, path: str | Path, device="cpu"):
-        self.meta = read_meta(path)
+        self.session = session(path, device)
+        self.meta = read_meta(path, self.session)
         if self.meta.get("kind") != "detector":
             raise ModelFileError(f"{path}: a tsloc crop model, not a detector (give it as --model; the detector is "
                                  "models/detector.onnx)")
-        self.session = session(path, device)
         self.name = f"onnxruntime {self.meta['export']['precision']}"
         m = self.meta
         self.post = {"score_thresh": m["score_thresh"], "topk": m["topk"], "nms_thresh": m["nms_thresh"],
