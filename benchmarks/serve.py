@@ -7,8 +7,9 @@ threads ahead of batches of 32): the images per second the server is measured ag
     python benchmarks/serve.py --images ../belgiumtsc/Testing [--model belgiumtsc] [--seconds 20]
                                [--clients 1 8 32] [--count 600] [--workers 1]
 
-The clients are one asyncio process (httpx), on the same machine as the server: on 2 CPU cores
-they take a share of the CPU the server would otherwise have, so the ratio is a lower bound.
+The clients are one asyncio process (a lean HTTP/1.1 client, `load`), on the same machine as the
+server: on 2 CPU cores they take a share of the CPU the server would otherwise have (both CPU times
+are printed), so the ratio is a lower bound.
 """
 from __future__ import annotations
 
@@ -43,37 +44,57 @@ def in_process(model: str, files: list[Path], rounds: int = 3) -> float:
     return best
 
 
-async def load(base: str, bodies: list[bytes], clients: int, seconds: float) -> dict:
-    """`clients` concurrent loops posting the next image as soon as the last answer came."""
-    latencies, errors, statuses = [], 0, {}
+def server_pids(pid: int) -> list[int]:
+    """The server and its worker processes (--workers N)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(c) for c in children.read_text().split()] if children.exists() else []
+    return [pid] + [k for c in kids for k in server_pids(c)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(host: str, port: int, bodies: list[bytes], clients: int, seconds: float) -> dict:
+    """`clients` keep-alive connections, each posting the next image as soon as the last answer
+    came. A lean HTTP/1.1 client on asyncio streams (requests built once, the answer read by its
+    Content-Length), as wrk or hey would load it: httpx here cost more CPU per request than the
+    server, on the same 2 cores."""
+    requests = [b"POST /v1/predict HTTP/1.1\r\nHost: %s\r\nContent-Type: image/x-portable-pixmap\r\n"
+                b"Content-Length: %d\r\n\r\n" % (host.encode(), len(body)) + body for body in bodies]
+    latencies, errors = [], 0
     stop = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
-        async def one(k: int):
-            nonlocal errors
-            i = k
+
+    async def one(k: int):
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        i = k
+        try:
             while time.perf_counter() < stop:
                 t = time.perf_counter()
-                try:
-                    r = await client.post("/v1/predict", content=bodies[i % len(bodies)],
-                                          headers={"content-type": "image/x-portable-pixmap"})
-                    ok = r.status_code == 200
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
+                writer.write(requests[i % len(requests)])
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                answer = await reader.readexactly(length)
+                if head[9:12] == b"200" and b'"class_id"' in answer:
                     latencies.append(time.perf_counter() - t)
                 else:
                     errors += 1
                 i += clients
-        start = time.perf_counter()
-        await asyncio.gather(*(one(k) for k in range(clients)))
-        elapsed = time.perf_counter() - start
+        finally:
+            writer.close()
+
+    start, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(one(k) for k in range(clients)))
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     ms = 1000 * np.asarray(latencies)
     return {"clients": clients, "requests": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
             "requests_per_s": round(len(latencies) / elapsed, 1),
             "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
-            "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None}
+            "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
+            "client_cpu_s": round(cpu, 2)}
 
 
 def main() -> None:
@@ -109,10 +130,12 @@ def main() -> None:
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        asyncio.run(load(base, bodies, max(args.clients), 3))  # warm-up
+        asyncio.run(load("127.0.0.1", port, bodies, max(args.clients), 3))  # warm-up
         rows = []
         for clients in args.clients:
-            row = asyncio.run(load(base, bodies, clients, args.seconds))
+            before = sum(cpu_seconds(p) for p in server_pids(server.pid))
+            row = asyncio.run(load("127.0.0.1", port, bodies, clients, args.seconds))
+            row["server_cpu_s"] = round(sum(cpu_seconds(p) for p in server_pids(server.pid)) - before, 2)
             row["of_in_process"] = round(row["requests_per_s"] / baseline, 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -124,11 +147,11 @@ def main() -> None:
     result = {"commit": commit, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "model": args.model,
               "files": len(files), "in_process_images_per_s": round(baseline, 1), "loads": rows,
               "workers": args.workers, "batch_sizes_run": batches}
-    print("| clients | requests/s | p50 ms | p99 ms | errors | of in-process images/s |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| clients | requests/s | p50 ms | p99 ms | errors | of in-process images/s | CPU s: server, client |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['clients']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | "
-              f"{100 * r['of_in_process']:.0f}% |")
+              f"{100 * r['of_in_process']:.0f}% | {r['server_cpu_s']}, {r['client_cpu_s']} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

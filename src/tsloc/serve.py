@@ -170,6 +170,30 @@ async def read_image(request, max_bytes: int) -> tuple[bytes, str]:
     return data, name
 
 
+class OneLinePerRequest:
+    """A plain ASGI middleware (Starlette's `@app.middleware("http")` costs a task and a stream per
+    request): one log line per request, with its status and time."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("-",)
+            log.info("%s %s %s %d %.1f ms", client[0], scope["method"], scope["path"], status[0],
+                     1000 * (time.perf_counter() - start))
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -206,16 +230,7 @@ def create_app(config: ServeConfig):
                               "frames, on ONNX Runtime. Errors answer {\"error\": \"one line\"}.")
     app.state.batcher, app.state.model, app.state.config = batcher, model, config
 
-    @app.middleware("http")
-    async def one_line_per_request(request: Request, call_next):
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except BadRequest as exc:
-            response = _error(exc.status, str(exc))
-        log.info("%s %s %s %d %.1f ms", request.client.host if request.client else "-", request.method,
-                 request.url.path, response.status_code, 1000 * (time.perf_counter() - start))
-        return response
+    app.add_middleware(OneLinePerRequest)
 
     async def decode(data: bytes, name: str, fn):
         try:
@@ -255,7 +270,7 @@ def create_app(config: ServeConfig):
         except BadRequest as exc:
             return _error(exc.status, str(exc))
         rec = await batcher(item)
-        return rec | {"path": None if name == RAW_BODY else name}
+        return JSONResponse(rec | {"path": None if name == RAW_BODY else name})  # no re-validation of a plain dict
 
     @app.post("/v1/detect")
     async def detect(request: Request):

@@ -1,0 +1,301 @@
+"""tsloc: the traffic-sign pipeline's stages, and the tools around a trained model.
+
+The stages are what dvc.yaml runs (through stages/, not through this module); the tools are
+predict, evaluate --model, export of one file, compare, cv and synthetic.
+
+Each subcommand is one function; `build_parser` says what each takes. A usage error (an argument
+out of its range) shows the usage; bad input, params and model files end with one line on stderr
+and exit status 2 (tsloc.guard), not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import UsageError
+from .guard import guarded, print_json
+from .paths import (DETECTOR, DETECTOR_INT8, DETECTOR_ONNX, EVALUATE_METRICS, EVALUATE_REPORT, EXPORT_REPORT, INT8,
+                    METADATA, MODEL, MODEL_CARD, ONNX, RESUME, SCENE_SPLIT, SCENE_TABLE, SPLIT_TABLE, first_existing)
+
+STAGES = {
+    "ingest": f"read the data set (data.source, data.format) into {METADATA} and the class list",
+    "split": f"split {METADATA} into train / valid / test ({SPLIT_TABLE})",
+    "features": "decode every image once into data/features/ and compute the frozen backbone's features",
+    "train": f"train the model; {MODEL} is the checkpoint train.keep names (best: the lowest validation loss; "
+             f"last: the final epoch); an interrupted run continues from {RESUME}",
+    "evaluate": f"{EVALUATE_METRICS}, {EVALUATE_REPORT}, the per-class table and {MODEL_CARD} "
+                "(with --model: score any model file, write nothing)",
+    "export": f"{ONNX} and {INT8} for ONNX Runtime, checked against the PyTorch model "
+              f"({EXPORT_REPORT}); with --format, --quantize, --model or --out: one file",
+    "visualize": "the training history and the galleries of training and test images under plots/",
+    "scenes_ingest": f"read the scene data set (scenes.source, scenes.format) into {SCENE_TABLE} and its classes",
+    "scenes_split": f"split the scenes' frames into train / valid / test ({SCENE_SPLIT})",
+    "detector_train": f"train the detector on windows of the training frames ({DETECTOR})",
+    "detector_export": f"{DETECTOR_ONNX} and {DETECTOR_INT8} for ONNX Runtime, checked against the PyTorch "
+                       "detector on the validation frames (reports/detector_export.json)",
+    "scenes_evaluate": "find and name the signs of the test frames: COCO's AP, recall, frames per second "
+                       "(metrics/scenes.json), precision-recall curves, a gallery",
+}
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
+
+
+def _version() -> str:
+    try:
+        return version("tsloc")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tsloc", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--params", default="params.yaml", metavar="FILE",
+                        help="the parameters file the stages read (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stages = {name: sub.add_parser(name, help=text, description=text) for name, text in STAGES.items()}
+    ev = stages["evaluate"]
+    ev.add_argument("--model", metavar="FILE", help="only score this model file (.pt or .onnx) on the validation and "
+                                                    "test images, print the metrics, write nothing")
+    ev.add_argument("--device", default="cpu", help=f"with --model: {DEVICE_HELP} (default: cpu)")
+    exp = stages["export"]
+    exp.add_argument("--format", choices=("onnx", "pt2"), help="one file: ONNX or torch.export's .pt2 (default: onnx)")
+    exp.add_argument("--quantize", choices=("int8",), help="with --format onnx: static int8, calibrated on training "
+                     "images of this pipeline's image store (export.calibration_images, export.seed)")
+    exp.add_argument("--model", metavar="FILE", help=f"the checkpoint to export (default: {MODEL})")
+    exp.add_argument("--out", metavar="FILE", help="the output file (default: beside the checkpoint, its suffix "
+                     "replaced by .onnx, .int8.onnx or .pt2)")
+
+    pred = sub.add_parser("predict", help="classes and boxes for image files and folders (recursively)",
+                          description="Name the sign in each image (a crop holding one sign) and box it: one JSON "
+                                      "line (or CSV row) per image, boxes in pixels of the upright image.")
+    pred.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
+    pred.add_argument("--model", metavar="FILE", help=f"a model file: .pt (PyTorch) or .onnx (ONNX Runtime, fp32 or "
+                      f"int8), or a ready model: belgiumtsc (default: {MODEL}, the pipeline's; which one it is goes "
+                      "to stderr)")
+    pred.add_argument("--min-probability", type=float, default=0.0, metavar="P",
+                      help="under this probability the answer's class is null (not a known sign, or not sure "
+                           "which); its top-k stays (default: 0, always a class)")
+    pred.add_argument("--top-k", type=int, default=5, metavar="K",
+                      help="how many of the most probable classes each answer lists (default: 5)")
+    pred.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                      help="jsonl: one JSON object per image; csv: a header, then one row per image (default: jsonl)")
+    pred.add_argument("--draw", metavar="DIR", help="also write each image with its box and label to DIR")
+    pred.add_argument("--batch-size", type=int, default=32, help="images per inference call, 1 to 256 (default: 32)")
+    pred.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+
+    det = sub.add_parser("detect", help="find and name every sign in camera frames (files and folders)",
+                         description="Find every sign in each frame (the detector), name it and refine its box (the "
+                                     "crop model): one JSON line (or CSV rows) per frame, boxes in pixels of the "
+                                     "upright frame.")
+    det.add_argument("paths", nargs="+", metavar="FRAME", help="frame files, or folders searched recursively")
+    det.add_argument("--detector", metavar="FILE",
+                     help=f"the detector, .onnx (ONNX Runtime) or .pt (default: the pipeline's: {DETECTOR_INT8} where it "
+                          f"kept AP50 within detector_export.max_ap50_loss, else {DETECTOR_ONNX}, else {DETECTOR}; "
+                          "which one goes to stderr)")
+    det.add_argument("--model", metavar="FILE",
+                     help=f"the crop model that names each detection, .onnx or .pt (default: {ONNX} if it exists, "
+                          f"else {MODEL})")
+    det.add_argument("--min-score", type=float, metavar="S",
+                     help="the detector's score a detection needs, 0 to 1 (default: detect.min_score in params.yaml, "
+                          "else 0.3)")
+    det.add_argument("--min-probability", type=float, metavar="P",
+                     help="the crop model's probability a named detection needs, 0 to 1 (default: "
+                          "detect.min_probability in params.yaml, else 0.5)")
+    det.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                     help="jsonl: one JSON object per frame; csv: a row per detection (default: jsonl)")
+    det.add_argument("--draw", metavar="DIR", help="also write each frame with its boxes and names to DIR")
+    det.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+
+    srv = sub.add_parser("serve", help="the model behind an HTTP API, with a page to try it (FastAPI, uvicorn)",
+                         description="Serve the model: POST /v1/predict (an image), POST /v1/detect (a street frame, "
+                                     "with --detector), GET /v1/model, GET /healthz, the OpenAPI page at /docs and a "
+                                     "page to try it at /. Requests that arrive together run as one batch.")
+    srv.add_argument("--model", default="belgiumtsc", metavar="FILE",
+                     help="a model file (.onnx or .pt) or a ready model: belgiumtsc (default: belgiumtsc)")
+    srv.add_argument("--detector", metavar="FILE", help="a detector file (.onnx or .pt) to serve /v1/detect too")
+    srv.add_argument("--host", default="127.0.0.1", help="the address to bind (default: 127.0.0.1, this machine only)")
+    srv.add_argument("--port", type=int, default=8000, help="the port (default: 8000)")
+    srv.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default: 1)")
+    srv.add_argument("--max-batch", type=int, default=32, metavar="N", help="images per batch at most (default: 32)")
+    srv.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                     help="how long a request waits for others to batch with (default: 5)")
+    srv.add_argument("--max-bytes", type=int, default=20 * 1024 * 1024, metavar="N",
+                     help="the largest request body accepted (default: 20 MB)")
+    srv.add_argument("--top-k", type=int, default=5, metavar="K", help="classes listed per answer (default: 5)")
+    srv.add_argument("--min-probability", type=float, default=0.0, metavar="P",
+                     help="under this probability an answer's class is null (default: 0)")
+    srv.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+
+    cmp = sub.add_parser("compare", help="score experiments on validation images none of them trained on")
+    cmp.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions")
+    cmp.add_argument("--on", required=True, metavar="REF",
+                     help="the experiment whose validation images are used (the one with the smallest share)")
+    cmp.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
+    cmp.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+    cv = sub.add_parser("cv", help="pool cross-validation runs (split.folds) into one row per configuration")
+    cv.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions, "
+                    "every fold of each configuration")
+    cv.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
+    gen = sub.add_parser("synthetic", help="write a synthetic data set in a format's layout to a folder")
+    gen.add_argument("out", metavar="DIR", help="the folder to write")
+    gen.add_argument("--size", type=int, default=1800, help="images in all (default: 1800)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    gen.add_argument("--format", choices=("belgiumtsc", "gtsrb", "manifest"), default="belgiumtsc",
+                     help="the layout written (default: belgiumtsc)")
+    for name, subparser in sub.choices.items():  # a usage error shows the subcommand's own usage
+        subparser.set_defaults(subparser=subparser)
+    return parser
+
+
+def stage(args) -> int | None:
+    """One stage, as DVC runs it (its module imports only what that stage uses: dvc.yaml's deps)."""
+    result = importlib.import_module(f"{__package__}.pipeline.{args.command}").run(args.params)
+    if result is not None:  # None: a rank other than 0 of a distributed train
+        print_json(result)
+
+
+def evaluate(args) -> int | None:
+    if not args.model:
+        return stage(args)
+    from .pipeline.evaluate import score
+    print_json(score(args.model, args.device))
+
+
+def export(args) -> int | None:
+    if not (args.format or args.quantize or args.model or args.out):
+        return stage(args)
+    from .pipeline.export import export_one
+    print(export_one(args.params, args.model or str(MODEL), args.format or "onnx", args.quantize, args.out))
+
+
+def predict(args) -> int:
+    from .backend import load_backend, pick_device
+    from .predict import predict_files
+    from .ready import resolve
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, not {args.top_k}")
+    _probability(args.min_probability)
+    model = resolve(args.model or MODEL)
+    backend = load_backend(model, pick_device(args.device, [model]))
+    if args.model is None:  # say which model answers: after the Quickstart, the synthetic data's
+        from .describe import one_line
+        print(f"tsloc predict: {MODEL}: {one_line(backend.meta)}", file=sys.stderr)
+    return _over_files("predict", lambda: predict_files(
+        backend, args.paths, top_k=args.top_k, min_probability=args.min_probability, fmt=args.format,
+        draw_dir=args.draw, batch_size=args.batch_size))
+
+
+def _probability(value: float, flag: str = "--min-probability") -> float:
+    if not 0 <= value <= 1:
+        raise UsageError(f"{flag} must be from 0 to 1, not {value}")
+    return value
+
+
+def _over_files(command: str, work) -> int:
+    """A command over files: 1 when a folder held no image or a file could not be read (each was
+    named as it came), 0 when every file was answered."""
+    from .predict import NoImages
+    try:
+        failed = work()
+    except NoImages as exc:
+        print(f"tsloc {command}: {exc}", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"tsloc {command}: {failed} file(s) could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _detect_params(params: str):
+    """The operating point (detect.*) of params.yaml where there is one, else its defaults."""
+    from pathlib import Path
+
+    from .params import DetectParams, load_params
+    return load_params(params).detect if Path(params).is_file() else DetectParams()
+
+
+def detect(args) -> int:
+    from .backend import default_detector, load_backend, load_detector, pick_device
+    from .detect import detect_files
+    from .ready import resolve
+    from .scenes.find import Finder
+    point = _detect_params(args.params)
+    min_score = point.min_score if args.min_score is None else args.min_score
+    min_probability = point.min_probability if args.min_probability is None else args.min_probability
+    _probability(min_score, "--min-score")
+    _probability(min_probability)
+    files = (args.detector or default_detector(), resolve(args.model) if args.model else first_existing(ONNX, MODEL))
+    device = pick_device(args.device, files)
+    detector, namer = load_detector(files[0], device), load_backend(files[1], device)
+    if args.detector is None or args.model is None:
+        print(f"tsloc detect: detector {detector.name}, namer {namer.name}", file=sys.stderr)
+    finder = Finder(detector, namer)
+    return _over_files("detect", lambda: detect_files(finder, args.paths, min_score=min_score,
+                                                      min_probability=min_probability, fmt=args.format,
+                                                      draw_dir=args.draw))
+
+
+def serve(args) -> None:
+    from .serve import ServeConfig, serve as run_server
+    for flag, value, low in (("--workers", args.workers, 1), ("--max-batch", args.max_batch, 1),
+                             ("--top-k", args.top_k, 1), ("--max-bytes", args.max_bytes, 1),
+                             ("--max-wait-ms", args.max_wait_ms, 0), ("--port", args.port, 0)):
+        if value < low:
+            raise UsageError(f"{flag} must be at least {low}, not {value}")
+    point = _detect_params(args.params)
+    config = ServeConfig(model=args.model, detector=args.detector, device=args.device, max_batch=args.max_batch,
+                         max_wait_ms=args.max_wait_ms, max_bytes=args.max_bytes, top_k=args.top_k,
+                         min_probability=_probability(args.min_probability), min_score=point.min_score,
+                         detect_min_probability=point.min_probability)
+    run_server(config, args.host, args.port, args.workers)
+
+
+def compare(args) -> None:
+    from .compare import compare as run_compare
+    from .io import write_csv
+    from .device import select_device
+    _table(run_compare(args.experiments, args.on, select_device(args.device)), args.csv, write_csv)
+
+
+def cv(args) -> None:
+    from .compare import cross_validation, load_runs
+    from .io import write_csv
+    _table(cross_validation(load_runs(args.experiments)), args.csv, write_csv)
+
+
+def _table(table, csv: str | None, write_csv) -> None:
+    print(table.to_string(index=False))
+    if csv:
+        write_csv(csv, table)
+
+
+def synthetic(args) -> None:
+    from pathlib import Path
+
+    from .data.synthetic import generate
+    generate(Path(args.out), size=args.size, seed=args.seed, fmt=args.format)
+
+
+COMMANDS = {**{name: stage for name in STAGES}, "evaluate": evaluate, "export": export, "predict": predict,
+            "detect": detect, "serve": serve, "compare": compare, "cv": cv, "synthetic": synthetic}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    status = 0
+
+    def work():
+        nonlocal status
+        try:
+            status = COMMANDS[args.command](args) or 0
+        except UsageError as exc:  # an argument out of its range: the usage, as argparse shows it (exit 2)
+            args.subparser.error(str(exc))
+    code = guarded(args.command, work)
+    return code or status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

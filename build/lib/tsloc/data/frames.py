@@ -1,0 +1,79 @@
+"""The scene table that every frame reader produces and everything after scenes ingest reads.
+
+One row per box, and one row for each frame without any sign (its class_id -1, no box): `frame`
+(the file), `side` (Training or Testing: the data set's own test side, if it has one), `width` and
+`height` of the upright frame, `class_id` (an index into the scene classes), the box `left, top,
+right, bottom` in pixel edges of the upright frame (right and bottom exclusive, as the crop
+table's), and `line` (the annotation line behind the row). The classes: `class_id, name,
+category` (GTSDB's categories: prohibitory, danger, mandatory, other).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from .images import open_rgb
+from .table import map_threads
+
+COLUMNS = ["frame", "side", "width", "height", "class_id", "left", "top", "right", "bottom", "line"]
+BOX = ["left", "top", "right", "bottom"]
+CATEGORIES = ("prohibitory", "danger", "mandatory", "other")
+NO_SIGN = -1  # the class_id of a frame's row when the frame has no sign
+
+
+@dataclass
+class SceneSet:
+    """What a frame reader returns: the scene table, the classes (class_id, name, category), a
+    summary per side and a fingerprint (tsloc.data.table.files_digest) per side."""
+    table: pd.DataFrame
+    classes: pd.DataFrame
+    summary: dict
+    fingerprint: dict
+    format: str = ""
+
+
+def classes_table(names: list[str], categories: list[str]) -> pd.DataFrame:
+    bad = [c for c in categories if c not in CATEGORIES]
+    if bad:
+        raise ValueError(f"unknown categories {sorted(set(bad))}; known: {CATEGORIES}")
+    return pd.DataFrame({"class_id": range(len(names)), "name": names, "category": categories})
+
+
+def side_summary(table: pd.DataFrame, side: str) -> dict:
+    """Frames, frames with and without signs, boxes, classes and box sides of one side."""
+    part = table[table["side"] == side]
+    boxes = part[part["class_id"] != NO_SIGN]
+    frames = part["frame"].nunique()
+    with_signs = boxes["frame"].nunique()
+    sides = np.minimum(boxes["right"] - boxes["left"], boxes["bottom"] - boxes["top"])
+    return {"frames": int(frames), "with_signs": int(with_signs), "without_signs": int(frames - with_signs),
+            "boxes": int(len(boxes)), "classes": int(boxes["class_id"].nunique()),
+            "box_side_px": [float(sides.min()), float(sides.max())] if len(boxes) else None}
+
+
+def check_frame_box(where: str, box, width: int, height: int) -> None:
+    """A box must lie inside its frame and have an area."""
+    left, top, right, bottom = box
+    if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+        raise DataError(f"{where}: box (left {left}, top {top}, right {right}, bottom {bottom}) is not inside its "
+                        f"{width}x{height} frame")
+
+
+def load_scene_table(path) -> pd.DataFrame:
+    if not Path(path).exists():
+        raise DataError(f"{path}: not found (run the scenes_ingest stage first: dvc repro scenes_ingest)")
+    return pd.read_csv(path)
+
+
+def decode_frame(path) -> np.ndarray:
+    """A frame as upright RGB uint8 (H, W, 3), writable (torch takes it as it is)."""
+    return np.array(open_rgb(path))
+
+
+def decode_frames(paths: list[str]) -> list[np.ndarray]:
+    """Every frame decoded once, in threads."""
+    return map_threads(decode_frame, paths, desc="decode frames")

@@ -1,0 +1,23 @@
+"""The device a command asked for (train.device, --device), checked once: apart from the training
+runtime, so that the stages that only run a network (features, evaluate) depend on no distributed code."""
+from __future__ import annotations
+
+import torch
+
+from .errors import DataError
+
+
+def select_device(name: str) -> torch.device:
+    """auto: CUDA when present, else the CPU. Asking for a GPU that is not there is an error, not a
+    traceback from deep inside PyTorch at the first tensor moved."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DataError(f"device {name!r}: CUDA is not available on this machine (torch {torch.__version__} "
+                            f"sees no GPU); use auto or cpu")
+        if device.index is not None and device.index >= count:
+            raise DataError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device

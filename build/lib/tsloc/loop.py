@@ -1,0 +1,265 @@
+"""The training loop in torchvision references' shape: `train_one_epoch`, `evaluate` and `fit`,
+which takes the validated `train.*` params themselves (tsloc.params.TrainParams)."""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from contextlib import contextmanager
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from .batches import Batches, epoch_sizes
+from .boxes import make_valid, paired_iou
+from .distributed import World
+from .errors import DataError
+from .losses import Objective, class_weights
+from .model import SignNet
+from .params import TrainParams
+from .resume import Resume, fault_point
+from .runtime import Runtime
+
+
+class Totals:
+    """A pass's sums (reported loss, correct, IoU) kept on the device in float64, so that no step
+    waits for the host; summed over the ranks with the image count and read once at the end."""
+
+    def __init__(self, device):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.n = 0
+
+    def add(self, reported, logits, y, boxes, target_boxes) -> None:
+        self.sums += torch.stack([reported.sum().double(), (logits.argmax(1) == y).sum().double(),
+                                  paired_iou(make_valid(boxes), target_boxes).sum().double()])
+        self.n += len(y)
+
+    def means(self, world: World) -> dict:
+        sums = torch.cat([self.sums, self.sums.new_tensor([self.n])])
+        loss, correct, iou, n = world.sum(sums).tolist()
+        k = max(int(n), 1)
+        return {"loss": loss / k, "accuracy": correct / k, "mean_iou": iou / k}
+
+
+def _progress(steps, label):
+    return tqdm(steps, desc=label, unit="batch", leave=False) if label else steps
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def train_one_epoch(net, objective: Objective, data: Batches, batch_size: int, optimizer, rt: Runtime,
+                    scheduler=None, scaler=None, generator=None, progress: str | None = None,
+                    size: int | None = None, after_step=None) -> dict:
+    """One shuffled pass over the training set through `net` (the objective, or DDP around it), on
+    inputs of `size` when given; `after_step(model)` follows each step (the EMA update). A last batch
+    that would leave a rank fewer than two images is dropped (BatchNorm1d cannot train on one).
+    With N ranks every rank draws the same permutation and trains on its share of each batch.
+    Returns the mean per image of the reported loss (`Objective.reported`; training follows its own
+    weighted objective), the accuracy and the mean IoU."""
+    net.train()
+    world = rt.world
+    order = torch.randperm(len(data), generator=generator)
+    totals = Totals(rt.device)
+    for start in _progress(range(0, len(data), batch_size), progress):
+        idx = order[start:start + batch_size]
+        if len(idx) < 2 * world.size:
+            continue
+        idx = world.shard(idx)
+        y = data.labels[idx].to(rt.device)
+        inputs, tb = data.fetch(idx, True, size)
+        with rt.autocast():
+            loss, logits, boxes = net(inputs, y, tb)
+        optimizer.zero_grad()
+        if scaler is not None:  # fp16: scaled gradients, skipped steps on overflow
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if after_step is not None:
+            after_step(objective.model)
+        logits, boxes = logits.detach().float(), boxes.detach().float()
+        totals.add(objective.reported(logits, boxes, y, tb), logits, y, boxes, tb)
+    return totals.means(world)
+
+
+@torch.no_grad()
+def evaluate(objective: Objective, data: Batches, batch_size: int, rt: Runtime | None = None) -> dict:
+    """The reported loss, accuracy and mean IoU over a subset, in eval mode; with N ranks each
+    evaluates its share and the sums are gathered (no image is scored twice)."""
+    model = objective.model
+    rt = rt or Runtime(_device(model))
+    model.eval()
+    rows = rt.world.shard(torch.arange(len(data)))
+    totals = Totals(rt.device)
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start:start + batch_size]
+        y = data.labels[idx].to(rt.device)
+        inputs, tb = data.fetch(idx, False, None)
+        with rt.autocast():
+            logits, boxes = model(inputs)
+        logits, boxes = logits.float(), boxes.float()
+        totals.add(objective.reported(logits, boxes, y, tb), logits, y, boxes, tb)
+    return totals.means(rt.world)
+
+
+def make_optimizer(objective: Objective, train: TrainParams, steps_per_epoch: int):
+    """Adam or AdamW over the heads, the balance's parameters (no weight decay) and the fine-tuned
+    blocks (at `backbone_lr` x lr); a cosine schedule per step after a linear warm-up."""
+    model = objective.model
+    heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    body = [p for p in model.backbone.parameters() if p.requires_grad]
+    groups = [{"params": heads, "weight_decay": train.weight_decay},
+              {"params": [objective.loss_weight, objective.uncertainty], "weight_decay": 0.0}]
+    if body:
+        groups.append({"params": body, "lr": train.lr * train.backbone_lr, "weight_decay": train.weight_decay})
+    cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+    optimizer = cls(groups, lr=train.lr)
+    if train.schedule != "cosine":
+        return optimizer, None
+    total = max(1, steps_per_epoch * train.epochs)
+    warm = max(1, round(steps_per_epoch * train.warmup_epochs))
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@contextmanager
+def loaded(model: torch.nn.Module, state: dict | None):
+    """Run with `state` loaded into `model` (the EMA weights, to evaluate them through the same
+    image sources), then put the model's own weights back."""
+    if state is None:
+        yield
+        return
+    own = copy.deepcopy(model.state_dict())
+    model.load_state_dict(state)
+    try:
+        yield
+    finally:
+        model.load_state_dict(own)
+
+
+def _distribute(objective: Objective, rt: Runtime):
+    """The objective as each step calls it: itself for one process; with ranks, DistributedDataParallel
+    around it, after SyncBatchNorm on CUDA (PyTorch's SyncBatchNorm runs on GPUs only: on the CPU
+    each rank normalises its own share of the batch, and `fit` averages the running statistics)."""
+    if not rt.world.distributed:
+        return objective
+    model = objective.model
+    if rt.device.type == "cuda":
+        for i in range(model.split_at, len(model.backbone)):
+            model.backbone[i] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.backbone[i])
+        model.classifier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.classifier)
+        model.box = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.box)
+    for p in objective.unused():
+        p.requires_grad_(False)
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+
+
+def fit(model: SignNet, subsets: dict[str, Batches], train: TrainParams, *, image_size: int,
+        rt: Runtime | None = None, log=None, generator: torch.Generator | None = None,
+        aug_generator: torch.Generator | None = None, progress: bool = False, resume: Resume | None = None) -> dict:
+    """Train the trainable parameters as `train` (the train.* params) says, on inputs of
+    `image_size`; returns the kept checkpoint ({"loss", "epoch", "state", "loss_weight"}).
+
+    `keep`: best (the lowest validation loss of `Objective.reported`, averaged over every validation
+    image; the notebook's) or last (a schedule that anneals to zero ends at its best point, and the
+    validation set then only chooses recipes, never an epoch). `start_size` > 0: progressive
+    resizing (`epoch_sizes`); evaluation keeps the stored size. Evaluation passes run every
+    `eval_every` epochs and after the last (they do not touch training). `ema_decay` > 0: an
+    exponential moving average of the weights and BatchNorm statistics, updated every step
+    (torch.optim.swa_utils, as torchvision's references), is what is evaluated and kept.
+    `batch_size` is the global batch: with N ranks each takes 1/N of it.
+
+    `log(epoch, row)` receives every epoch's figures (rank 0 only). `generator` draws the
+    permutations (the same on every rank), `aug_generator` the augmentation (one per rank; by
+    default `generator` itself). `resume`: the state is written there after every epoch (by rank 0),
+    and a run that finds its own state there continues after that epoch; on a CPU it ends exactly
+    where an uninterrupted run ends."""
+    rt = rt or Runtime(_device(model))
+    world = rt.world
+    eval_subsets = ("valid", "test") if train.eval_test_each_epoch else ("valid",)
+    for name in ("train",) + eval_subsets:
+        if not len(subsets[name]):
+            raise DataError(f"no {name} images: the {name} set is empty (see data/split.csv and reports/split.json)")
+    torch.manual_seed(train.seed)
+    generator = generator or torch.Generator().manual_seed(train.seed)
+    aug_generator = aug_generator or generator
+    labels = subsets["train"].labels.numpy()
+    num_classes = model.num_classes
+    weights = class_weights(labels, num_classes, train.class_weights)
+    box_weights = None if train.box_weights == "same" else class_weights(labels, num_classes, train.box_weights)
+    objective = Objective(model, weights, box_weights, image_size=image_size, box_loss=train.box_loss,
+                          balance=train.loss_balance, label_smoothing=train.label_smoothing,
+                          loss_weight=train.loss_weight).to(rt.device)
+    sizes = epoch_sizes(train.start_size, image_size, train.epochs) if train.start_size else None
+    n_train, b = len(subsets["train"]), train.batch_size
+    steps = n_train // b + (1 if n_train % b >= 2 * world.size else 0)
+    net = _distribute(objective, rt)
+    optimizer, scheduler = make_optimizer(objective, train, steps)
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True)
+           if train.ema_decay else None)
+    best = {"loss": float("inf"), "epoch": 0, "state": None, "loss_weight": train.loss_weight}
+    start = 1
+    state = world.broadcast(resume.load() if resume and world.main else None)
+    if state:
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        for part, saved in ((scheduler, state["scheduler"]), (ema, state["ema"]), (scaler, state.get("scaler"))):
+            if part is not None:
+                part.load_state_dict(saved)
+        generator.set_state(state["generator"])
+        mine = state["ranks"][world.rank]
+        aug_generator.set_state(mine["aug"])
+        torch.set_rng_state(mine["torch_rng"])
+        best, start = state["best"], state["epoch"] + 1
+        if world.main:
+            tqdm.write(f"{resume.path}: continuing after epoch {state['epoch']} of {train.epochs}", file=sys.stderr)
+    for epoch in tqdm(range(start, train.epochs + 1), desc="epochs", unit="epoch", initial=start - 1,
+                      total=train.epochs, disable=not world.main):
+        if world.distributed:
+            fault_point("TSLOC_KILL_RANK", f"{world.rank}:{epoch}")
+        size = sizes[epoch - 1] if sizes else None
+        row = {"train": train_one_epoch(net, objective, subsets["train"], b, optimizer, rt, scheduler, scaler,
+                                        generator, f"epoch {epoch} train" if progress and world.main else None,
+                                        size, ema.update_parameters if ema else None)}
+        if size:
+            row["train"]["input_size"] = size
+        # Each rank's BatchNorm statistics saw its own shares (on the CPU, without SyncBatchNorm):
+        # their mean over the ranks is what every rank evaluates and rank 0 keeps.
+        world.average([*model.buffers(), *(ema.module.buffers() if ema else ())])
+        evaluated = epoch % train.eval_every == 0 or epoch == train.epochs
+        averaged = ema.module.state_dict() if ema else None
+        with loaded(model, averaged):
+            for name in eval_subsets if evaluated else ():
+                row[name] = evaluate(objective, subsets[name], b, rt)
+        if log and world.main:
+            log(epoch, row, objective)
+        watched = "valid" if "valid" in eval_subsets else "train"
+        if watched in row:  # evaluated this epoch (the last always is)
+            watch = row[watched]["loss"]
+            keep_this = watch < best["loss"] if train.keep == "best" else epoch == train.epochs  # copy only what is kept
+            if keep_this:
+                best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(averaged or model.state_dict()),
+                        "loss_weight": objective.loss_weight.item()}
+        if resume:
+            ranks = world.gather({"aug": aug_generator.get_state(), "torch_rng": torch.get_rng_state()})
+            if world.main:
+                resume.save({
+                    "epoch": epoch, "objective": objective.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+                    "ema": ema.state_dict() if ema else None, "scaler": scaler.state_dict() if scaler else None,
+                    "generator": generator.get_state(), "ranks": ranks, "best": best})
+                fault_point("TSLOC_KILL_AFTER_EPOCH", str(epoch))
+    return best

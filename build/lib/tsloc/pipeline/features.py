@@ -1,0 +1,29 @@
+"""Stage `features`: decode every image once into the uint8 store and run the frozen backbone once."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.store import NpyWriter, write_store
+from ..data.table import load_metadata
+from ..features import feature_extractor
+from ..io import atomic_path
+from ..backbone import backbone_features
+from ..params import record_keys
+from ..paths import IMAGE_STORE, POOLED
+from ..device import select_device
+from . import tracked_params
+
+
+def run(params_file: str = "params.yaml") -> dict:
+    """Decode every image once into the array store and run the frozen backbone once per image."""
+    p = tracked_params(params_file)
+    meta = load_metadata()
+    body, channels = backbone_features(p.model.backbone, p.model.weights)  # before decoding: bad weights fail fast
+    features = feature_extractor(body, select_device(p.train.device))
+    # Decoded, written and run through the backbone chunk by chunk, both files written as they come:
+    # memory holds one chunk whatever the number of images.
+    with (atomic_path(IMAGE_STORE) as images, atomic_path(POOLED) as tmp,
+          NpyWriter(tmp, (len(meta), channels), np.float32) as pooled):
+        shape = write_store(meta, p.data.image_size, images, on_chunk=lambda chunk: pooled.write(features(chunk)))
+    record_keys("features", p)
+    return {"images": int(shape[0]), "store_shape": list(shape), "features": list(pooled.shape)}

@@ -1,0 +1,79 @@
+"""Ready models: trained files that ship inside the package, so that a fresh install names real
+signs before any training (`tsloc predict IMAGES --model belgiumtsc`, `tsloc serve --model
+belgiumtsc`, `tsloc.load("belgiumtsc")`). Each is the int8 ONNX export of a pipeline run, its
+description extended with a card: the data it learnt from, its test figures (the int8 file's own,
+from the export stage), the command and the commit that made it.
+
+    python -m tsloc.ready belgiumtsc --run DIR --command "dvc exp run ..."   # bundle DIR's run
+
+the one exception to "nothing made from the data is committed" (a few MB; docs/serve.md)."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from .describe import dataset_name
+from .errors import ModelFileError
+from .io import atomic_path
+from .onnxrt import read_meta, set_meta
+from .paths import EXPORT_REPORT, INGEST_REPORT, INT8, MODEL_CARD
+
+FOLDER = Path(__file__).parent / "models"
+READY = {"belgiumtsc": "belgiumtsc.int8.onnx"}
+OFFICIAL = {"belgiumtsc": "e3f2108c"}  # the official release's Training list digest (reports/ingest.json)
+
+
+def resolve(model: str | Path) -> Path:
+    """A ready model's name to its file; anything else is a path."""
+    if str(model) in READY:
+        path = FOLDER / READY[str(model)]
+        if not path.is_file():
+            raise ModelFileError(f"{path}: the ready model {model!r} is missing from this install (reinstall tsloc)")
+        return path
+    return Path(model)
+
+
+def bundle(name: str, run: Path, command: str) -> Path:
+    """The int8 file of the pipeline run in `run` (a working tree after `dvc repro`) as the ready
+    model `name`, with its card; refuses a run that was not on the official data."""
+    ingest = json.loads((run / INGEST_REPORT).read_text())
+    digest = ingest["Training"]["fingerprint"]["digest"]
+    if name in OFFICIAL and not digest.startswith(OFFICIAL[name]):
+        raise ModelFileError(f"{run / INGEST_REPORT}: not the official {name} release (Training digest {digest[:12]})")
+    test = json.loads((run / EXPORT_REPORT).read_text())["test"]["onnx_int8"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=run, capture_output=True, text=True).stdout.strip()
+    meta = read_meta(run / INT8)
+    meta["card"] = {
+        "data": {"name": f"{dataset_name(ingest['format'])} ({'official release' if name in OFFICIAL else 'own data'})",
+                 "format": ingest["format"], "classes": ingest["classes"], "training_digest": digest},
+        "test": {k: test[k] for k in ("images", "accuracy", "balanced_accuracy", "macro_f1", "mean_iou")},
+        "command": command,
+        "commit": commit,
+    }
+    FOLDER.mkdir(exist_ok=True)
+    out = FOLDER / READY[name]
+    with atomic_path(out) as tmp:
+        shutil.copyfile(run / INT8, tmp)
+        set_meta(tmp, meta)
+    card = (run / MODEL_CARD).read_text()
+    with atomic_path(out.with_suffix("").with_suffix(".md")) as tmp:
+        Path(tmp).write_text(
+            f"<!-- the ready model `{name}`: {READY[name]}, made by `{command}` at commit {commit}; "
+            f"its int8 test accuracy {100 * test['accuracy']:.2f}% on {test['images']} images -->\n{card}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tsloc.ready", description=bundle.__doc__.split("\n")[0])
+    parser.add_argument("name", choices=sorted(READY))
+    parser.add_argument("--run", type=Path, required=True, metavar="DIR", help="the working tree of the run")
+    parser.add_argument("--command", required=True, help="the command that made the run (recorded in the card)")
+    args = parser.parse_args(argv)
+    print(bundle(args.name, args.run, args.command))
+
+
+if __name__ == "__main__":
+    main()

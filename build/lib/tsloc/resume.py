@@ -1,0 +1,64 @@
+"""Continuing an interrupted training: the whole state after every epoch in one file, read back
+only by the run it belongs to, and the fault points the tests kill a run at."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .io import write_torch
+
+FORMAT = 2  # 2: the loss balance's parameters saved with the objective, not the model
+
+
+@dataclass
+class Resume:
+    """Where `fit` keeps its whole state after every epoch (objective, optimizer, schedule, moving
+    average, random generators, the checkpoint kept so far), and what that state belongs to: a file
+    with another `key` (other params or data, or another format) is discarded, not continued."""
+    path: Path
+    key: str
+    _state: dict | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        self.key = f"{FORMAT}:{self.key}"
+
+    def load(self) -> dict | None:
+        """The saved state if it is this run's; read once (it holds the model several times over)."""
+        if self._state is None:
+            self._state = self._read()
+        return self._state
+
+    def _read(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated file: the write is atomic, so only a damaged disk
+            tqdm.write(f"{self.path}: unreadable ({type(exc).__name__}), starting from epoch 1", file=sys.stderr)
+            return None
+        if state.get("key") != self.key:
+            tqdm.write(f"{self.path}: from other params or data, discarded; starting from epoch 1", file=sys.stderr)
+            self.path.unlink()
+            return None
+        return state
+
+    def epochs_done(self) -> int:
+        state = self.load()
+        return state["epoch"] if state else 0
+
+    def save(self, state: dict) -> None:
+        write_torch(self.path, {"key": self.key, **state})
+
+
+def fault_point(variable: str, here: str) -> None:
+    """Fault injection for the tests: TSLOC_KILL_AFTER_EPOCH=N kills this process (SIGKILL, as a
+    lost machine or `kill -9` would) right after epoch N's state is written; TSLOC_KILL_RANK=R:N
+    kills rank R as epoch N starts (the other ranks then wait in a collective for it)."""
+    if os.environ.get(variable) == here:
+        os.kill(os.getpid(), signal.SIGKILL)

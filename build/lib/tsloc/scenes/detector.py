@@ -1,0 +1,124 @@
+"""The detector: torchvision's FCOS (anchor-free, one point per feature-map cell) on the offline
+ImageNet MobileNetV2, class-agnostic (it finds signs; the crop model names them).
+
+- Features at stride 8 and 16 (MobileNetV2's block 6, and block `top_block`: 13 by default, 7-10
+  for a lighter trunk) through a feature pyramid (torchvision's BackboneWithFPN, plus its
+  max-pooled level at stride 32): a 16-px sign covers 2 x 2 cells at stride 8. The blocks after it
+  (up to stride 32 and 1280 channels) are not run: signs are at most about 130 px.
+- BatchNorm frozen (torchvision's FrozenBatchNorm2d, as its detection models do with a pretrained
+  backbone): windows of a few signs are small batches. The first `frozen_blocks` blocks do not train.
+- No resizing (`NativeSize`): windows and whole frames run at their own size, so a 16-px sign stays
+  16 px; torchvision's transform still normalises and pads to a multiple of 32.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.detection import FCOS
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.fcos import FCOSHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ..backbone import IMAGENET_MEAN, IMAGENET_STD, backbone_features
+
+STRIDE_8 = 6                       # MobileNetV2's last block at stride 8 (32 channels)
+STRIDE_16 = range(7, 14)           # its blocks at stride 16: 64 channels up to block 10, 96 after
+STRIDES = (8, 16, 32)              # the two levels and the pyramid's max-pooled one
+
+
+class NativeSize(GeneralizedRCNNTransform):
+    """torchvision's detection transform (normalise, batch, pad to a multiple of 32) without resizing."""
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm2d replaced by torchvision's FrozenBatchNorm2d with its statistics and affine."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def build_detector(weights: str = "imagenet", fpn_channels: int = 64, head_convs: int = 2, frozen_blocks: int = 4,
+                   top_block: int = 13, score_thresh: float = 0.05, nms_thresh: float = 0.5,
+                   detections_per_img: int = 50, seed: int | None = None) -> FCOS:
+    """FCOS with one class (a sign) on MobileNetV2's blocks 0 to `top_block` and a small feature pyramid.
+    `seed`: the new layers' initial weights (else whatever state PyTorch's generator is in)."""
+    if top_block not in STRIDE_16:
+        raise ValueError(f"top_block {top_block}: MobileNetV2's blocks at stride 16 are {STRIDE_16.start}-{STRIDE_16.stop - 1}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    body, _ = backbone_features("mobilenet_v2", weights)
+    trunk = freeze_batchnorm(body[:top_block + 1])
+    for i, block in enumerate(trunk):
+        for p in block.parameters():
+            p.requires_grad_(i >= frozen_blocks)
+    levels = {str(STRIDE_8): "0", str(top_block): "1"}
+    fpn = BackboneWithFPN(trunk, levels, [32, 64 if top_block <= 10 else 96], fpn_channels)
+    anchors = AnchorGenerator(sizes=tuple((s,) for s in STRIDES), aspect_ratios=((1.0,),) * len(STRIDES))
+    head = FCOSHead(fpn_channels, anchors.num_anchors_per_location()[0], 1, num_convs=head_convs)
+    model = FCOS(fpn, num_classes=1, anchor_generator=anchors, head=head, score_thresh=score_thresh,
+                 nms_thresh=nms_thresh, detections_per_img=detections_per_img)
+    model.transform = NativeSize(800, 1333, list(IMAGENET_MEAN), list(IMAGENET_STD), size_divisible=32)
+    return model
+
+
+def frame_tensor(frame) -> torch.Tensor:
+    """A uint8 RGB frame (H, W, 3) as the float CHW tensor in 0..1 torchvision's detection models take."""
+    import numpy as np
+    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255)
+
+
+class TorchDetector:
+    """`detector(frame)` -> (boxes (N, 4) in pixels, scores (N,)): torchvision's FCOS on a uint8 frame
+    (H, W, 3), as tsloc.scenes.onnxdet.OnnxDetector answers from the ONNX file."""
+
+    def __init__(self, model: FCOS, meta: dict, device=torch.device("cpu")):
+        self.model, self.meta, self.device = model.to(device).eval(), meta, device
+        self.name = f"pytorch {device}"
+        self.score_thresh = model.score_thresh
+
+    @torch.no_grad()
+    def __call__(self, frame, min_score: float = 0.0):
+        """Detections scoring at least `min_score` (and the model's own threshold), as OnnxDetector."""
+        self.model.score_thresh = max(self.score_thresh, min_score)
+        found = self.model([frame_tensor(frame).to(self.device)])[0]
+        return found["boxes"].cpu().numpy(), found["scores"].cpu().numpy()
+
+
+def save(path, model: FCOS, config: dict, **description) -> None:
+    """models/detector.pt: the weights, what `build_detector` needs to rebuild it, and the rest."""
+    import platform
+
+    import torchvision
+
+    from ..io import write_torch
+    write_torch(path, {"state_dict": model.state_dict(), "config": config, "strides": list(STRIDES),
+                       "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+                                    "python": platform.python_version()}, **description})
+
+
+def load(path) -> tuple[FCOS, dict]:
+    """A trained detector in eval mode and its description; one message when the file is missing or foreign."""
+    from pathlib import Path
+
+    from ..errors import ModelFileError
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: detector file not found (train one with `dvc repro detector_train`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_detector("none", **ckpt["config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as exc:  # unpickling errors, missing keys, shape mismatches
+        raise ModelFileError(f"{path}: not a compatible tsloc detector ({type(exc).__name__}: {exc})") from exc
+    return model.eval(), ckpt

@@ -1,0 +1,78 @@
+"""Training the detector on windows (tsloc.scenes.windows), in torchvision's detection references'
+shape: the model returns its losses in training mode; AdamW, a one-epoch linear warm-up, then a
+cosine to zero; the state after every epoch kept for a run that is interrupted (tsloc.resume)."""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..resume import Resume
+from .detector import TorchDetector
+from .windows import cut_window, photometric, window_plan
+
+
+def fit_detector(model, frames: list[np.ndarray], boxes: list[np.ndarray], d, *, device, log=None,
+                 resume: Resume | None = None) -> dict:
+    """Train `model` on windows of `frames` (their `boxes`, pixels) as the detector.* params `d` say.
+    `log(epoch, row)` gets each epoch's mean losses. Returns the last epoch's row."""
+    rng_seed = np.random.SeedSequence(d.seed)
+    torch.manual_seed(d.seed)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=d.lr, weight_decay=d.weight_decay)
+    sizes = [(f.shape[1], f.shape[0]) for f in frames]
+    steps_per_epoch = math.ceil(len(window_plan(boxes, sizes, d.window, d.background_share, d.scale_jitter,
+                                                np.random.default_rng(0))) / d.batch_size)
+    total, warm = max(1, steps_per_epoch * d.epochs), max(1, steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / warm if step < warm else
+                                                 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm)))))
+    start, row = 1, {}
+    state = resume.load() if resume else None
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, row = state["epoch"] + 1, state["row"]
+        tqdm.write(f"{resume.path}: continuing after epoch {state['epoch']} of {d.epochs}", file=sys.stderr)
+    for epoch in tqdm(range(start, d.epochs + 1), desc="detector epochs", unit="epoch", initial=start - 1,
+                      total=d.epochs):
+        rng = np.random.default_rng(rng_seed.spawn(epoch)[-1])  # each epoch's windows: the same after a resume
+        plan = window_plan(boxes, sizes, d.window, d.background_share, d.scale_jitter, rng)
+        sums, n = {}, 0
+        for start_i in tqdm(range(0, len(plan), d.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False):
+            images, targets = [], []
+            for i, scale, left, top in plan[start_i:start_i + d.batch_size]:
+                image, b = cut_window(frames[i], boxes[i], scale, left, top, d.window, d.flip and rng.random() < 0.5)
+                images.append(photometric(image, rng).to(device))
+                targets.append({"boxes": b.to(device), "labels": torch.zeros(len(b), dtype=torch.int64, device=device)})
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(images)
+            n += len(images)
+        row = {k: v / max(n, 1) for k, v in sums.items()} | {"loss": sum(sums.values()) / max(n, 1), "windows": n}
+        if log:
+            log(epoch, row)
+        if resume:
+            resume.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "row": row})
+    return row
+
+
+def detect(model, frames: list[np.ndarray], device, progress: str | None = "detect") -> list[dict]:
+    """The detector on whole frames, one at a time: boxes (N, 4) in pixels and scores (N,) per frame."""
+    detector = TorchDetector(model, {}, device)
+    out = []
+    for f in tqdm(frames, desc=progress, unit="frame", leave=False, disable=progress is None):
+        boxes, scores = detector(f)
+        out.append({"boxes": boxes, "scores": scores})
+    return out

@@ -1,0 +1,73 @@
+"""Training windows cut from whole frames: one around each sign (the sign anywhere inside, the
+frame scaled by up to 1 +- `scale_jitter` first) and a share taken anywhere (mostly background,
+and the frames without signs). The detector trains on these, not on whole frames: a 1360 x 800
+frame is 80% road and sky, and 10 times the pixels of a 320-px window."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .detector import frame_tensor
+
+MIN_VISIBLE = 0.5  # a sign cut by the window's edge counts when at least this share of it is inside
+
+
+def window_plan(boxes_per_frame: list[np.ndarray], sizes: list[tuple[int, int]], window: int, background_share: float,
+                scale_jitter: float, rng: np.random.Generator) -> list[tuple[int, float, int, int]]:
+    """One epoch's windows as (frame index, scale, left, top) in pixels of the scaled frame: one per
+    sign, plus `background_share` of the total at random places of random frames; shuffled."""
+    plan = []
+    for i, boxes in enumerate(boxes_per_frame):
+        w, h = sizes[i]
+        for box in boxes:
+            s = float(rng.uniform(1 - scale_jitter, 1 + scale_jitter))
+            l, t, r, b = (np.asarray(box) * s).tolist()
+            sw, sh = int(round(w * s)), int(round(h * s))
+            lo_x, hi_x = max(0, int(np.ceil(r)) - window), min(int(l), max(0, sw - window))
+            lo_y, hi_y = max(0, int(np.ceil(b)) - window), min(int(t), max(0, sh - window))
+            x = int(rng.integers(lo_x, hi_x + 1)) if hi_x >= lo_x else int(max(0, min(l, sw - window)))
+            y = int(rng.integers(lo_y, hi_y + 1)) if hi_y >= lo_y else int(max(0, min(t, sh - window)))
+            plan.append((i, s, x, y))
+    extra = int(round(len(plan) * background_share / (1 - background_share))) if plan else len(sizes)
+    for _ in range(extra):
+        i = int(rng.integers(0, len(sizes)))
+        s = float(rng.uniform(1 - scale_jitter, 1 + scale_jitter))
+        sw, sh = int(round(sizes[i][0] * s)), int(round(sizes[i][1] * s))
+        plan.append((i, s, int(rng.integers(0, max(1, sw - window + 1))), int(rng.integers(0, max(1, sh - window + 1)))))
+    order = rng.permutation(len(plan))
+    return [plan[k] for k in order]
+
+
+def cut_window(frame: np.ndarray, boxes: np.ndarray, scale: float, left: int, top: int, window: int,
+               flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window (3, window, window) in 0..1, the frame scaled by `scale` first (bilinear,
+    antialiased), zero-padded where it leaves the frame; and the boxes inside it (N, 4), clipped,
+    those less than MIN_VISIBLE inside dropped. `flip` mirrors both (a sign's class may change
+    with it, but the detector only finds signs)."""
+    image = frame_tensor(frame)
+    h, w = image.shape[1:]
+    sh, sw = int(round(h * scale)), int(round(w * scale))
+    if (sh, sw) != (h, w):
+        image = F.interpolate(image[None], size=(sh, sw), mode="bilinear", antialias=True, align_corners=False)[0]
+    out = torch.zeros(3, window, window)
+    crop = image[:, top:top + window, left:left + window]
+    out[:, :crop.shape[1], :crop.shape[2]] = crop
+    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)) * scale
+    b -= torch.tensor([left, top, left, top], dtype=torch.float32)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    clipped = b.clamp(0, window)
+    visible = (clipped[:, 2] - clipped[:, 0]).clamp(min=0) * (clipped[:, 3] - clipped[:, 1]).clamp(min=0)
+    keep = visible >= MIN_VISIBLE * area
+    b = clipped[keep]
+    if flip:
+        out = out.flip(-1)
+        b = torch.stack([window - b[:, 2], b[:, 1], window - b[:, 0], b[:, 3]], 1)
+    return out, b
+
+
+def photometric(image: torch.Tensor, rng: np.random.Generator, strength: float = 0.3) -> torch.Tensor:
+    """Brightness and contrast in 1 +- `strength`, as light changes between frames."""
+    brightness, contrast = rng.uniform(1 - strength, 1 + strength, 2)
+    mean = image.mean()
+    return ((image - mean) * contrast + mean * brightness).clamp_(0, 1)

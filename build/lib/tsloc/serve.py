@@ -1,0 +1,303 @@
+"""`tsloc serve`: the model behind an HTTP API (FastAPI on uvicorn), with a page to try it.
+
+    POST /v1/predict   one image (multipart field `file`, or a raw image/* body) -> predict's record
+    POST /v1/detect    one street frame -> detect's record (when a detector is served)
+    GET  /v1/model     what is served (tsloc.describe.summary); GET /healthz; GET /docs (OpenAPI)
+    GET  /             the page: choose or drop an image, see its box, name and top-k
+
+Requests that arrive together run as one batch (`Batcher`: the first waits at most `max_wait_ms`
+for others, up to `max_batch`), as Triton's and TorchServe's dynamic batching do; images are decoded
+in worker threads (at most `DECODERS` at once, so memory stays bounded), the model runs in one
+thread of its own, and the event loop only moves bytes. Bad input is a 4xx with one line of JSON
+(`{"error": ...}`) and the server goes on; nothing a request names is read from disk.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from .errors import DataError
+
+log = logging.getLogger("tsloc.serve")
+PAGE = Path(__file__).parent / "page" / "index.html"
+DECODERS = 4          # images decoded at once: a 20 MB upload can decode to hundreds of MB
+RAW_BODY = "the request body"  # how messages name an image sent as the body (a form's file goes by its name)
+CONFIG_ENV = "TSLOC_SERVE_CONFIG"  # how `--workers N` hands the options to each worker process
+
+
+@dataclass
+class ServeConfig:
+    model: str = "belgiumtsc"
+    detector: str | None = None
+    device: str = "auto"
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_bytes: int = 20 * 1024 * 1024
+    top_k: int = 5
+    min_probability: float = 0.0
+    min_score: float = 0.3                 # a detection's detector score, as detect.min_score
+    detect_min_probability: float = 0.5    # a detection's naming probability, as detect.min_probability
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Batcher:
+    """Dynamic batching: `await batcher(item)` queues one item; a loop takes the first waiting item,
+    waits up to `max_wait` seconds (or until `max_batch` are waiting) for more, and runs `run(items)`
+    (one result per item) in the model's thread. Under load the queue fills while a batch runs, so
+    batches grow with the load and a lone request waits `max_wait` at most."""
+
+    def __init__(self, run, max_batch: int = 32, max_wait: float = 0.005):
+        self.run, self.max_batch, self.max_wait = run, max_batch, max_wait
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tsloc-model")
+        self.sizes: Counter = Counter()  # batch size -> how many batches ran with it
+        self.queue: asyncio.Queue | None = None
+        self.arrived: asyncio.Event | None = None
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.queue, self.arrived = asyncio.Queue(), asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        self.pool.shutdown(wait=True)
+
+    async def __call__(self, item):
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((item, future))
+        self.arrived.set()
+        return await future
+
+    async def call(self, fn, *args):
+        """`fn(*args)` in the model's thread (the detector: whole frames are not batched)."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def _gather(self) -> list:
+        loop = asyncio.get_running_loop()
+        batch = [await self.queue.get()]
+        deadline = loop.time() + self.max_wait
+        while len(batch) < self.max_batch:
+            if not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+                continue
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        return [(item, f) for item, f in batch if not f.done()]  # a client that left: its future is cancelled
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._gather()
+            if not batch:
+                continue
+            try:
+                results = await self.call(self.run, [item for item, _ in batch])
+            except Exception as exc:  # the model failed: every request of the batch says so
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(exc)
+                continue
+            self.sizes[len(batch)] += 1
+            for (_, f), result in zip(batch, results):
+                if not f.done():
+                    f.set_result(result)
+
+
+async def _capped(stream, limit: int):
+    """The body's chunks, stopping with 413 as soon as more than `limit` bytes came (a chunked body
+    has no Content-Length to refuse it by)."""
+    seen = 0
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > limit:
+            raise BadRequest(413, f"body over {limit} bytes (the server's --max-bytes)")
+        yield chunk
+
+
+async def read_image(request, max_bytes: int) -> tuple[bytes, str]:
+    """The image bytes of a request, and a name for messages: a multipart field `file` (its file
+    name) or a raw image/* body."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise BadRequest(413, f"body of {length} bytes is over {max_bytes} (the server's --max-bytes)")
+    ctype = request.headers.get("content-type", "")
+    mime = ctype.split(";")[0].strip().lower()
+    if mime == "multipart/form-data":
+        parser = MultiPartParser(request.headers, _capped(request.stream(), max_bytes), max_files=1, max_fields=8)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise BadRequest(400, f"malformed multipart form ({exc})") from exc
+        try:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise BadRequest(400, "the form has no file field named 'file'")
+            data, name = await upload.read(), upload.filename or "file"
+        finally:
+            await form.close()
+    elif mime.startswith("image/"):
+        data, name = b"".join([chunk async for chunk in _capped(request.stream(), max_bytes)]), RAW_BODY
+    else:
+        raise BadRequest(415, f"content type {ctype or '(none)'!r}: send an image/* body, or a multipart form "
+                              "with the image in a field named 'file'")
+    if not data:
+        raise BadRequest(400, f"{name}: empty, no image in it")
+    return data, name
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def create_app(config: ServeConfig):
+    """The FastAPI application serving `config.model` (and `config.detector`)."""
+    from contextlib import asynccontextmanager
+
+    from anyio import CapacityLimiter, to_thread
+
+    from .api import Model
+    from .data.images import load_image
+    from .detect import record as frame_record
+    from .predict import prepare
+
+    model = Model(config.model, detector=config.detector, device=config.device, top_k=config.top_k,
+                  min_probability=config.min_probability)
+    size = model.meta["image_size"]
+
+    def run(items):
+        return model.predict_pixels(np.stack([it.pixels for it in items]), [it.size for it in items])
+
+    batcher = Batcher(run, config.max_batch, config.max_wait_ms / 1000)
+    decoders = CapacityLimiter(DECODERS)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="tsloc", version=_version(), lifespan=lifespan,
+                  description="Traffic-sign classification and localisation (crops), and detection in street "
+                              "frames, on ONNX Runtime. Errors answer {\"error\": \"one line\"}.")
+    app.state.batcher, app.state.model, app.state.config = batcher, model, config
+
+    @app.middleware("http")
+    async def one_line_per_request(request: Request, call_next):
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except BadRequest as exc:
+            response = _error(exc.status, str(exc))
+        log.info("%s %s %s %d %.1f ms", request.client.host if request.client else "-", request.method,
+                 request.url.path, response.status_code, 1000 * (time.perf_counter() - start))
+        return response
+
+    async def decode(data: bytes, name: str, fn):
+        try:
+            return await to_thread.run_sync(fn, data, name, limiter=decoders)
+        except DataError as exc:
+            raise BadRequest(400, str(exc)) from exc
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    async def describe():
+        """What is served: the crop model's classes, input, recipe, data and test figures; the detector."""
+        detector = None
+        if model.detector is not None:
+            meta = model.detector.meta
+            detector = {k: meta.get(k) for k in ("strides", "score_thresh", "topk", "nms_thresh", "max_detections")}
+            detector |= {"backend": model.detector.name, "min_score": config.min_score,
+                         "min_probability": config.detect_min_probability}
+        return {"model": model.info | {"file": model.file.name, "backend": model.backend.name},
+                "detector": detector,
+                "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
+                             "batches_run": dict(sorted(batcher.sizes.items()))},
+                "min_probability": config.min_probability, "max_bytes": config.max_bytes}
+
+    @app.post("/v1/predict")
+    async def predict(request: Request):
+        """One image holding one sign: its class, probability, top-k and box in pixels of the upright image."""
+        try:
+            data, name = await read_image(request, config.max_bytes)
+            item = await decode(data, name, lambda d, n: prepare(d, size, label=n))
+        except BadRequest as exc:
+            return _error(exc.status, str(exc))
+        rec = await batcher(item)
+        return rec | {"path": None if name == RAW_BODY else name}
+
+    @app.post("/v1/detect")
+    async def detect(request: Request):
+        """One street frame: every sign found, named and boxed (tsloc detect's record)."""
+        if model.finder is None:
+            return _error(404, "no detector served: start the server with --detector FILE")
+        try:
+            data, name = await read_image(request, config.max_bytes)
+            frame = await decode(data, name, lambda d, n: np.array(load_image(d, n)))
+        except BadRequest as exc:
+            return _error(exc.status, str(exc))
+        found = await batcher.call(model.finder, frame, config.min_score)
+        rec = frame_record(None, frame, found, model.meta["class_names"], config.detect_min_probability)
+        return rec | {"path": None if name == RAW_BODY else name}
+
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("tsloc")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def app_from_env():
+    """The application of one `--workers` process: its options come in CONFIG_ENV (uvicorn starts
+    each worker by import string, so they cannot be passed as objects)."""
+    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+
+
+def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the server until Ctrl-C: one line per request on stderr."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    app = create_app(config)  # a missing or foreign model file is one message here, not in each worker
+    if workers > 1:
+        del app
+        os.environ[CONFIG_ENV] = json.dumps(asdict(config))
+        uvicorn.run("tsloc.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    access_log=False)
+    else:
+        uvicorn.run(app, host=host, port=port, access_log=False)
