@@ -101,6 +101,11 @@ def test_the_page_draws_the_answer_to_a_chosen_image(tmp_path):
     assert "62 classes" in shown["about"]
     assert shown["canvas"][0] >= 200 and shown["red_pixels"] > 100  # the image drawn, the box over it
     assert (tmp_path / "page.png").stat().st_size > 10_000
+    Image.open(image).save(tmp_path / "sign.ppm")  # the data sets' format, which browsers do not decode
+    with running(create_app(ServeConfig(model=str(model), device="cpu"))) as base:
+        ppm = try_page(base, tmp_path / "sign.ppm")
+    assert ppm["state"] == "done" and ppm["answer"] == expected | {"path": "sign.ppm"}, ppm
+    assert ppm["canvas"] == shown["canvas"] and ppm["red_pixels"] > 100
 
 
 if __name__ == "__main__":  # the screenshot in docs/: python tests/test_serve_page.py belgiumtsc IMAGE docs/serve_page.png
