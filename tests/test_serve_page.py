@@ -108,6 +108,31 @@ def test_the_page_draws_the_answer_to_a_chosen_image(tmp_path):
     assert ppm["canvas"] == shown["canvas"] and ppm["red_pixels"] > 100
 
 
+@pytest.mark.slow  # starts a browser and a server
+def test_the_openapi_page_draws_offline(tmp_path):
+    """FastAPI's /docs page (Swagger UI) from the server's own files: every endpoint listed, nothing
+    fetched elsewhere."""
+    if chromium() is None:
+        pytest.skip("no chromium")
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    from tsloc.serve import ServeConfig, create_app
+    elsewhere = []
+    with running(create_app(ServeConfig(model=str(stub_model(tmp_path / "m.pt")), device="cpu"))) as base:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base)
+                       else (elsewhere.append(route.request.url), route.abort()))
+            page.goto(base + "/docs")
+            page.wait_for_selector(".opblock", timeout=30000)
+            paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent)")
+            browser.close()
+    assert {"/v1/predict", "/v1/detect", "/v1/model", "/healthz"} <= {p.replace("\u200b", "") for p in paths}, paths
+    assert elsewhere == []
+
+
 if __name__ == "__main__":  # the screenshot in docs/: python tests/test_serve_page.py belgiumtsc IMAGE docs/serve_page.png
     from tsloc.serve import ServeConfig, create_app
     with running(create_app(ServeConfig(model=sys.argv[1]))) as base:

@@ -2,7 +2,7 @@
 
     POST /v1/predict   one image (multipart field `file`, or a raw image/* body) -> predict's record
     POST /v1/detect    one street frame -> detect's record (when a detector is served)
-    GET  /v1/model     what is served (tsloc.describe.summary); GET /healthz; GET /docs (OpenAPI)
+    GET  /v1/model     what is served (tsloc.describe.summary); GET /healthz; GET /docs (OpenAPI, offline)
     GET  /             the page: choose or drop an image, see its box, name and top-k
 
 Requests that arrive together run as one batch (`Batcher`: the first waits at most `max_wait_ms`
@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline  # the OpenAPI pages (/docs, /redoc) with their scripts served here, no CDN
 
 from .errors import DataError
 
@@ -225,7 +226,7 @@ def create_app(config: ServeConfig):
         yield
         await batcher.stop()
 
-    app = FastAPI(title="tsloc", version=_version(), lifespan=lifespan,
+    app = FastAPIOffline(title="tsloc", version=_version(), lifespan=lifespan,
                   description="Traffic-sign classification and localisation (crops), and detection in street "
                               "frames, on ONNX Runtime. Errors answer {\"error\": \"one line\"}.")
     app.state.batcher, app.state.model, app.state.config = batcher, model, config
