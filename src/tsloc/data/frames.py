@@ -69,6 +69,13 @@ def load_scene_table(path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def subset_frames(split: pd.DataFrame, subset: str) -> tuple[pd.DataFrame, list[str]]:
+    """One subset's rows (a frame's boxes, or its one row without a sign) and its frames' paths,
+    each once, in the table's order."""
+    part = split[split["subset"] == subset]
+    return part, list(dict.fromkeys(part["frame"]))
+
+
 def decode_frame(path) -> np.ndarray:
     """A frame as upright RGB uint8 (H, W, 3), writable (torch takes it as it is)."""
     return np.array(open_rgb(path))

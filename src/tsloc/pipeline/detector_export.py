@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import load_detector
-from ..data.frames import decode_frames, load_scene_table
+from ..data.frames import decode_frames, load_scene_table, subset_frames
 from ..errors import ExportError
 from ..io import write_json
 from ..onnxrt import read_meta, set_meta
@@ -66,10 +66,9 @@ def run(params_file: str = "params.yaml") -> dict:
     p = tracked_params(params_file)
     e = p.detector_export
     split = load_scene_table(SCENE_SPLIT)
-    valid = split[split["subset"] == "valid"]
-    paths = list(dict.fromkeys(valid["frame"]))
+    valid, paths = subset_frames(split, "valid")
     frames = decode_frames(paths)
-    train = list(dict.fromkeys(split.loc[split["subset"] == "train", "frame"]))
+    train = subset_frames(split, "train")[1]
     picked = np.sort(np.random.default_rng(e.seed).choice(len(train), min(e.calibration_frames, len(train)), replace=False))
     calibration = decode_frames([train[i] for i in picked])
     model, ckpt = det.load(DETECTOR)

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from ..data.frames import BOX, NO_SIGN, decode_frames, load_scene_table
+from ..data.frames import BOX, NO_SIGN, decode_frames, load_scene_table, subset_frames
 from ..device import select_device
 from ..io import significant, write_json
 from ..params import record_keys
@@ -22,8 +22,7 @@ from . import tracked_params
 
 
 def _frames(split, subset: str):
-    part = split[split["subset"] == subset]
-    paths = list(dict.fromkeys(part["frame"]))
+    part, paths = subset_frames(split, subset)
     signs = part[part["class_id"] != NO_SIGN]
     boxes = [signs.loc[signs["frame"] == p, BOX].to_numpy(np.float32) for p in paths]
     return part, paths, boxes

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .. import plots
 from ..backend import load_backend, load_detector
-from ..data.frames import BOX, NO_SIGN, decode_frame, load_scene_table
+from ..data.frames import BOX, NO_SIGN, decode_frame, load_scene_table, subset_frames
 from ..device import select_device
 from ..errors import DataError
 from ..io import write_csv, write_figure, write_json
@@ -38,8 +38,7 @@ def run(params_file: str = "params.yaml") -> dict:
     p = tracked_params(params_file)
     split = load_scene_table(SCENE_SPLIT)
     classes = pd.read_csv(SCENE_CLASSES, keep_default_na=False)
-    test = split[split["subset"] == "test"]
-    paths = list(dict.fromkeys(test["frame"]))
+    test, paths = subset_frames(split, "test")
     device = select_device(p.detector.device)
     detector = load_detector(DETECTOR, device)
     namer = load_backend(MODEL, device)
