@@ -128,7 +128,11 @@ def test_the_server_answers_as_the_api_does_and_batches(model_file):
         assert info["detector"] is None and info["batching"]["max_batch"] == 32
         page = client.get("/")
         assert page.status_code == 200 and 'id="file"' in page.text and "http" not in page.text.split("<script>")[1]
-        assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/predict", "/v1/detect", "/v1/model"}
+        spec = client.get("/openapi.json").json()["paths"]
+        assert spec.keys() >= {"/v1/predict", "/v1/detect", "/v1/model", "/healthz"}
+        body = spec["/v1/predict"]["post"]["requestBody"]["content"]  # /docs offers a file picker
+        assert body["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary" and "image/*" in body
+        assert {"400", "413", "415"} <= spec["/v1/predict"]["post"]["responses"].keys()
 
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(8) as pool:

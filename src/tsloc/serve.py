@@ -28,6 +28,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline  # the OpenAPI pages (/docs, /redoc) with their scripts served here, no CDN
 
+from . import __version__
 from .errors import DataError
 
 log = logging.getLogger("tsloc.serve")
@@ -35,6 +36,17 @@ PAGE = Path(__file__).parent / "page" / "index.html"
 DECODERS = 4          # images decoded at once: a 20 MB upload can decode to hundreds of MB
 RAW_BODY = "the request body"  # how messages name an image sent as the body (a form's file goes by its name)
 CONFIG_ENV = "TSLOC_SERVE_CONFIG"  # how `--workers N` hands the options to each worker process
+
+
+# The image endpoints read the body themselves (a form or a raw image, size-capped as it streams):
+# their OpenAPI description says what they take, so /docs offers a file picker.
+IMAGE_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}}}}}
+ERRORS = {code: {"description": text, "content": {"application/json": {"example": {"error": "one line"}}}}
+          for code, text in ((400, "not an image, truncated, too many pixels, empty, or a form without 'file'"),
+                             (413, "a body over --max-bytes"), (415, "neither image/* nor multipart/form-data"))}
 
 
 @dataclass
@@ -226,9 +238,9 @@ def create_app(config: ServeConfig):
         yield
         await batcher.stop()
 
-    app = FastAPIOffline(title="tsloc", version=_version(), lifespan=lifespan,
-                  description="Traffic-sign classification and localisation (crops), and detection in street "
-                              "frames, on ONNX Runtime. Errors answer {\"error\": \"one line\"}.")
+    app = FastAPIOffline(title="tsloc", version=__version__, lifespan=lifespan,
+                         description="Traffic-sign classification and localisation (crops), and detection in "
+                                     "street frames, on ONNX Runtime. Errors answer {\"error\": \"one line\"}.")
     app.state.batcher, app.state.model, app.state.config = batcher, model, config
 
     app.add_middleware(OneLinePerRequest)
@@ -262,7 +274,7 @@ def create_app(config: ServeConfig):
                              "batches_run": dict(sorted(batcher.sizes.items()))},
                 "min_probability": config.min_probability, "max_bytes": config.max_bytes}
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", openapi_extra=IMAGE_BODY, responses=ERRORS)
     async def predict(request: Request):
         """One image holding one sign: its class, probability, top-k and box in pixels of the upright image."""
         try:
@@ -273,7 +285,7 @@ def create_app(config: ServeConfig):
         rec = await batcher(item)
         return JSONResponse(rec | {"path": None if name == RAW_BODY else name})  # no re-validation of a plain dict
 
-    @app.post("/v1/detect")
+    @app.post("/v1/detect", openapi_extra=IMAGE_BODY, responses=ERRORS | {404: {"description": "no detector served"}})
     async def detect(request: Request):
         """One street frame: every sign found, named and boxed (tsloc detect's record)."""
         if model.finder is None:
@@ -288,14 +300,6 @@ def create_app(config: ServeConfig):
         return rec | {"path": None if name == RAW_BODY else name}
 
     return app
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("tsloc")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def app_from_env():
