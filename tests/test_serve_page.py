@@ -40,7 +40,7 @@ def running(app):
         thread.join(30)
 
 
-def try_page(base: str, image: Path, screenshot: Path | None = None) -> dict:
+def try_page(base: str, image: Path, screenshot: Path | None = None, mode: str = "predict") -> dict:
     """Open the page, choose `image`, wait for the drawn answer: what the page shows, and every
     request it made elsewhere (refused)."""
     from playwright.sync_api import sync_playwright
@@ -58,6 +58,7 @@ def try_page(base: str, image: Path, screenshot: Path | None = None) -> dict:
         page.route("**/*", gate)
         page.goto(base + "/")
         page.wait_for_function("document.getElementById('about').textContent.startsWith('Model')", timeout=30000)
+        page.check(f"input[name=mode][value={mode}]")
         page.set_input_files("#file", str(image))
         page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=30000)
         shown = page.evaluate("""() => {
@@ -106,6 +107,32 @@ def test_the_page_draws_the_answer_to_a_chosen_image(tmp_path):
         ppm = try_page(base, tmp_path / "sign.ppm")
     assert ppm["state"] == "done" and ppm["answer"] == expected | {"path": "sign.ppm"}, ppm
     assert ppm["canvas"] == shown["canvas"] and ppm["red_pixels"] > 100
+
+
+@pytest.mark.slow  # starts a browser and a server
+def test_the_page_draws_the_signs_found_in_a_street_frame(tmp_path):
+    """With a detector served, "a street frame" goes to /v1/detect and every detection is drawn."""
+    if chromium() is None:
+        pytest.skip("no chromium")
+    pytest.importorskip("playwright")
+    from PIL import Image
+
+    import tsloc
+    from tsloc.scenes import detector as det
+    from tsloc.serve import ServeConfig, create_app
+    model, detector = stub_model(tmp_path / "m.pt"), tmp_path / "d.pt"
+    det.save(detector, det.build_detector("none", fpn_channels=32, head_convs=1),
+             {"fpn_channels": 32, "head_convs": 1, "frozen_blocks": 4})
+    frame = tmp_path / "frame.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (200, 320, 3), dtype=np.uint8)).save(frame)
+    expected = tsloc.load(model, detector=detector, device="cpu").detect(frame, min_score=0.0, min_probability=0.0)
+    config = ServeConfig(model=str(model), detector=str(detector), device="cpu", min_score=0.0, detect_min_probability=0.0)
+    with running(create_app(config)) as base:
+        shown = try_page(base, frame, mode="detect")
+    assert shown["state"] == "done" and shown["answer"] == expected | {"path": "frame.jpg"}, shown
+    assert expected["detections"] and shown["name"] == f"{len(expected['detections'])} sign(s) found"
+    assert len(shown["rows"]) == len(expected["detections"]) and shown["red_pixels"] > 100
+    assert "A detector is served too" in shown["about"] and shown["canvas"] == [480, 300]
 
 
 @pytest.mark.slow  # starts a browser and a server
