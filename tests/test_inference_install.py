@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,7 +30,11 @@ def test_predict_and_serve_run_without_torch(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py, tsloc = venv / "bin" / "python", venv / "bin" / "tsloc"
-    install = subprocess.run([str(py), "-m", "pip", "install", "-q", str(REPO)], capture_output=True, text=True)
+    source = tmp_path / "source"  # pip builds in the tree it is given (build/, *.egg-info): not in the repository
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    install = subprocess.run([str(py), "-m", "pip", "install", "-q", str(source)], capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-3000:]
     assert subprocess.run([str(py), "-c", "import torch"], capture_output=True).returncode != 0  # no PyTorch here
     assert subprocess.run([str(py), "-c", "import torchvision"], capture_output=True).returncode != 0
