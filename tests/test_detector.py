@@ -256,6 +256,23 @@ def test_detect_with_onnx_files_runs_without_torch(tmp_path, onnx_detector, onnx
     assert all(d["class_id"] == 3 for d in record["detections"])  # the stub crop model's answer
 
 
+def test_parity_allows_a_rare_near_tie_but_not_a_drift():
+    """One box of 100 kept differently by NMS (a near tie) passes; boxes that drift, or another
+    count of detections, or another AP50, fail."""
+    from tsloc.pipeline.detector_export import agreement, agrees
+    corners = 100.0 * np.stack([np.arange(100) % 10, np.arange(100) // 10], 1)  # signs 100 px apart
+    boxes = np.hstack([corners, corners + 20])
+    scores = np.random.default_rng(0).uniform(0.2, 1, 100)
+    reference = [(boxes, scores)]
+    tie = boxes.copy()
+    tie[7] += [0, 0, 24, 24]
+    assert agrees(agreement([(tie, scores)], reference), 0.0)
+    drift = boxes + 0.8
+    assert not agrees(agreement([(drift, scores)], reference), 0.0)
+    assert not agrees(agreement([(boxes[:-1], scores[:-1])], reference), 0.0)
+    assert not agrees(agreement([(boxes, scores)], reference), 0.01)
+
+
 @pytest.mark.slow  # trains the detector for a few epochs on synthetic scenes (about a minute)
 def test_the_detector_learns_to_find_synthetic_signs(tmp_path):
     from tsloc.params import DetectorParams

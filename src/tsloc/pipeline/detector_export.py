@@ -27,15 +27,20 @@ from ..scenes.export import export_detector
 from ..scenes.metrics import evaluate
 from . import tracked_params
 
-# fp32 ONNX against PyTorch on the validation frames, detections scoring at least MIN_SCORE: the same
-# number in every frame, boxes within this many pixels, scores within this much.
-PARITY = {"min_score": 0.1, "max_box_difference": 0.5, "max_score_difference": 1e-3}
+# fp32 ONNX against PyTorch on the validation frames, detections scoring at least min_score: the same
+# number in every frame, scores within max_score_difference, boxes within max_box_difference pixels but
+# for at most max_share_beyond of them, and the same AP50 within max_ap50_difference. The share: where
+# two overlapping candidates score alike to the sixth digit, float rounding decides which one NMS keeps
+# (seen on GTSDB: one box moved 24 px, its score equal to 3e-6).
+PARITY = {"min_score": 0.1, "max_box_difference": 0.5, "max_score_difference": 1e-3, "max_share_beyond": 0.01,
+          "max_ap50_difference": 0.002}
 
 
 def agreement(found: list, reference: list) -> dict:
     """How far `found` is from `reference` (lists of (boxes, scores) per frame) over detections scoring at
-    least PARITY's min_score: frames with another count, the largest box and score differences."""
-    other, box, score = 0, 0.0, 0.0
+    least PARITY's min_score: frames with another count, the largest box and score differences, and how
+    many of the detections' boxes lie beyond PARITY's max_box_difference."""
+    other, box, score, detections, beyond = 0, 0.0, 0.0, 0, 0
     for (b, s), (rb, rs) in zip(found, reference):
         b, s = b[s >= PARITY["min_score"]], s[s >= PARITY["min_score"]]
         rb, rs = rb[rs >= PARITY["min_score"]], rs[rs >= PARITY["min_score"]]
@@ -46,9 +51,20 @@ def agreement(found: list, reference: list) -> dict:
             # pair each reference detection with its nearest found one (their orders may swap on near ties)
             cost = np.abs(rb[:, None, :] - b[None, :, :]).max(-1)
             nearest = cost.argmin(1)
-            box = max(box, float(cost[np.arange(len(rb)), nearest].max()))
+            distance = cost[np.arange(len(rb)), nearest]
+            box = max(box, float(distance.max()))
+            detections += len(rb)
+            beyond += int((distance > PARITY["max_box_difference"]).sum())
             score = max(score, float(np.abs(rs - s[nearest]).max()))
-    return {"frames_differing": other, "max_box_difference": box, "max_score_difference": score}
+    return {"frames_differing": other, "max_box_difference": box, "max_score_difference": score,
+            "detections": detections, "boxes_beyond": beyond}
+
+
+def agrees(parity: dict, ap50_difference: float) -> bool:
+    """Whether the fp32 export answers as the PyTorch detector does, by PARITY."""
+    return (parity["frames_differing"] == 0 and parity["max_score_difference"] <= PARITY["max_score_difference"]
+            and parity["boxes_beyond"] <= PARITY["max_share_beyond"] * parity["detections"]
+            and abs(ap50_difference) <= PARITY["max_ap50_difference"])
 
 
 def score(detector, frames, paths, valid) -> tuple[dict, list]:
@@ -78,8 +94,7 @@ def run(params_file: str = "params.yaml") -> dict:
         fp32 = export_detector(model, ckpt, Path(scratch) / DETECTOR_ONNX.name)
         report["onnx_fp32"], found = score(load_detector(fp32), frames, paths, valid)
         report["onnx_fp32"]["against_pytorch"] = parity = agreement(found, reference)
-        if parity["frames_differing"] or parity["max_box_difference"] > PARITY["max_box_difference"] \
-                or parity["max_score_difference"] > PARITY["max_score_difference"]:
+        if not agrees(parity, report["onnx_fp32"]["ap50"] - report["pytorch"]["ap50"]):
             raise ExportError(f"{DETECTOR_ONNX}: the ONNX export does not find what the PyTorch detector finds on the "
                               f"validation frames ({parity}; needed {PARITY}); nothing written")
         int8 = quantize_int8(fp32, Path(scratch) / DETECTOR_INT8.name, calibration, float_convs=e.float_convs,
