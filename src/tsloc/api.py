@@ -50,20 +50,19 @@ class Model:
         out = []
         for start in range(0, len(items), MAX_BATCH):
             chunk = items[start:start + MAX_BATCH]
-            probs, boxes = self.backend(np.stack([it.pixels for it in chunk]))
-            out += [record(it.path, it.size, p, b, self.meta["class_names"], top_k or self.top_k,
-                           self.min_probability if min_probability is None else min_probability)
-                    for it, p, b in zip(chunk, probs, boxes)]
+            out += self.predict_pixels(np.stack([it.pixels for it in chunk]), [it.size for it in chunk],
+                                       paths=[it.path for it in chunk], top_k=top_k, min_probability=min_probability)
         return out[0] if single else out
 
-    def predict_pixels(self, pixels: np.ndarray, sizes: list[tuple[int, int]], *, top_k: int | None = None,
-                       min_probability: float | None = None) -> list[dict]:
+    def predict_pixels(self, pixels: np.ndarray, sizes: list[tuple[int, int]], *, paths: list | None = None,
+                       top_k: int | None = None, min_probability: float | None = None) -> list[dict]:
         """Records for images already squashed to the input (N, S, S, 3) whose upright sizes were
-        `sizes`: the server's batches, decoded apart from the model."""
+        `sizes` (and whose paths, `paths`): `predict`'s batches and the server's."""
         probs, boxes = self.backend(pixels)
-        return [record(None, size, p, b, self.meta["class_names"], top_k or self.top_k,
-                       self.min_probability if min_probability is None else min_probability)
-                for size, p, b in zip(sizes, probs, boxes)]
+        k = top_k or self.top_k
+        floor = self.min_probability if min_probability is None else min_probability
+        return [record(path, size, p, b, self.meta["class_names"], k, floor)
+                for path, size, p, b in zip(paths or [None] * len(sizes), sizes, probs, boxes)]
 
     def detect(self, frame, *, min_score: float = 0.3, min_probability: float = 0.5) -> dict:
         """`tsloc detect`'s record for one frame (a path, bytes, a PIL image or an array)."""
