@@ -287,7 +287,8 @@ def test_the_detector_learns_to_find_synthetic_signs(tmp_path):
     model = det.build_detector("imagenet")
     before = evaluate(data, _found(paths, detect(model, frames, "cpu", None)))["ap50"]
     rows = []
-    fit_detector(model, frames, boxes, DetectorParams(window=160, epochs=4, batch_size=8, lr=0.002),
+    sizes = [(f.shape[1], f.shape[0]) for f in frames]
+    fit_detector(model, frames, boxes, sizes, DetectorParams(window=160, epochs=4, batch_size=8, lr=0.002),
                  device=torch.device("cpu"), log=lambda e, row: rows.append(row))
     after = evaluate(data, _found(paths, detect(model, frames, "cpu", None)))["ap50"]
     assert rows[-1]["loss"] < rows[0]["loss"] and after > max(0.3, before + 0.2), (before, after, rows)

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from ..data.frames import BOX, NO_SIGN, decode_frames, load_scene_table, subset_frames
+from ..data.frames import BOX, NO_SIGN, FrameFiles, load_scene_table, subset_frames
 from ..device import select_device
 from ..io import significant, write_json
 from ..params import record_keys
@@ -22,10 +22,13 @@ from . import tracked_params
 
 
 def _frames(split, subset: str):
+    """A subset's rows, frame paths, each frame's boxes and (width, height)."""
     part, paths = subset_frames(split, subset)
     signs = part[part["class_id"] != NO_SIGN]
     boxes = [signs.loc[signs["frame"] == p, BOX].to_numpy(np.float32) for p in paths]
-    return part, paths, boxes
+    first = part.drop_duplicates("frame").set_index("frame")
+    sizes = [(int(first.at[p, "width"]), int(first.at[p, "height"])) for p in paths]
+    return part, paths, boxes, sizes
 
 
 def run(params_file: str = "params.yaml") -> dict:
@@ -34,8 +37,8 @@ def run(params_file: str = "params.yaml") -> dict:
     p = tracked_params(params_file)
     d = p.detector
     split = load_scene_table(SCENE_SPLIT)
-    _, train_paths, train_boxes = _frames(split, "train")
-    valid, valid_paths, _ = _frames(split, "valid")
+    _, train_paths, train_boxes, train_sizes = _frames(split, "train")
+    valid, valid_paths, _, _ = _frames(split, "valid")
     device = select_device(d.device)
     config = {"fpn_channels": d.fpn_channels, "head_convs": d.head_convs, "frozen_blocks": d.frozen_blocks,
               "top_block": d.top_block}
@@ -43,7 +46,6 @@ def run(params_file: str = "params.yaml") -> dict:
     key = hashlib.sha256(json.dumps(d.as_dict(), sort_keys=True).encode() + SCENE_SPLIT.read_bytes()).hexdigest()
     resume = Resume(DETECTOR_RESUME, key)
     done = resume.epochs_done()
-    frames = decode_frames(train_paths)
     started = time.perf_counter()
     with Live(str(DETECTOR_LIVE), dvcyaml=False, save_dvc_exp=False, resume=bool(done)) as live:
         live.step = done
@@ -52,10 +54,9 @@ def run(params_file: str = "params.yaml") -> dict:
             for name, value in row.items():
                 live.log_metric(f"train/{name}", significant(value) if isinstance(value, float) else value)
             live.next_step()
-        last = fit_detector(model, frames, train_boxes, d, device=device, log=log, resume=resume)
+        last = fit_detector(model, FrameFiles(train_paths), train_boxes, train_sizes, d, device=device, log=log, resume=resume)
     minutes = (time.perf_counter() - started) / 60
-    del frames
-    found = detect(model, decode_frames(valid_paths), device, "validation frames")
+    found = detect(model, FrameFiles(valid_paths), device, "validation frames")
     detections = [{"frame": f, "box": b.tolist(), "score": float(s)}
                   for f, r in zip(valid_paths, found) for b, s in zip(r["boxes"], r["scores"])]
     scores = evaluate(valid, detections)

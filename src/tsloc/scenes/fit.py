@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -15,16 +16,17 @@ from .detector import TorchDetector
 from .windows import cut_window, photometric, window_plan
 
 
-def fit_detector(model, frames: list[np.ndarray], boxes: list[np.ndarray], d, *, device, log=None,
-                 resume: Resume | None = None) -> dict:
-    """Train `model` on windows of `frames` (their `boxes`, pixels) as the detector.* params `d` say.
-    `log(epoch, row)` gets each epoch's mean losses. Returns the last epoch's row."""
+def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[tuple[int, int]], d, *, device,
+                 log=None, resume: Resume | None = None) -> dict:
+    """Train `model` on windows of `frames` (uint8 RGB arrays, or tsloc.data.frames.FrameFiles that
+    decodes each when a window needs it; their `boxes` in pixels, their `sizes` (width, height)) as
+    the detector.* params `d` say. `log(epoch, row)` gets each epoch's mean losses. Returns the last
+    epoch's row."""
     rng_seed = np.random.SeedSequence(d.seed)
     torch.manual_seed(d.seed)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=d.lr, weight_decay=d.weight_decay)
-    sizes = [(f.shape[1], f.shape[0]) for f in frames]
     steps_per_epoch = math.ceil(len(window_plan(boxes, sizes, d.window, d.background_share, d.scale_jitter,
                                                 np.random.default_rng(0))) / d.batch_size)
     total, warm = max(1, steps_per_epoch * d.epochs), max(1, steps_per_epoch)
@@ -68,8 +70,9 @@ def fit_detector(model, frames: list[np.ndarray], boxes: list[np.ndarray], d, *,
     return row
 
 
-def detect(model, frames: list[np.ndarray], device, progress: str | None = "detect") -> list[dict]:
-    """The detector on whole frames, one at a time: boxes (N, 4) in pixels and scores (N,) per frame."""
+def detect(model, frames: Sequence, device, progress: str | None = "detect") -> list[dict]:
+    """The detector on whole frames (arrays, or FrameFiles), one at a time: boxes (N, 4) in pixels
+    and scores (N,) per frame."""
     detector = TorchDetector(model, {}, device)
     out = []
     for f in tqdm(frames, desc=progress, unit="frame", leave=False, disable=progress is None):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from .detector import frame_tensor
 
@@ -39,22 +39,28 @@ def window_plan(boxes_per_frame: list[np.ndarray], sizes: list[tuple[int, int]],
     return [plan[k] for k in order]
 
 
-def cut_window(frame: np.ndarray, boxes: np.ndarray, scale: float, left: int, top: int, window: int,
+def cut_window(frame, boxes: np.ndarray, scale: float, left: int, top: int, window: int,
                flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The window (3, window, window) in 0..1, the frame scaled by `scale` first (bilinear,
-    antialiased), zero-padded where it leaves the frame; and the boxes inside it (N, 4), clipped,
-    those less than MIN_VISIBLE inside dropped. `flip` mirrors both (a sign's class may change
-    with it, but the detector only finds signs)."""
-    image = frame_tensor(frame)
-    h, w = image.shape[1:]
-    sh, sw = int(round(h * scale)), int(round(w * scale))
-    if (sh, sw) != (h, w):
-        image = F.interpolate(image[None], size=(sh, sw), mode="bilinear", antialias=True, align_corners=False)[0]
+    """The window (3, window, window) in 0..1 of the frame (uint8 RGB (H, W, 3) or a PIL image) scaled
+    by `scale` (to the nearest whole size; bilinear, antialiased), zero-padded where it leaves the
+    frame; and the boxes inside it (N, 4), clipped, those less than MIN_VISIBLE inside dropped.
+    Only the window's own region is resampled (PIL's resize of a source box), not the whole frame.
+    `flip` mirrors both (a sign's class may change with it, but the detector only finds signs)."""
+    image = frame if isinstance(frame, Image.Image) else Image.fromarray(np.asarray(frame))
+    w, h = image.size
+    sw, sh = int(round(w * scale)), int(round(h * scale))
+    right, bottom = min(left + window, sw), min(top + window, sh)
     out = torch.zeros(3, window, window)
-    crop = image[:, top:top + window, left:left + window]
-    out[:, :crop.shape[1], :crop.shape[2]] = crop
-    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)) * scale
-    b -= torch.tensor([left, top, left, top], dtype=torch.float32)
+    if right > left and bottom > top:
+        if (sw, sh) == (w, h):
+            part = image.crop((left, top, right, bottom))
+        else:
+            fx, fy = w / sw, h / sh
+            part = image.resize((right - left, bottom - top), Image.Resampling.BILINEAR,
+                                box=(left * fx, top * fy, right * fx, bottom * fy))
+        out[:, :bottom - top, :right - left] = frame_tensor(np.array(part))
+    b = torch.tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    b = b * torch.tensor([sw / w, sh / h, sw / w, sh / h]) - torch.tensor([left, top, left, top], dtype=torch.float32)
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     clipped = b.clamp(0, window)
     visible = (clipped[:, 2] - clipped[:, 0]).clamp(min=0) * (clipped[:, 3] - clipped[:, 1]).clamp(min=0)
