@@ -121,6 +121,20 @@ def test_a_detector_file_round_trips_and_a_bad_one_is_named(tmp_path):
         det.load(tmp_path / "bad.pt")
 
 
+def test_folding_the_frozen_blocks_keeps_the_function_and_older_files_load(tmp_path):
+    plain = det.build_detector("imagenet", fold_frozen=False, seed=0).eval()
+    folded = det.build_detector("imagenet", seed=0).eval()
+    assert len(folded.state_dict()) < len(plain.state_dict())  # no BatchNorm left in blocks 0-3
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        a, b = plain.backbone(x), folded.backbone(x)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    # a file written before folding: no fold_frozen in its config
+    torch.save({"state_dict": plain.state_dict(), "config": {"frozen_blocks": 4}}, tmp_path / "old.pt")
+    again, _ = det.load(tmp_path / "old.pt")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in plain.state_dict().items())
+
+
 def test_detect_on_files(tmp_path):
     """`tsloc detect` on two frames and a broken file: one JSON line per readable frame with its size,
     the broken file named, exit 1; --draw writes the frames; csv has a header and a row per frame."""
@@ -267,6 +281,12 @@ def test_parity_allows_a_rare_near_tie_but_not_a_drift():
     tie = boxes.copy()
     tie[7] += [0, 0, 24, 24]
     assert agrees(agreement([(tie, scores)], reference), 0.0)
+    last = boxes.copy()  # the 50th-best kept: another candidate far away, its score a little lower
+    last[99] = [1500, 900, 1520, 920]
+    lower = scores.copy()
+    lower[99] -= 0.009
+    assert agrees(agreement([(last, lower)], reference), 0.0)
+    assert not agrees(agreement([(boxes, scores + 0.002)], reference), 0.0)  # scores drift
     drift = boxes + 0.8
     assert not agrees(agreement([(drift, scores)], reference), 0.0)
     assert not agrees(agreement([(boxes[:-1], scores[:-1])], reference), 0.0)

@@ -423,10 +423,13 @@ def test_exp_run_recipe_best_composes_the_recipe(repo):
 @pytest.mark.parametrize("fmt, classes, first_name", [("gtsrb", 43, "Speed limit (20km/h)"),
                                                       ("manifest", 20, "circle white-red dot")])
 def test_exp_run_on_each_synthetic_format(repo, fmt, classes, first_name):
-    """The whole pipeline on the synthetic twin of each format: the class count and names come from the data."""
+    """The whole pipeline on the synthetic twin of each format: the class count and names come from the data.
+    GTSRB's twin is paired with GTSDB's (`scenes.synthetic.format=gtsdb`): the German scenes' command
+    offline, its crop model naming the scenes' classes by id."""
     import torch
     dst, env, _ = repo
-    proc = _run([BIN / "dvc", "exp", "run", "-n", f"syn-{fmt}", "-S", f"data.synthetic.format={fmt}"], dst, env)
+    scenes = ["-S", "scenes.synthetic.format=gtsdb"] if fmt == "gtsrb" else []
+    proc = _run([BIN / "dvc", "exp", "run", "-n", f"syn-{fmt}", "-S", f"data.synthetic.format={fmt}", *scenes], dst, env)
     assert "Running stage 'evaluate'" in proc.stdout
     ingest = json.loads((dst / "reports" / "ingest.json").read_text())
     assert ingest["format"] == fmt and ingest["classes"] == classes
@@ -441,10 +444,13 @@ def test_exp_run_on_each_synthetic_format(repo, fmt, classes, first_name):
     assert ("test_carved" in split) == (fmt == "manifest")  # the synthetic manifest has no subset column
     freq = pd.read_csv(dst / "plots" / "split" / "class_frequency_train.csv")
     assert len(freq) == classes
-    # The default scenes' classes are the BelgiumTSC twin's: this crop model cannot name them, so the
-    # scene branch scores finding alone (naming null) and the experiment does not fail for it.
-    scenes = json.loads((dst / "metrics" / "scenes.json").read_text())["test"]
-    assert scenes["map50"] is None and 0 <= scenes["find_ap50"] <= 1
+    scores = json.loads((dst / "metrics" / "scenes.json").read_text())["test"]
+    if fmt == "gtsrb":  # GTSDB's twin, named by the GTSRB twin's model: naming scored
+        assert json.loads((dst / "reports" / "scenes_ingest.json").read_text())["format"] == "gtsdb"
+        assert 0 < scores["map50"] <= 1 and 0 <= scores["find_ap50"] <= 1
+    else:  # the default scenes' classes are the BelgiumTSC twin's: this crop model cannot name them, so
+        # the scene branch scores finding alone (naming null) and the experiment does not fail for it.
+        assert scores["map50"] is None and 0 <= scores["find_ap50"] <= 1
     import io
     show = pd.read_csv(io.StringIO(_run([BIN / "dvc", "exp", "show", "--csv"], dst, env).stdout))
     row = show[show["Experiment"] == f"syn-{fmt}"].iloc[0]  # the data reports are no DVC metrics

@@ -158,10 +158,26 @@ def test_synthetic_scenes_are_street_frames_with_the_crop_defaults_classes(tmp_p
     assert inside.std() > 10
 
 
-def _synthetic_crops(tmp_path):
+def _synthetic_crops(tmp_path, fmt: str = "belgiumtsc"):
     from tsloc.data.synthetic import generate
-    generate(tmp_path / "crops", size=200, seed=0)
+    generate(tmp_path / "crops", size=200 if fmt == "belgiumtsc" else 120, seed=0, fmt=fmt)
     return tmp_path / "crops"
+
+
+def test_the_gtsdb_twin_reads_as_gtsdb_with_the_gtsrb_twins_classes(tmp_path):
+    """`scenes.synthetic.format: gtsdb`: the package's layout and inclusive edges; its classes are the
+    GTSRB twin's by id and name (so a crop model trained on that twin names them)."""
+    from tsloc.data import gtsdb
+    root = synthetic.generate(tmp_path / "scenes", frames=12, seed=2, width=320, height=200, fmt="gtsdb")
+    assert root.name == "FullIJCNN2013" and len(list(root.glob("*.ppm"))) == 12
+    data = gtsdb.read_frames(tmp_path / "scenes")
+    signs = data.table[data.table["class_id"] != NO_SIGN]
+    assert len(signs) == len((root / "gt.txt").read_text().splitlines()) and signs["class_id"].max() < 43
+    first = (root / "gt.txt").read_text().splitlines()[0].split(";")  # leftCol;topRow;rightCol;bottomRow inclusive
+    row = signs[signs["frame"].str.endswith(first[0])].iloc[0]
+    assert [row["left"], row["top"], row["right"], row["bottom"]] == [int(first[1]), int(first[2]),
+                                                                       int(first[3]) + 1, int(first[4]) + 1]
+    assert data.classes["name"].tolist() == formats.read("auto", _synthetic_crops(tmp_path, "gtsrb"), 0.0).names
 
 
 def test_the_split_is_by_frame_and_keeps_empty_frames_in_each_subset(tmp_path):

@@ -137,6 +137,7 @@ class SceneSyntheticParams:
     seed: int = ranged(0, **SEED)
     width: int = ranged(800, ge=160)
     height: int = ranged(480, ge=160)
+    format: Literal["manifest", "gtsdb"] = "manifest"  # gtsdb: GTSDB's twin, the GTSRB twin's 43 classes
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,9 @@ def _check(p: Params) -> None:
     if p.data.source == "synthetic" and p.data.format not in ("auto", p.data.synthetic.format):
         raise ParamsError(f"params.yaml: data.format is {p.data.format!r} but the synthetic data is written as "
                           f"data.synthetic.format {p.data.synthetic.format!r}")
+    if p.scenes.source == "synthetic" and p.scenes.format not in ("auto", p.scenes.synthetic.format):
+        raise ParamsError(f"params.yaml: scenes.format is {p.scenes.format!r} but the synthetic scenes are written as "
+                          f"scenes.synthetic.format {p.scenes.synthetic.format!r}")
     if p.data.source == "download" and p.data.format not in ("auto", "belgiumtsc"):
         raise ParamsError(f"params.yaml: data.source download fetches BelgiumTSC only; for {p.data.format} use "
                           f"data.source local with data.path")

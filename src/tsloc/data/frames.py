@@ -77,6 +77,14 @@ def subset_frames(split: pd.DataFrame, subset: str) -> tuple[pd.DataFrame, list[
     return part, list(dict.fromkeys(part["frame"]))
 
 
+def boxes_and_sizes(part: pd.DataFrame, paths: list[str]) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """Each frame's boxes (N, 4) in pixels (none for a frame without a sign) and its (width, height)."""
+    signs = part[part["class_id"] != NO_SIGN]
+    boxes = [signs.loc[signs["frame"] == p, BOX].to_numpy(np.float32) for p in paths]
+    first = part.drop_duplicates("frame").set_index("frame")
+    return boxes, [(int(first.at[p, "width"]), int(first.at[p, "height"])) for p in paths]
+
+
 def decode_frame(path) -> np.ndarray:
     """A frame as upright RGB uint8 (H, W, 3), writable (torch takes it as it is)."""
     return np.array(open_rgb(path))

@@ -7,9 +7,8 @@ import hashlib
 import json
 import time
 
-import numpy as np
 
-from ..data.frames import BOX, NO_SIGN, FrameFiles, load_scene_table, subset_frames
+from ..data.frames import FrameFiles, boxes_and_sizes, load_scene_table, subset_frames
 from ..device import select_device
 from ..io import significant, write_json
 from ..params import record_keys
@@ -21,24 +20,15 @@ from ..scenes.metrics import evaluate
 from . import tracked_params
 
 
-def _frames(split, subset: str):
-    """A subset's rows, frame paths, each frame's boxes and (width, height)."""
-    part, paths = subset_frames(split, subset)
-    signs = part[part["class_id"] != NO_SIGN]
-    boxes = [signs.loc[signs["frame"] == p, BOX].to_numpy(np.float32) for p in paths]
-    first = part.drop_duplicates("frame").set_index("frame")
-    sizes = [(int(first.at[p, "width"]), int(first.at[p, "height"])) for p in paths]
-    return part, paths, boxes, sizes
-
-
 def run(params_file: str = "params.yaml") -> dict:
     from dvclive import Live
 
     p = tracked_params(params_file)
     d = p.detector
     split = load_scene_table(SCENE_SPLIT)
-    _, train_paths, train_boxes, train_sizes = _frames(split, "train")
-    valid, valid_paths, _, _ = _frames(split, "valid")
+    train, train_paths = subset_frames(split, "train")
+    train_boxes, train_sizes = boxes_and_sizes(train, train_paths)
+    valid, valid_paths = subset_frames(split, "valid")
     device = select_device(d.device)
     config = {"fpn_channels": d.fpn_channels, "head_convs": d.head_convs, "frozen_blocks": d.frozen_blocks,
               "top_block": d.top_block}

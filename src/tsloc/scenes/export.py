@@ -8,6 +8,7 @@ The file describes itself in its metadata (tsloc.onnxrt.META_KEY): `kind: detect
 the postprocessing's thresholds, and the `.pt` file's description."""
 from __future__ import annotations
 
+import copy
 import json
 
 import torch
@@ -53,7 +54,7 @@ def description(model: FCOS, ckpt: dict, **export) -> dict:
 
 def export_detector(model: FCOS, ckpt: dict, out, example: torch.Tensor | None = None):
     """Write the detector (fp32) as ONNX to `out`, its frame size dynamic; returns `out`."""
-    graph = DetectorGraph(model.eval()).eval()
+    graph = DetectorGraph(copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)).eval()
     if example is None:
         example = torch.randint(0, 256, (200, 328, 3), dtype=torch.uint8)
     dims = {0: torch.export.Dim("height", min=32, max=8192), 1: torch.export.Dim("width", min=32, max=8192)}

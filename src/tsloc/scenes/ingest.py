@@ -45,8 +45,9 @@ def _stage_frames(scenes, tmp: Path) -> tuple[Path, dict]:
     data set is and how it got there."""
     if scenes.source == "synthetic":
         s = scenes.synthetic
-        synthetic.generate(tmp, frames=s.frames, seed=s.seed, width=s.width, height=s.height)
-        return tmp, {"source": "synthetic", "frames": s.frames, "seed": s.seed, "size": [s.width, s.height]}
+        synthetic.generate(tmp, frames=s.frames, seed=s.seed, width=s.width, height=s.height, fmt=s.format)
+        return tmp, {"source": "synthetic", "format": s.format, "frames": s.frames, "seed": s.seed,
+                     "size": [s.width, s.height]}
     path = resolve_data_path(scenes.path)
     info = {"source": "local", "path": str(path)}
     if not path.exists():

@@ -1,8 +1,12 @@
 """Synthetic street scenes, the scene branch's embedded default: frames with a sky, buildings, a
-road, trees and clutter, and 0 to 6 of the crop default's synthetic signs (the same 62 classes,
-ids and names) on poles at 16 to 130 px, written as a manifest of frames (tsloc.scenes.manifest)
-with a `classes.csv` that gives each class its category. Deterministic in the seed; about one
-frame in seven has no sign.
+road, trees and clutter, and 0 to 6 synthetic signs on poles at 16 to 130 px. Deterministic in the
+seed; about one frame in seven has no sign. Two layouts, as the crop twins have (tsloc.data.synthetic):
+
+- `manifest` (the default): the crop default's signs (the same 62 classes, ids and names), a
+  manifest of frames (tsloc.scenes.manifest) with a `classes.csv` giving each class its category;
+- `gtsdb`: GTSDB's twin, the GTSRB twin's signs (43 classes, GTSRB's ids) as the package extracts
+  (`FullIJCNN2013/NNNNN.ppm`, `gt.txt` with inclusive edges), so that a crop model trained on the
+  GTSRB twin names them: the German scenes' command, offline.
 """
 from __future__ import annotations
 
@@ -112,9 +116,12 @@ def render_frame(rng: np.random.Generator, width: int, height: int, classes: int
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), signs
 
 
-def generate(out: Path, frames: int = 120, seed: int = 0, width: int = 800, height: int = 480) -> Path:
-    """Write `frames` frames, `manifest.csv` and `classes.csv` into `out`; returns the manifest."""
+def generate(out: Path, frames: int = 120, seed: int = 0, width: int = 800, height: int = 480,
+             fmt: str = "manifest") -> Path:
+    """Write `frames` frames into `out` in layout `fmt`; returns the manifest, or the GTSDB package."""
     out = Path(out)
+    if fmt == "gtsdb":
+        return _gtsdb(out, frames, seed, width, height)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in tqdm(range(frames), desc="synthetic scenes", unit="frame", leave=False):
@@ -129,3 +136,21 @@ def generate(out: Path, frames: int = 120, seed: int = 0, width: int = 800, heig
     write_csv(out / "classes.csv", pd.DataFrame({"class_id": range(NUM_CLASSES), "name": names,
                                                  "category": [category(c) for c in range(NUM_CLASSES)]}))
     return out / "manifest.csv"
+
+
+GTSRB_CLASSES = 43
+
+
+def _gtsdb(out: Path, frames: int, seed: int, width: int, height: int) -> Path:
+    """GTSDB's layout: frames NNNNN.ppm, gt.txt (`file;leftCol;topRow;rightCol;bottomRow;ClassID`, the
+    edges pixel indices, inclusive), no ReadMe.txt (the reader ships GTSRB's names and categories)."""
+    root = out / "FullIJCNN2013"
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in tqdm(range(frames), desc="synthetic scenes", unit="frame", leave=False):
+        image, signs = render_frame(np.random.default_rng([seed, i]), width, height, classes=GTSRB_CLASSES)
+        name = f"{i:05d}.ppm"
+        image.save(root / name, format="PPM")
+        lines += [f"{name};{l};{t};{r - 1};{b - 1};{c}" for c, (l, t, r, b) in signs]
+    (root / "gt.txt").write_text("".join(line + "\n" for line in lines))
+    return root

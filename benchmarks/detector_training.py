@@ -1,0 +1,71 @@
+"""The detector's training speed and memory on real frames: the scene branch's training (windows cut
+from frames read from disk as each window needs them) on every frame of a scene data set, timed
+per epoch, with the process's peak resident memory.
+
+    python ../shared/data/gtsdb/restore.py ../gtsdb
+    python benchmarks/detector_training.py --scenes ../gtsdb [--epochs 2] [--recipe-epochs 12]
+
+Every epoch cuts the same number of windows (one per sign plus the background share), so an epoch's
+time times the recipe's epochs is the training's time; `--epochs` says how many epochs are measured
+(their median is used). The detector params are the defaults of `detector.*` (tsloc.params), the
+device `--device` (auto: a GPU where there is one). Memory: the peak resident memory, against what
+holding the frames decoded would take (width x height x 3 bytes each).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from tsloc.data.frames import FrameFiles, boxes_and_sizes
+from tsloc.device import select_device
+from tsloc.params import DetectorParams
+from tsloc.scenes import detector as det
+from tsloc.scenes.fit import fit_detector
+from tsloc.scenes.ingest import read
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenes", required=True, help="a scene data set (a GTSDB package or a manifest of frames)")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs measured (default: 2)")
+    ap.add_argument("--recipe-epochs", type=int, default=12, help="epochs the training runs (the best recipe: 12)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    table = read("auto", Path(args.scenes)).table
+    paths = list(dict.fromkeys(table["frame"]))
+    boxes, sizes = boxes_and_sizes(table, paths)
+    d = dataclasses.replace(DetectorParams(), epochs=args.epochs, device=args.device)
+    device = select_device(d.device)
+    model = det.build_detector(d.weights, fpn_channels=d.fpn_channels, head_convs=d.head_convs,
+                               frozen_blocks=d.frozen_blocks, top_block=d.top_block, seed=d.seed)
+    print(f"{len(paths)} frames, {sum(len(b) for b in boxes)} signs ({args.scenes}); {device}, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs")
+    marks, rows = [time.perf_counter()], []
+
+    def log(epoch, row):
+        marks.append(time.perf_counter())
+        rows.append(row)
+    fit_detector(model, FrameFiles(paths), boxes, sizes, d, device=device, log=log)
+    seconds = [b - a for a, b in zip(marks, marks[1:])]
+    epoch = statistics.median(seconds)
+    windows = rows[-1]["windows"]
+    held = sum(w * h * 3 for w, h in sizes) / 2**20
+    print(f"epochs measured: {', '.join(f'{s:.1f} s' for s in seconds)}; {windows} windows of {d.window} px each, "
+          f"{windows / epoch:.1f} windows/s")
+    print(f"training of {args.recipe_epochs} epochs on these {len(paths)} frames: {epoch * args.recipe_epochs / 60:.1f} min "
+          f"(median epoch x {args.recipe_epochs})")
+    print(f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
+          f"(the frames held decoded would be {held:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
