@@ -121,6 +121,17 @@ def test_a_detector_file_round_trips_and_a_bad_one_is_named(tmp_path):
         det.load(tmp_path / "bad.pt")
 
 
+def test_no_box_distance_starts_dead():
+    """torchvision's regression head ends in a ReLU: a fresh detector's four distances are positive in
+    every cell, so each gets gradients (one stuck at 0 left a detector unable to draw boxes)."""
+    model = det.build_detector("imagenet", seed=0).eval()
+    reg = model.head.regression_head
+    with torch.no_grad():
+        images, _ = model.transform([torch.rand(3, 160, 224)])
+        pre = [reg.bbox_reg(reg.conv(f)) for f in model.backbone(images.tensors).values()]
+    assert all(bool((p > 0).all()) for p in pre)
+
+
 def test_folding_the_frozen_blocks_keeps_the_function_and_older_files_load(tmp_path):
     plain = det.build_detector("imagenet", fold_frozen=False, seed=0).eval()
     folded = det.build_detector("imagenet", seed=0).eval()

@@ -69,6 +69,10 @@ def build_detector(weights: str = "imagenet", fpn_channels: int = 64, head_convs
     fpn = BackboneWithFPN(trunk, levels, [32, 64 if top_block <= 10 else 96], fpn_channels)
     anchors = AnchorGenerator(sizes=tuple((s,) for s in STRIDES), aspect_ratios=((1.0,),) * len(STRIDES))
     head = FCOSHead(fpn_channels, anchors.num_anchors_per_location()[0], 1, num_convs=head_convs)
+    # Each box distance starts at one stride, not 0: torchvision's regression head ends in a ReLU, and a
+    # distance starting at 0 can die for good (seen: the left distance stuck at 0 everywhere, its bias
+    # never moved, finding AP50 0.11 instead of 1.0 on the synthetic default, one machine, seed 0).
+    nn.init.constant_(head.regression_head.bbox_reg.bias, 1.0)
     model = FCOS(fpn, num_classes=1, anchor_generator=anchors, head=head, score_thresh=score_thresh,
                  nms_thresh=nms_thresh, detections_per_img=detections_per_img)
     model.transform = NativeSize(800, 1333, list(IMAGENET_MEAN), list(IMAGENET_STD), size_divisible=32)
