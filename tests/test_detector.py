@@ -69,6 +69,23 @@ def test_a_detection_is_named_and_its_box_refined_by_the_crop_model(tmp_path):
     assert found[0]["detector_box"] == [50.0, 20.0, 90.0, 60.0]
 
 
+def test_a_detection_the_crop_model_does_not_recognise_is_dropped(tmp_path):
+    """Under `min_probability` the crop model's answer means "not a sign it knows": the frame's record
+    leaves the detection out (the probability is the stub model's own, whatever it is)."""
+    from tsloc.detect import record
+
+    def two(frame, min_score):
+        return np.array([[50.0, 20.0, 90.0, 60.0], [120.0, 30.0, 150.0, 60.0]]), np.array([0.8, 0.6])
+    namer = load_backend(stub_model(tmp_path / "m.pt"))
+    found = Finder(two, namer)(np.zeros((100, 200, 3), np.uint8))
+    p = found[0]["probability"]
+    assert len(found) == 2 and 0 < p < 1
+    names = [f"c{i}" for i in range(10)]
+    frame = np.zeros((100, 200, 3), np.uint8)
+    assert len(record(None, frame, found, names, min_probability=p / 2)["detections"]) == 2
+    assert record(None, frame, found, names, min_probability=min(1.0, p + 1e-3))["detections"] == []
+
+
 def test_every_sign_gets_a_window_that_holds_it():
     rng = np.random.default_rng(0)
     boxes = [np.array([[10, 10, 40, 40], [600, 300, 700, 420]], np.float32), np.zeros((0, 4), np.float32)]
