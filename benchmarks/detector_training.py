@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from tsloc.data.frames import FrameFiles, boxes_and_sizes
+from tsloc.data.images import open_rgb
 from tsloc.device import select_device
 from tsloc.params import DetectorParams
 from tsloc.scenes import detector as det
@@ -44,8 +45,7 @@ def main() -> None:
     boxes, sizes = boxes_and_sizes(table, paths)
     d = dataclasses.replace(DetectorParams(), epochs=args.epochs, device=args.device)
     device = select_device(d.device)
-    model = det.build_detector(d.weights, fpn_channels=d.fpn_channels, head_convs=d.head_convs,
-                               frozen_blocks=d.frozen_blocks, top_block=d.top_block, seed=d.seed)
+    model = det.build_detector(d.weights, **det.architecture(d), seed=d.seed)
     print(f"{len(paths)} frames, {sum(len(b) for b in boxes)} signs ({args.scenes}); {device}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs")
@@ -54,7 +54,7 @@ def main() -> None:
     def log(epoch, row):
         marks.append(time.perf_counter())
         rows.append(row)
-    fit_detector(model, FrameFiles(paths), boxes, sizes, d, device=device, log=log)
+    fit_detector(model, FrameFiles(paths, open_rgb), boxes, sizes, d, device=device, log=log)
     seconds = [b - a for a, b in zip(marks, marks[1:])]
     epoch = statistics.median(seconds)
     windows = rows[-1]["windows"]

@@ -97,13 +97,15 @@ def decode_frames(paths: list[str]) -> list[np.ndarray]:
 
 class FrameFiles(Sequence):
     """Frames decoded when indexed, none held: memory stays a frame's whatever the count (GTSDB's 600
-    frames are 2 GB decoded). A frame's decoding (a few ms) is small beside a training step."""
+    frames are 2 GB decoded). A frame's decoding (a few ms) is small beside a training step.
+    `decode`: decode_frame (a uint8 array), or open_rgb (the PIL image, for training windows, which
+    resample from it without an array in between)."""
 
-    def __init__(self, paths):
-        self.paths = list(paths)
+    def __init__(self, paths, decode=decode_frame):
+        self.paths, self.decode = list(paths), decode
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        return decode_frame(self.paths[i])
+    def __getitem__(self, i: int):
+        return self.decode(self.paths[i])

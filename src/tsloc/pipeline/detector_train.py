@@ -7,8 +7,8 @@ import hashlib
 import json
 import time
 
-
 from ..data.frames import FrameFiles, boxes_and_sizes, load_scene_table, subset_frames
+from ..data.images import open_rgb
 from ..device import select_device
 from ..io import significant, write_json
 from ..params import record_keys
@@ -30,8 +30,7 @@ def run(params_file: str = "params.yaml") -> dict:
     train_boxes, train_sizes = boxes_and_sizes(train, train_paths)
     valid, valid_paths = subset_frames(split, "valid")
     device = select_device(d.device)
-    config = {"fpn_channels": d.fpn_channels, "head_convs": d.head_convs, "frozen_blocks": d.frozen_blocks,
-              "top_block": d.top_block}
+    config = det.architecture(d)
     model = det.build_detector(d.weights, **config, seed=d.seed)  # the same start in every run
     key = hashlib.sha256(json.dumps(d.as_dict(), sort_keys=True).encode() + SCENE_SPLIT.read_bytes()).hexdigest()
     resume = Resume(DETECTOR_RESUME, key)
@@ -44,7 +43,7 @@ def run(params_file: str = "params.yaml") -> dict:
             for name, value in row.items():
                 live.log_metric(f"train/{name}", significant(value) if isinstance(value, float) else value)
             live.next_step()
-        last = fit_detector(model, FrameFiles(train_paths), train_boxes, train_sizes, d, device=device, log=log, resume=resume)
+        last = fit_detector(model, FrameFiles(train_paths, open_rgb), train_boxes, train_sizes, d, device=device, log=log, resume=resume)
     minutes = (time.perf_counter() - started) / 60
     found = detect(model, FrameFiles(valid_paths), device, "validation frames")
     detections = [{"frame": f, "box": b.tolist(), "score": float(s)}

@@ -80,6 +80,13 @@ def build_detector(weights: str = "imagenet", fpn_channels: int = 64, head_convs
     return model
 
 
+def architecture(d) -> dict:
+    """The detector.* params (tsloc.params.DetectorParams) that shape the network: `build_detector`'s
+    keywords, kept in the detector file's config."""
+    return {"fpn_channels": d.fpn_channels, "head_convs": d.head_convs, "frozen_blocks": d.frozen_blocks,
+            "top_block": d.top_block}
+
+
 def frame_tensor(frame) -> torch.Tensor:
     """A uint8 RGB frame (H, W, 3) as the float CHW tensor in 0..1 torchvision's detection models take."""
     import numpy as np

@@ -18,8 +18,8 @@ from .windows import cut_window, photometric, window_plan
 
 def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[tuple[int, int]], d, *, device,
                  log=None, resume: Resume | None = None) -> dict:
-    """Train `model` on windows of `frames` (uint8 RGB arrays, or tsloc.data.frames.FrameFiles that
-    decodes each when a window needs it; their `boxes` in pixels, their `sizes` (width, height)) as
+    """Train `model` on windows of `frames` (uint8 RGB arrays or PIL images, or tsloc.data.frames.FrameFiles
+    that decodes each when a window needs it; their `boxes` in pixels, their `sizes` (width, height)) as
     the detector.* params `d` say. `log(epoch, row)` gets each epoch's mean losses. Returns the last
     epoch's row."""
     rng_seed = np.random.SeedSequence(d.seed)
@@ -67,7 +67,6 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
         if resume:
             resume.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "row": row})
-    model.to(memory_format=torch.contiguous_format)
     return row
 
 

@@ -116,6 +116,12 @@ def render_frame(rng: np.random.Generator, width: int, height: int, classes: int
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), signs
 
 
+def _rendered(frames: int, seed: int, width: int, height: int, classes: int):
+    """Frame i's (i, image, signs) for i in 0..frames-1, each from its own generator (seed, i)."""
+    for i in tqdm(range(frames), desc="synthetic scenes", unit="frame", leave=False):
+        yield (i, *render_frame(np.random.default_rng([seed, i]), width, height, classes))
+
+
 def generate(out: Path, frames: int = 120, seed: int = 0, width: int = 800, height: int = 480,
              fmt: str = "manifest") -> Path:
     """Write `frames` frames into `out` in layout `fmt`; returns the manifest, or the GTSDB package."""
@@ -124,8 +130,7 @@ def generate(out: Path, frames: int = 120, seed: int = 0, width: int = 800, heig
         return _gtsdb(out, frames, seed, width, height)
     (out / "frames").mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in tqdm(range(frames), desc="synthetic scenes", unit="frame", leave=False):
-        image, signs = render_frame(np.random.default_rng([seed, i]), width, height)
+    for i, image, signs in _rendered(frames, seed, width, height, NUM_CLASSES):
         name = f"frames/{i:05d}.jpg"
         image.save(out / name, quality=92)
         rows += [{"path": name, "label": c, "left": b[0], "top": b[1], "right": b[2], "bottom": b[3]} for c, b in signs]
@@ -138,17 +143,14 @@ def generate(out: Path, frames: int = 120, seed: int = 0, width: int = 800, heig
     return out / "manifest.csv"
 
 
-GTSRB_CLASSES = 43
-
-
 def _gtsdb(out: Path, frames: int, seed: int, width: int, height: int) -> Path:
     """GTSDB's layout: frames NNNNN.ppm, gt.txt (`file;leftCol;topRow;rightCol;bottomRow;ClassID`, the
     edges pixel indices, inclusive), no ReadMe.txt (the reader ships GTSRB's names and categories)."""
     root = out / "FullIJCNN2013"
     root.mkdir(parents=True, exist_ok=True)
     lines = []
-    for i in tqdm(range(frames), desc="synthetic scenes", unit="frame", leave=False):
-        image, signs = render_frame(np.random.default_rng([seed, i]), width, height, classes=GTSRB_CLASSES)
+    gtsrb_classes = len(packaged_names("gtsrb"))  # the list the GTSDB reader names them by
+    for i, image, signs in _rendered(frames, seed, width, height, gtsrb_classes):
         name = f"{i:05d}.ppm"
         image.save(root / name, format="PPM")
         lines += [f"{name};{l};{t};{r - 1};{b - 1};{c}" for c, (l, t, r, b) in signs]
