@@ -41,7 +41,11 @@ def test_average_precision_against_a_hand_computed_case():
     per = evaluate(_truth(), named, category=lambda c: c + 1)
     assert per["ap50_per_category"] == {1: pytest.approx(1.0), 2: pytest.approx(0.0)}
     assert per["ap50"] == pytest.approx(0.5)
-    assert evaluate(_truth(), [])["ap50"] == 0.0
+    nothing = evaluate(_truth(), [])
+    assert nothing["ap50"] == 0.0
+    # Nothing found still has a curve (precision 0 at each of the 101 recall steps), as a found one has:
+    # an empty curve is a plot `dvc plots show` draws with no size at all.
+    assert nothing["pr"] == (result["pr"][0], [0.0] * 101) and len(result["pr"][1]) == 101
 
 
 def test_classes_match_by_id_else_by_name_and_unknown_ones_are_named():

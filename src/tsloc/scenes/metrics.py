@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 
 from ..data.frames import NO_SIGN
 
@@ -53,11 +53,14 @@ def _coco(truth, detections, category) -> tuple[COCO, COCO | None]:
 def evaluate(truth, detections, category=lambda class_id: 1) -> dict:
     """COCO's bbox evaluation: AP over IoU 0.5:0.95 and at 0.5 (the mean over the categories that
     have a true box), AP at 0.5 per category, and the precision-recall curve at IoU 0.5 over all
-    of them (recall 0..1 in 101 steps; the mean over categories where more than one)."""
+    of them (recall 0..1 in 101 steps; the mean over categories where more than one). With no
+    detection (or no true box) the curve is still there, flat at 0, as COCO scores a recall never
+    reached: an empty one draws no plot at all in `dvc plots show`."""
     gt, dt = _coco(truth, detections, category)
     cats = sorted({a["category_id"] for a in gt.dataset["annotations"]})
     if dt is None or not cats:
-        return {"ap": 0.0, "ap50": 0.0, "ap50_per_category": {c: 0.0 for c in cats}, "pr": ([], [])}
+        steps = Params(iouType="bbox").recThrs.tolist()
+        return {"ap": 0.0, "ap50": 0.0, "ap50_per_category": {c: 0.0 for c in cats}, "pr": (steps, [0.0] * len(steps))}
     ev = COCOeval(gt, dt, "bbox")
     ev.params.catIds = cats
     ev.params.maxDets = [1, 10, 100]
