@@ -14,7 +14,7 @@ from tsloc.backend import load_backend
 from tsloc.errors import DataError
 from tsloc.scenes import detector as det
 from tsloc.scenes.find import Finder
-from tsloc.scenes.metrics import evaluate, recall_at
+from tsloc.scenes.metrics import evaluate, recall_at, score_scenes
 from tsloc.scenes.namer import crop_windows, match_classes
 from tsloc.scenes.windows import cut_window, window_plan
 
@@ -46,6 +46,30 @@ def test_average_precision_against_a_hand_computed_case():
     # Nothing found still has a curve (precision 0 at each of the 101 recall steps), as a found one has:
     # an empty curve is a plot `dvc plots show` draws with no size at all.
     assert nothing["pr"] == (result["pr"][0], [0.0] * 101) and len(result["pr"][1]) == 101
+
+
+def test_naming_ap_ranks_every_detection_and_the_operating_point_only_moves_recall():
+    """Every sign of `_truth()` found and named right, one (class 1) with a probability under
+    `min_probability`: it is still ranked for AP (mean AP 1.0, as COCO scores every detection), and
+    only recall and precision at the operating point leave it out."""
+    def row(frame, box, score, probability, class_id):
+        return {"frame": frame, "detector_box": box, "box": box, "score": score, "probability": probability,
+                "scene_class_id": class_id}
+    rows = [row("a", [10, 10, 50, 50], 0.9, 0.9, 0), row("a", [100, 20, 140, 60], 0.8, 0.3, 1),
+            row("b", [10, 10, 50, 50], 0.7, 0.95, 0)]
+    category = {0: "prohibitory", 1: "danger"}
+    figures, curves, kept = score_scenes(_truth(), rows, category, min_score=0.3, min_probability=0.5)
+    assert figures["map50"] == pytest.approx(1.0) and figures["find_ap50"] == pytest.approx(1.0)
+    assert figures["ap50_category"] == {"danger": pytest.approx(1.0), "prohibitory": pytest.approx(1.0)}
+    assert figures["recall"] == pytest.approx(2 / 3) and figures["precision"] == pytest.approx(1.0) and len(kept) == 2
+    assert len(curves["find"][1]) == len(curves["named"][1]) == 101
+    lower, _, kept = score_scenes(_truth(), rows, category, min_score=0.3, min_probability=0.2)
+    assert lower["recall"] == pytest.approx(1.0) and lower["map50"] == figures["map50"] and len(kept) == 3
+    # Named wrong (class 0 for the class-1 sign): a false alarm of class 0 and a miss of class 1.
+    wrong = score_scenes(_truth(), [*rows[:1], {**rows[1], "scene_class_id": 0}, rows[2]], category, 0.3, 0.5)[0]
+    assert wrong["map50"] < 1.0 and wrong["find_ap50"] == pytest.approx(1.0)
+    unscored = score_scenes(_truth(), rows, category, 0.3, 0.5, scored=False)[0]
+    assert unscored["map50"] is None and set(unscored["ap50_category"].values()) == {None}
 
 
 def test_classes_match_by_id_else_by_name_and_unknown_ones_are_named():

@@ -1,7 +1,8 @@
 """Stage `scenes_evaluate`: find and name the signs of the test frames (the detector, then the crop
 model), scored with COCO's evaluation (tsloc.scenes.metrics): AP at IoU 0.5 for finding signs
 whatever their class, mean AP over the classes (finding and naming), COCO's AP at 0.5:0.95, AP
-per category, recall and precision at the operating point (`detect.*`), frames per second; the
+per category (each AP over every detection, ranked by its score, as COCO scores), recall and
+precision at the operating point (`detect.*`: what `tsloc detect` keeps), frames per second; the
 precision-recall curves for `dvc plots`, and a gallery of the worst test frames.
 
 A crop model that does not know the scene classes (trained on another data set than the scenes:
@@ -27,7 +28,7 @@ from ..params import record_keys
 from ..paths import (DETECTOR, MODEL, SCENE_CLASSES, SCENE_SPLIT, SCENES_DETECTIONS, SCENES_GALLERY, SCENES_METRICS,
                      SCENES_PLOTS, SCENES_REPORT)
 from ..scenes.find import Finder
-from ..scenes.metrics import evaluate, recall_at
+from ..scenes.metrics import recall_at, score_scenes
 from ..scenes.namer import match_classes
 from . import tracked_params
 
@@ -55,34 +56,19 @@ def run(params_file: str = "params.yaml") -> dict:
         found = finder(frame)
         seconds += time.perf_counter() - started
         rows += [{"frame": path, **d, "scene_class_id": int(mapping[d["class_id"]])} for d in found]
-    found_all = [{"frame": r["frame"], "box": r["detector_box"], "score": r["score"]} for r in rows]
     d = p.detect
-    named = [r for r in rows if r["probability"] >= d.min_probability]
     category = dict(zip(classes["class_id"], classes["category"]))
-    cat_ids = {c: i for i, c in enumerate(sorted(set(category.values())), 1)}
-    as_named = [{"frame": r["frame"], "box": r["box"], "score": r["score"] * r["probability"],
-                 "class_id": r["scene_class_id"]} for r in named]
-    finding = evaluate(test, found_all)                                              # whatever the class
-    naming = evaluate(test, as_named, category=lambda c: c + 1 if c >= 0 else None)   # per class
-    by_category = evaluate(test, as_named, category=lambda c: cat_ids[category[c]] if c >= 0 else None)
-    kept = [{"frame": r["frame"], "box": r["box"], "score": r["score"]} for r in named if r["score"] >= d.min_score]
-    signs = test[test["class_id"] != NO_SIGN]
-    recall = recall_at(test, kept)
     scored = bool((mapping >= 0).any())  # naming is scored when the crop model knows the scene classes
-    report = {"test": {
-        "frames": len(paths), "signs": int(len(signs)),
-        "find_ap50": finding["ap50"], "find_ap": finding["ap"],
-        "map50": naming["ap50"] if scored else None, "map": naming["ap"] if scored else None,
-        "ap50_category": {c: by_category["ap50_per_category"].get(i, 0.0) if scored else None for c, i in cat_ids.items()},
-        "recall": recall, "precision": recall * len(signs) / len(kept) if kept else 0.0,
-        "frames_per_second": len(paths) / seconds if seconds else 0.0,
-    }, "operating_point": {"min_score": d.min_score, "min_probability": d.min_probability},
-        "classes_with_test_signs": int(signs["class_id"].nunique()), "device": str(device), "namer": namer.name}
+    figures, curves, kept = score_scenes(test, rows, category, d.min_score, d.min_probability, scored)
+    signs = test[test["class_id"] != NO_SIGN]
+    report = {"test": {"frames": len(paths), "signs": int(len(signs)), **figures,
+                       "frames_per_second": len(paths) / seconds if seconds else 0.0},
+              "operating_point": {"min_score": d.min_score, "min_probability": d.min_probability},
+              "classes_with_test_signs": int(signs["class_id"].nunique()), "device": str(device), "namer": namer.name}
     write_json(SCENES_REPORT, report)
     t = report["test"]
     write_json(SCENES_METRICS, {"test": {k: t[k] for k in ("find_ap50", "map50", "map", "recall", "frames_per_second")}})
-    for key, result in (("find", finding), ("named", naming)):
-        recall_steps, precision = result["pr"]
+    for key, (recall_steps, precision) in curves.items():
         write_csv(SCENES_PLOTS / f"pr_{key}.csv", pd.DataFrame({"recall": recall_steps, "precision": precision}),
                   float_format="%.4f")
     write_csv(SCENES_DETECTIONS, pd.DataFrame(rows), float_format="%.2f")
