@@ -16,7 +16,7 @@ from tsloc.data import formats, gtsdb
 from tsloc.data.frames import NO_SIGN
 from tsloc.errors import DataError
 from tsloc.scenes import manifest, synthetic
-from tsloc.scenes.split import split_frames
+from tsloc.scenes.split import signs_manifest, split_frames
 
 README = "\n".join(["Some text", "0 = speed limit 20 (prohibitory)"]
                    + [f"{i} = class {i} ({('danger', 'mandatory', 'other', 'prohibitory')[i % 4]})" for i in range(1, 43)])
@@ -205,6 +205,31 @@ def test_gtsdb_signs_as_crops_for_the_namer(tmp_path):
     assert t[["width", "height"]].values.tolist()[0] == [24, 24]
     wide = formats.read("gtsdb", root, 0.5, tmp_path / "crops2").table  # 10 px each side, clipped at the top
     assert wide[["width", "height"]].values.tolist()[0] == [40, 35] and wide["top"][0] == 5
+
+
+def test_the_signs_of_the_training_frames_train_a_namer_without_the_test_frames(tmp_path):
+    """`tsloc scene-signs DIR`: the signs of the split's train and valid frames as a crop manifest,
+    read back by the crop branch's reader with GTSDB's names, a frame's signs one group, and no sign
+    of a test frame; a subset the split does not have is one message."""
+    lines = [f"{i:05d}.ppm;{5 + i};5;{24 + i};24;{i % 3 + 12}" for i in range(10)] + ["00004.ppm;40;10;59;30;1"]
+    data = gtsdb.read_frames(write_gtsdb(tmp_path / "gtsdb", lines, frames=range(10)))
+    split, _ = split_frames(data.table, 0.2, 0.2, seed=0)
+    (tmp_path / "data" / "scenes").mkdir(parents=True)
+    split.to_csv(tmp_path / "data" / "scenes" / "split.csv", index=False)
+    data.classes.to_csv(tmp_path / "data" / "scenes" / "classes.csv", index=False)
+    done = run_cli("scene-signs", "signs", cwd=tmp_path)
+    assert done.returncode == 0 and "8 signs of train and valid frames" in done.stdout, done.stderr
+    crops = formats.read("auto", tmp_path / "signs", 0.1, tmp_path / "crops")
+    kept = split[(split["class_id"] != NO_SIGN) & split["subset"].isin(["train", "valid"])]
+    assert crops.format == "manifest" and len(crops.table) == len(kept) == 8 and crops.names[14] == "Stop"
+    assert sorted(crops.table["class_id"]) == sorted(kept["class_id"])
+    assert crops.table.groupby("group")["class_id"].count().max() == (2 if "00004.ppm" in set(kept["frame"].map(
+        lambda f: Path(f).name)) else 1)
+    test_frames = set(split.loc[split["subset"] == "test", "frame"].map(lambda f: Path(f).name))
+    assert test_frames and not test_frames & set(crops.table["group"])
+    assert signs_manifest(split, data.classes, ["test"], tmp_path / "t") == len(split[split["class_id"] != NO_SIGN]) - 8
+    with pytest.raises(DataError, match="no subset 'training'"):
+        signs_manifest(split, data.classes, ["training"], tmp_path / "x")
 
 
 @pytest.mark.slow  # reads the 600 shared frames

@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     gen.add_argument("--format", choices=("belgiumtsc", "gtsrb", "manifest"), default="belgiumtsc",
                      help="the layout written (default: belgiumtsc)")
+    signs = sub.add_parser("scene-signs", help="the signs of some subsets of the scene split as a crop manifest "
+                           "(a namer trained on the scenes' own signs, none of the test frames')")
+    signs.add_argument("out", metavar="DIR", help="the folder to write manifest.csv and classes.csv into")
+    signs.add_argument("--subsets", nargs="+", default=["train", "valid"], metavar="SUBSET",
+                       help="the split's subsets whose signs are written (default: train valid)")
     for name, subparser in sub.choices.items():  # a usage error shows the subcommand's own usage
         subparser.set_defaults(subparser=subparser)
     return parser
@@ -278,8 +283,22 @@ def synthetic(args) -> None:
     generate(Path(args.out), size=args.size, seed=args.seed, fmt=args.format)
 
 
+def scene_signs(args) -> None:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .data.frames import load_scene_table
+    from .paths import SCENE_CLASSES, SCENE_SPLIT
+    from .scenes.split import signs_manifest
+    count = signs_manifest(load_scene_table(SCENE_SPLIT), pd.read_csv(SCENE_CLASSES, keep_default_na=False),
+                           args.subsets, Path(args.out))
+    print(f"{count} signs of {' and '.join(args.subsets)} frames: {Path(args.out) / 'manifest.csv'}")
+
+
 COMMANDS = {**{name: stage for name in STAGES}, "evaluate": evaluate, "export": export, "predict": predict,
-            "detect": detect, "serve": serve, "compare": compare, "cv": cv, "synthetic": synthetic}
+            "detect": detect, "serve": serve, "compare": compare, "cv": cv, "synthetic": synthetic,
+            "scene-signs": scene_signs}
 
 
 def main(argv: list[str] | None = None) -> int:

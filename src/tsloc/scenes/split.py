@@ -5,11 +5,14 @@ with and without signs are shuffled apart, so each subset keeps the data set's s
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from ..data.frames import NO_SIGN
 from ..errors import DataError
+from ..io import write_csv
 
 SUBSETS = ("train", "valid", "test")
 
@@ -46,3 +49,24 @@ def split_frames(table: pd.DataFrame, valid_fraction: float, test_fraction: floa
               "classes_in_test_not_in_train": sorted(int(c) for c in set(boxes.loc[boxes["subset"] == "test", "class_id"])
                                                      - set(boxes.loc[boxes["subset"] == "train", "class_id"]))}
     return out, report
+
+
+def signs_manifest(split: pd.DataFrame, classes: pd.DataFrame, subsets, out: Path) -> int:
+    """The signs of the frames in `subsets` of a scene split, written as a crop manifest
+    (`out/manifest.csv`, and `out/classes.csv` with the scene classes' ids and names): the crop
+    model can then learn from the scenes' own signs and none of the test frames' (GTSDB without
+    GTSRB, docs/scenes.md). Paths are absolute; the signs of a frame are one group. Returns the
+    number of signs."""
+    unknown = sorted(set(subsets) - set(SUBSETS))
+    if unknown:
+        raise DataError(f"no subset {', '.join(map(repr, unknown))} in the scene split (its subsets: {', '.join(SUBSETS)})")
+    signs = split[(split["class_id"] != NO_SIGN) & split["subset"].isin(subsets)]
+    if signs.empty:
+        raise DataError(f"the scene split has no sign in {', '.join(subsets)}")
+    frames = signs["frame"].map(lambda f: str(Path(f).resolve()))
+    manifest = pd.DataFrame({"path": frames, "label": signs["class_id"].astype(int),
+                             **{k: signs[k] for k in ("left", "top", "right", "bottom")},
+                             "group": frames.map(lambda f: Path(f).name)})
+    write_csv(Path(out) / "classes.csv", classes[["class_id", "name"]])
+    write_csv(Path(out) / "manifest.csv", manifest)
+    return len(manifest)
