@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.frames import NO_SIGN
+from ..data.frames import BOX, NO_SIGN
 from ..errors import DataError
 from ..io import write_csv
 
@@ -65,7 +65,7 @@ def signs_manifest(split: pd.DataFrame, classes: pd.DataFrame, subsets, out: Pat
         raise DataError(f"the scene split has no sign in {', '.join(subsets)}")
     frames = signs["frame"].map(lambda f: str(Path(f).resolve()))
     manifest = pd.DataFrame({"path": frames, "label": signs["class_id"].astype(int),
-                             **{k: signs[k] for k in ("left", "top", "right", "bottom")},
+                             **{k: signs[k] for k in BOX},
                              "group": frames.map(lambda f: Path(f).name)})
     write_csv(Path(out) / "classes.csv", classes[["class_id", "name"]])
     write_csv(Path(out) / "manifest.csv", manifest)
