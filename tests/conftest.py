@@ -31,6 +31,21 @@ def run_cli(*argv, cwd: Path | None = None):
     finally:
         os.chdir(old)
     return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+def copy_worktree(dst: Path) -> None:
+    """The working tree as git would commit it (no DVC cache, no outputs it ignores) copied to `dst`."""
+    import shutil
+    import subprocess
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(".dvc/cache"):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
 HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
 
 

@@ -78,6 +78,37 @@ def test_the_store_stays_put_on_the_cpu():
     assert store.device.type == "cpu" and not store.is_pinned() and store.dtype == torch.uint8
 
 
+# PyTorch's meta device fails as CUDA does when a CPU tensor meets one of its own in an op ("Tensor on device
+# cpu is not on the expected device meta"): the code that builds from CPU statistics into a model that lives
+# elsewhere is checked on the CPU with it (the train stage's first crash on a GPU was such a spot).
+
+def test_the_mean_box_from_the_cpu_starts_a_box_head_on_another_device():
+    net = build_model("mobilenet_v2", "none", num_classes=3, image_size=64, box="spatial").to("meta")
+    net.start_boxes_at(torch.tensor([0.1, 0.2, 0.6, 0.9], dtype=torch.float64))  # the box statistics: CPU
+    assert net.box[-1].bias.device.type == "meta" and net.box[-1].bias.dtype == torch.float32
+
+
+def test_inference_folds_its_layers_where_the_model_is():
+    """TorchBackend's Predictor folds the normalisation and the box pooling into new layers built from
+    CPU constants: on a model that lives on another device they are built there."""
+    from tsloc.inference import Predictor
+    net = build_model("mobilenet_v2", "none", num_classes=3, image_size=144, box="spatial").to("meta")
+    folded = Predictor(net)
+    assert {t.device.type for t in [*folded.parameters(), *folded.buffers()]} == {"meta"}
+    probs, boxes = folded(torch.zeros(2, 144, 144, 3, dtype=torch.uint8, device="meta"))
+    assert probs.shape == (2, 3) and boxes.shape == (2, 4)
+
+
+def test_the_objective_moves_its_class_weights_and_balance_with_it():
+    from tsloc.losses import Objective, class_weights
+    net = build_model("mobilenet_v2", "none", num_classes=3, image_size=64)
+    weights = class_weights(np.array([0, 1, 1, 2]), 3)  # computed on the CPU, as fit does
+    objective = Objective(net, weights, weights, image_size=64).to("meta")
+    y, target = torch.zeros(4, dtype=torch.int64, device="meta"), torch.zeros(4, 4, device="meta")
+    loss, logits, boxes = objective(torch.zeros(4, 3, 64, 64, device="meta"), y, target)
+    assert loss.device.type == "meta" and logits.shape == (4, 3)
+
+
 @cuda
 def test_cuda_store_and_augmentation_keep_boxes_as_on_the_cpu():
     """The store goes to the GPU when it fits; augmentation there gives the CPU's boxes (the geometry
@@ -114,3 +145,91 @@ def test_cuda_fit_with_auto_precision_learns():
     fit(net, data, TrainParams(epochs=2, batch_size=8, seed=0, box_loss="l1+giou", loss_balance="fixed"), image_size=64,
         rt=rt, log=lambda e, row, _: history.append(row))
     assert rt.precision in ("bf16", "fp16") and all(np.isfinite(r["train"]["loss"]) for r in history)
+
+
+# --- The pipeline itself on CUDA: every stage of dvc.yaml, run as DVC runs them (their `cmd`, in order; no
+# DVC needed on the GPU machine), on tiny data, with the recipe of the default and the best recipe's
+# training path (images on the device, augmentation, fine-tuned blocks); the outputs then load on the CPU.
+
+TINY = {("data", "synthetic", "size"): 250, ("data", "image_size"): 64, ("train", "epochs"): 2,
+        ("scenes", "synthetic", "frames"): 40, ("detector", "epochs"): 2, ("detector_export", "calibration_frames"): 8,
+        ("train", "device"): "cuda", ("detector", "device"): "cuda"}
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """A recipe file (`# @package _global_`) over the base config, as Hydra merges them."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _params(dst, recipe: str | None) -> None:
+    import yaml
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    if recipe:
+        params = _merged(params, yaml.safe_load((dst / "conf" / "recipe" / f"{recipe}.yaml").read_text()))
+    for keys, value in TINY.items():
+        node = params
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _stages(dst, only=None) -> None:
+    """Each stage's `cmd` from dvc.yaml, in the file's order (a topological one), in `dst`."""
+    import subprocess
+    import sys
+
+    import yaml
+    for name, stage in yaml.safe_load((dst / "dvc.yaml").read_text())["stages"].items():
+        if only and name not in only:
+            continue
+        cmd = stage["cmd"].replace("python ", f"{sys.executable} ", 1)
+        proc = subprocess.run(cmd, shell=True, cwd=dst, capture_output=True, text=True)
+        assert proc.returncode == 0, f"stage {name} failed on CUDA ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+@cuda
+@pytest.mark.parametrize("recipe", [None, "best"])
+def test_every_stage_runs_on_cuda_and_its_outputs_load_on_the_cpu(tmp_path, recipe):
+    import json
+
+    from conftest import copy_worktree
+    from tsloc import checkpoint
+    from tsloc.backend import load_backend, load_detector
+    copy_worktree(tmp_path)
+    _params(tmp_path, recipe)
+    _stages(tmp_path)
+    train = json.loads((tmp_path / "reports" / "train.json").read_text())
+    detector = json.loads((tmp_path / "reports" / "detector_train.json").read_text())
+    device = TINY["train", "device"]
+    assert train["device"].startswith(device) and detector["device"].startswith(device), (train, detector)
+    # What the GPU wrote loads and answers on the CPU: the checkpoint, its ONNX exports, the detector.
+    model, ckpt = checkpoint.load(tmp_path / "models" / "model.pt")
+    assert all(v.device.type == "cpu" for v in model.state_dict().values())
+    images = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    answers = [load_backend(tmp_path / "models" / name, "cpu")(images) for name in ("model.pt", "model.onnx")]
+    assert np.allclose(answers[0][0], answers[1][0], atol=1e-3)
+    det = load_detector(tmp_path / "models" / "detector.pt", "cpu")
+    boxes, scores = det(np.zeros((96, 128, 3), np.uint8))
+    assert boxes.shape[1:] == (4,) and len(boxes) == len(scores)
+    scenes = json.loads((tmp_path / "metrics" / "scenes.json").read_text())["test"]
+    assert 0.0 <= scenes["find_ap50"] <= 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_train_in_two_nccl_ranks_on_cuda(tmp_path):
+    import json
+
+    from conftest import copy_worktree
+    copy_worktree(tmp_path)
+    _params(tmp_path, "best")
+    import yaml
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["train"]["processes"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _stages(tmp_path, only={"ingest", "split", "features", "train"})
+    train = json.loads((tmp_path / "reports" / "train.json").read_text())
+    assert train["processes"] == 2 and train["device"].startswith("cuda"), train

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, compose
+from conftest import REPO, compose, copy_worktree
 from tsloc.params import leaf_keys
 
 BIN = Path(sys.executable).parent
@@ -27,24 +26,12 @@ def _run(args, cwd, env=None, check=True):
     return proc
 
 
-def _copy_repo(dst: Path) -> None:
-    """The working tree as git would commit it (no DVC cache, no outputs it ignores)."""
-    if shutil.which("git") is None:
-        pytest.skip("git not installed")
-    files = _run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], REPO).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if src.is_file() and not rel.startswith(".dvc/cache"):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-
-
 def test_the_default_model_learns(tmp_path):
     """The Quickstart's `dvc repro` on the synthetic default (1800 images, 62 classes, the notebook
     recipe): the model must beat chance and the constant box by the margins below. On this data the
     frozen pooled head localises little better than the mean box (0.860 against 0.853 test mean IoU
     at commit 1bb4f5e), so its margin is small; classification is far above chance (94%)."""
-    _copy_repo(tmp_path)
+    copy_worktree(tmp_path)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     _run(["git", "init", "-q", "-b", "main"], tmp_path)
@@ -66,7 +53,7 @@ def test_the_default_model_learns(tmp_path):
 def repo(tmp_path_factory):
     """A copy of the working tree (what git would commit), its own git and DVC cache, a small data set."""
     dst = tmp_path_factory.mktemp("repo")
-    _copy_repo(dst)
+    copy_worktree(dst)
     # `dvc exp run` composes params.yaml from conf/ (Hydra): the small settings go into the base config
     # and into every recipe that sets them.
     small = {("data", "synthetic", "size"): 250, ("data", "image_size"): 64, ("train", "epochs"): 3,

@@ -33,16 +33,17 @@ class RawInputConv(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, size: int):
         super().__init__()
-        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         (ph, pw), w = conv.padding, conv.weight.detach()
+        device = w.device  # built where the model is (a model on a GPU stays there)
+        mean, std = torch.tensor(IMAGENET_MEAN, device=device), torch.tensor(IMAGENET_STD, device=device)
         self.conv = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
-                              conv.dilation, conv.groups, bias=True)
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+                              conv.dilation, conv.groups, bias=True, device=device)
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels, device=device)
         with torch.no_grad():
             self.conv.weight.copy_(w / (255 * std).view(1, 3, 1, 1))
             self.conv.bias.copy_(bias - (w * (mean / std).view(1, 3, 1, 1)).sum((1, 2, 3)))
         self.pad = (pw, pw, ph, ph)
-        frame = torch.ones(1, 3, size + 2 * ph, size + 2 * pw)
+        frame = torch.ones(1, 3, size + 2 * ph, size + 2 * pw, device=device)
         frame[..., ph:ph + size, pw:pw + size] = 0
         self.register_buffer("frame", frame * (255 * mean).view(1, 3, 1, 1), persistent=False)
 
@@ -57,7 +58,7 @@ def fold_normalisation(model: SignNet) -> SignNet:
     parent = model.backbone
     while not isinstance(parent[0], nn.Conv2d):
         parent = parent[0]
-    parent[0] = RawInputConv(parent[0], int(model.box_scale))
+    parent[0] = RawInputConv(parent[0], model.image_size)
     return model
 
 
@@ -72,7 +73,7 @@ def fold_box_pooling(model: SignNet) -> SignNet:
         return model
     pool, conv = model.box[0], model.box[1]
     with torch.no_grad():
-        size = int(model.box_scale)
+        size = model.image_size
         n = model.features(torch.zeros(1, 3, size, size, device=model.box_scale.device)).shape[-1]
     out = pool.output_size if isinstance(pool.output_size, int) else pool.output_size[0]
     starts = [i * n // out for i in range(out)]
@@ -81,7 +82,8 @@ def fold_box_pooling(model: SignNet) -> SignNet:
     if len(sizes) != 1 or len(strides) != 1 or conv.kernel_size != (1, 1):
         return model
     k, stride = sizes.pop(), strides.pop()
-    folded = nn.Conv2d(conv.in_channels, conv.out_channels, k, stride, bias=conv.bias is not None)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, k, stride, bias=conv.bias is not None,
+                       device=conv.weight.device)
     with torch.no_grad():
         folded.weight.copy_(conv.weight.expand(-1, -1, k, k) / k ** 2)
         if conv.bias is not None:

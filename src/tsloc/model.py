@@ -35,7 +35,7 @@ class SignNet(nn.Module):
     def __init__(self, backbone: nn.Sequential, features: int, num_classes: int, dropout: float = 0.2,
                  image_size: int = 128, trainable_blocks: int = 0, box: str = "pooled"):
         super().__init__()
-        self.box_kind = box
+        self.box_kind, self.image_size = box, int(image_size)
         # The box head regresses pixels of the input, as the notebook's did, and its output is
         # divided by the input size: boxes leave the model relative, yet Adam's steps (about lr per
         # weight, whatever the loss scale) stay small against the target's range. Regressing
@@ -58,9 +58,11 @@ class SignNet(nn.Module):
     def start_boxes_at(self, box: torch.Tensor) -> None:
         """Start the box head exactly at a given box (the mean training box): zero weights, that box
         as bias. Training then learns deviations from the constant-box baseline; with the default
-        init the head starts at noise of about 0.6 image widths (1280 standardised features)."""
+        init the head starts at noise of about 0.6 image widths (1280 standardised features). `box`
+        may live on another device than the model (the box statistics are computed on the CPU)."""
+        bias = self.box[-1].bias
         self.box[-1].weight.zero_()
-        self.box[-1].bias.copy_(box.reshape(4) * self.box_scale)
+        bias.copy_(box.reshape(4).to(bias.device) * self.box_scale)
 
     @property
     def num_classes(self) -> int:

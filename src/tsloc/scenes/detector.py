@@ -119,7 +119,7 @@ def save(path, model: FCOS, config: dict, **description) -> None:
 
     from ..io import write_torch
     config = {**config, "fold_frozen": getattr(model, "fold_frozen", False)}
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # a file that loads anywhere
     write_torch(path, {"state_dict": state, "config": config, "strides": list(STRIDES),
                        "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
                                     "python": platform.python_version()}, **description})
