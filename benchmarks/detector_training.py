@@ -28,8 +28,8 @@ from tsloc.data.frames import FrameFiles, boxes_and_sizes
 from tsloc.data.images import open_rgb
 from tsloc.device import select_device
 from tsloc.params import DetectorParams
-from tsloc.scenes import detector as det
-from tsloc.scenes.fit import fit_detector
+from tsloc.scenes import model as det
+from tsloc.scenes.loop import fit_detector
 from tsloc.scenes.ingest import read
 
 

@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tsloc.backend import load_backend
-from tsloc.checkpoint import load as load_model
-from tsloc.inference import TorchBackend
-from tsloc.predict import predict_files
+from tsloc.serving.backend import load_backend
+from tsloc.crops.checkpoint import load as load_model
+from tsloc.crops.inference import TorchBackend
+from tsloc.serving.predict import predict_files
 
 
 class Timed:

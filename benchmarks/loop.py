@@ -2,7 +2,7 @@
 
     python benchmarks/loop.py --against cd33afd~1 [--repeats 3] [--images 256 --size 96]
 
-Each repeat times, in fresh processes taking turns, this tree's `fit` (tsloc.loop) and the one at
+Each repeat times, in fresh processes taking turns, this tree's `fit` (tsloc.crops.loop) and the one at
 `--against` (its src/ from `git archive`) on the same synthetic images: the frozen recipe's cached
 features (the default pipeline's train stage) and the best recipe's image path (8 blocks fine-tuned,
 spatial box head, augmentation). Prints the medians and the ratio new / old. The child supports each
@@ -26,15 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def child(images: int, size: int) -> dict:
-    """Time both cases in this process with whichever `fit` API the tree on PYTHONPATH has: tsloc.loop's
+    """Time both cases in this process with whichever `fit` API the tree on PYTHONPATH has: tsloc.crops.loop's
     (train.* params, since issue 25), tsloc.training's typed TrainConfig (issue 15), or the one before."""
     import numpy as np
     import torch
 
     from tsloc.boxes import make_valid
-    from tsloc.model import SignNet, build_model
+    from tsloc.crops.model import SignNet, build_model
     try:
-        from tsloc import batches as T, loop
+        from tsloc.crops import batches as T, loop
         from tsloc.params import TrainParams
     except ImportError:
         import tsloc.training as T

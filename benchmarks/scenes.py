@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tsloc.backend import load_backend, load_detector
+from tsloc.serving.backend import load_backend, load_detector
 from tsloc.data.frames import decode_frames
-from tsloc.detect import detect_files
+from tsloc.serving.detect import detect_files
 from tsloc.paths import DETECTOR, DETECTOR_INT8, DETECTOR_ONNX, MODEL, ONNX, first_existing
-from tsloc.predict import collect
-from tsloc.scenes.find import Finder
+from tsloc.serving.predict import collect
+from tsloc.serving.find import Finder
 
 
 def peak_mb() -> float:
@@ -63,7 +63,7 @@ def main() -> None:
     folder = Path(args.models)
     if args.export:
         from tsloc.quantize import quantize_int8
-        from tsloc.scenes import detector as det
+        from tsloc.scenes import model as det
         from tsloc.scenes.export import export_detector
         export_detector(*det.load(folder / DETECTOR.name), folder / DETECTOR_ONNX.name)
         quantize_int8(folder / DETECTOR_ONNX.name, folder / DETECTOR_INT8.name, frames[:8], float_convs=3,

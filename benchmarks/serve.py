@@ -27,9 +27,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tsloc.backend import load_backend
-from tsloc.predict import IMAGE_SUFFIXES, predict_files
-from tsloc.ready import resolve
+from tsloc.serving.backend import load_backend
+from tsloc.serving.predict import IMAGE_SUFFIXES, predict_files
+from tsloc.serving.ready import resolve
 
 
 def in_process(model: str, files: list[Path], rounds: int = 3) -> float:

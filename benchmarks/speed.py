@@ -41,8 +41,8 @@ from PIL import Image
 
 import importlib
 from tsloc.data.belgiumtsc import NUM_CLASSES, SPLITS, read_dataset
-from tsloc.backbone import IMAGENET_MEAN, IMAGENET_STD
-from tsloc.model import build_model
+from tsloc.weights import IMAGENET_MEAN, IMAGENET_STD
+from tsloc.crops.model import build_model
 
 
 def notebook_frame(root: Path) -> pd.DataFrame:
@@ -127,8 +127,8 @@ def time_project(data: Path, epochs: int, size: int, backbone: str, repo: Path) 
 def time_inference(files: list[str], size: int, backbone: str) -> tuple[float, float]:
     """`tsloc predict` from image files to records: images per second in batches of 32 and one by one."""
     from tsloc.data.belgiumtsc import class_names
-    from tsloc.inference import TorchBackend
-    from tsloc.predict import predict_files
+    from tsloc.crops.inference import TorchBackend
+    from tsloc.serving.predict import predict_files
     model = build_model(backbone, "none", NUM_CLASSES, image_size=size).eval()
     backend = TorchBackend(model, {"image_size": size, "class_names": class_names()})
     rates = []
@@ -156,12 +156,12 @@ def timed(step, device: torch.device, repeats: int = 1) -> float:
 def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2) -> None:
     """Training and inference throughput on `device` at fp32 and at the precision auto chooses."""
     from tsloc.boxes import make_valid
-    from tsloc.batches import Batches, images_source
-    from tsloc.loop import evaluate, make_optimizer, train_one_epoch
-    from tsloc.losses import Objective
+    from tsloc.crops.batches import Batches, images_source
+    from tsloc.crops.loop import evaluate, make_optimizer, train_one_epoch
+    from tsloc.crops.losses import Objective
     from tsloc.params import TrainParams
     from tsloc.device import select_device
-    from tsloc.runtime import Runtime, resolve_precision
+    from tsloc.crops.runtime import Runtime, resolve_precision
     dev = select_device(device)
     rng = np.random.default_rng(0)
     store = rng.integers(0, 256, (images, size, size, 3), dtype=np.uint8)
@@ -229,7 +229,7 @@ def main() -> int:
     meta, _ = read_dataset(data)
     store_t = time.perf_counter()
     from tsloc.data.store import build_store
-    from tsloc.features import compute_features
+    from tsloc.crops.features import compute_features
     model = build_model(args.backbone, "none", NUM_CLASSES, image_size=args.size)
     store = build_store(meta, args.size)
     decode = time.perf_counter() - store_t

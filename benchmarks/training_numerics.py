@@ -28,12 +28,12 @@ def child(label: str) -> None:
     boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (n, 4)), dtype=torch.float32))
     aug = {"margin": 0.45, "rotation": 10, "color": 0.3, "blur": 0.3, "recrop": 0.3}
     torch.manual_seed(1)
-    from tsloc.model import build_model
+    from tsloc.crops.model import build_model
     net = build_model("mobilenet_v2", "none", 10, image_size=size, trainable_blocks=8, box="spatial")
     g = torch.Generator().manual_seed(1)
     try:
-        from tsloc.batches import Batches, images_source
-        from tsloc.loop import fit
+        from tsloc.crops.batches import Batches, images_source
+        from tsloc.crops.loop import fit
         from tsloc.params import TrainParams
         subsets = {"train": Batches(images_source(store[:72], boxes[:72], "cpu", aug, g), labels[:72], boxes[:72]),
                    "valid": Batches(images_source(store[72:], boxes[72:], "cpu"), labels[72:], boxes[72:])}

@@ -106,8 +106,8 @@ def stub_model(path, image_size=64, winner=3):
     """A real checkpoint whose heads ignore the image: class `winner` first, class i+1 next, and STUB_BOX."""
     import torch
 
-    from tsloc import checkpoint
-    from tsloc.model import build_model
+    from tsloc.crops import checkpoint
+    from tsloc.crops.model import build_model
     net = build_model("mobilenet_v2", "none", len(STUB_NAMES), image_size=image_size).eval()
     with torch.no_grad():
         net.classifier[1].weight.zero_()
@@ -133,7 +133,7 @@ def tiny_data(n=40, size=48, seed=0):
 
 def feature_subsets(seed=2, n=40, split_at=30):
     """train / valid subsets of random 1280-wide features (the cached path) for 3 classes."""
-    from tsloc.batches import Batches, features_source
+    from tsloc.crops.batches import Batches, features_source
     _, labels, boxes = tiny_data(n=n)
     feats = np.random.default_rng(seed).normal(size=(n, 1280)).astype(np.float32)
     return {"train": Batches(features_source(feats[:split_at], boxes[:split_at], "cpu"), labels[:split_at],
@@ -146,7 +146,7 @@ def heads_only(num_classes=3, seed=0):
     """A SignNet without a backbone (it takes pooled 1280-wide features), seeded."""
     import torch
 
-    from tsloc.model import SignNet
+    from tsloc.crops.model import SignNet
     torch.manual_seed(seed)
     return SignNet(torch.nn.Sequential(torch.nn.Identity()), 1280, num_classes=num_classes)
 
@@ -163,8 +163,8 @@ def random_model(tmp_path, box="pooled"):
     """A random MobileNetV2 model with non-trivial box heads, saved and read back: (model, checkpoint)."""
     import torch
 
-    from tsloc import checkpoint
-    from tsloc.model import build_model
+    from tsloc.crops import checkpoint
+    from tsloc.crops.model import build_model
     torch.manual_seed(0)
     net = build_model("mobilenet_v2", "none", len(STUB_NAMES), image_size=64, box=box).eval()
     with torch.no_grad():  # non-trivial heads

@@ -1,5 +1,5 @@
 """One rank of the 2-process test (tests/test_distributed.py), started by torchrun or alone: `fit`
-on small learnable features through `tsloc.runtime.runtime`, recording which rows each pass fetched,
+on small learnable features through `tsloc.crops.runtime.runtime`, recording which rows each pass fetched,
 then the results as JSON (one file per rank) in argv[1]."""
 import json
 import sys
@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from tsloc.boxes import make_valid
-from tsloc.model import SignNet
-from tsloc.batches import Batches, features_source
-from tsloc.loop import fit
+from tsloc.crops.model import SignNet
+from tsloc.crops.batches import Batches, features_source
+from tsloc.crops.loop import fit
 from tsloc.params import TrainParams
-from tsloc.runtime import runtime
+from tsloc.crops.runtime import runtime
 
 processes = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 rt = runtime("cpu", "fp32", processes)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tsloc.augment import augment, random_windows, warp
-from tsloc.evaluation import shifted_views
+from tsloc.crops.augment import augment, random_windows, warp
+from tsloc.crops.evaluation import shifted_views
 
 
 def _painted(size=64, box=(0.25, 0.3, 0.7, 0.8)):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import stub_model
-from tsloc import checkpoint
+from tsloc.crops import checkpoint
 from tsloc.describe import one_line
 from tsloc.errors import DataError, ModelFileError
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import STUB_BOX, run_cli, stub_model
-from tsloc.backend import load_backend
+from tsloc.serving.backend import load_backend
 from tsloc.errors import DataError
-from tsloc.scenes import detector as det
-from tsloc.scenes.find import Finder
-from tsloc.scenes.metrics import evaluate, recall_at, score_scenes
-from tsloc.scenes.namer import crop_windows, match_classes
+from tsloc.scenes import model as det
+from tsloc.serving.find import Finder
+from tsloc.scenes.evaluation import evaluate, recall_at, score_scenes
+from tsloc.serving.namer import crop_windows, match_classes
 from tsloc.scenes.windows import cut_window, window_plan
 
 
@@ -100,7 +100,7 @@ def test_a_detection_is_named_and_its_box_refined_by_the_crop_model(tmp_path):
 def test_a_detection_the_crop_model_does_not_recognise_is_dropped(tmp_path):
     """Under `min_probability` the crop model's answer means "not a sign it knows": the frame's record
     leaves the detection out (the probability is the stub model's own, whatever it is)."""
-    from tsloc.detect import record
+    from tsloc.serving.detect import record
 
     def two(frame, min_score):
         return np.array([[50.0, 20.0, 90.0, 60.0], [120.0, 30.0, 150.0, 60.0]]), np.array([0.8, 0.6])
@@ -274,8 +274,8 @@ def onnx_detector(tmp_path_factory):
 @pytest.fixture(scope="module")
 def onnx_crop_model(tmp_path_factory):
     """The stub crop model as ONNX (its class 3 everywhere)."""
-    from tsloc.checkpoint import load as load_ckpt
-    from tsloc.export import export as export_crop
+    from tsloc.crops.checkpoint import load as load_ckpt
+    from tsloc.crops.export import export as export_crop
     folder = tmp_path_factory.mktemp("crop")
     return export_crop(*load_ckpt(stub_model(folder / "m.pt")), "onnx", folder / "model.onnx")
 
@@ -285,7 +285,7 @@ def test_the_onnx_detector_finds_what_pytorch_finds(onnx_detector, onnx_crop_mod
     """The exported file (dynamic frame size) through ONNX Runtime against torchvision's FCOS on two
     frame sizes, within the export stage's parity; its metadata names it a detector, and a crop model
     given as the detector (or the detector as the crop model) is one message."""
-    from tsloc.backend import load_detector
+    from tsloc.serving.backend import load_detector
     from tsloc.errors import ModelFileError
     from tsloc.pipeline.detector_export import PARITY, agreement
     model, path = onnx_detector
@@ -353,23 +353,18 @@ def test_parity_allows_a_rare_near_tie_but_not_a_drift():
 def test_the_detector_learns_to_find_synthetic_signs(tmp_path):
     from tsloc.params import DetectorParams
     from tsloc.scenes import manifest, synthetic
-    from tsloc.data.frames import decode_frames
-    from tsloc.scenes.fit import detect, fit_detector
+    from tsloc.data.frames import FrameFiles, decode_frames
+    from tsloc.scenes.loop import evaluate as evaluate_on, fit_detector
     data = manifest.read(synthetic.generate(tmp_path, frames=24, seed=2, width=320, height=240)).table
     paths = list(dict.fromkeys(data["frame"]))
     signs = data[data["class_id"] >= 0]
     boxes = [signs.loc[signs["frame"] == p, ["left", "top", "right", "bottom"]].to_numpy(np.float32) for p in paths]
     frames = decode_frames(paths)
     model = det.build_detector("imagenet")
-    before = evaluate(data, _found(paths, detect(model, frames, "cpu", None)))["ap50"]
+    before = evaluate_on(model, data, FrameFiles(paths), "cpu", None)["ap50"]
     rows = []
     sizes = [(f.shape[1], f.shape[0]) for f in frames]
     fit_detector(model, frames, boxes, sizes, DetectorParams(window=160, epochs=4, batch_size=8, lr=0.002),
                  device=torch.device("cpu"), log=lambda e, row: rows.append(row))
-    after = evaluate(data, _found(paths, detect(model, frames, "cpu", None)))["ap50"]
+    after = evaluate_on(model, data, FrameFiles(paths), "cpu", None)["ap50"]
     assert rows[-1]["loss"] < rows[0]["loss"] and after > max(0.3, before + 0.2), (before, after, rows)
-
-
-def _found(paths, results):
-    return [{"frame": f, "box": b.tolist(), "score": float(s)} for f, r in zip(paths, results)
-            for b, s in zip(r["boxes"], r["scores"])]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from tsloc.distributed import World, join
+from tsloc.crops.distributed import World, join
 from tsloc.errors import DataError
 
 # What "the same run" means across process counts: 2 ranks normalise their halves of each batch in

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from tsloc.boxes import paired_iou
-from tsloc.evaluation import class_table, evaluate_subset, headline, shifted_metrics, shifted_views, subset_metrics
+from tsloc.crops.evaluation import class_table, evaluate_subset, headline, shifted_metrics, shifted_views, subset_metrics
 
 Y_TRUE = np.array([0, 0, 0, 1, 1, 2])
 Y_PRED = np.array([0, 0, 1, 1, 1, 3])   # class 3 is predicted but never true

@@ -14,15 +14,15 @@ from PIL import Image
 from conftest import run_cli
 from conftest import STUB_BOX as BOX, STUB_NAMES as NAMES, random_model, reference_answers, stub_model as _stub
 from tsloc.errors import ModelFileError
-from tsloc.backend import load_backend
-from tsloc.inference import TorchBackend
-from tsloc.onnxrt import OnnxBackend
+from tsloc.serving.backend import load_backend
+from tsloc.crops.inference import TorchBackend
+from tsloc.serving.backend import OnnxBackend
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A random model with non-trivial heads (spatial box head), its checkpoint and its fp32 ONNX file."""
-    from tsloc.export import export
+    from tsloc.crops.export import export
     root = tmp_path_factory.mktemp("export")
     model, ckpt = random_model(root, box="spatial")
     return model, ckpt, export(model, ckpt, "onnx", root / "model.onnx")
@@ -59,7 +59,7 @@ def test_onnx_on_the_cpu_runs_in_chunks_with_the_same_answers(exported, monkeypa
 
 def test_onnx_describes_itself(exported):
     """What the .pt carries except the weights: a user never needs the checkpoint beside the export."""
-    from tsloc.onnxrt import read_meta
+    from tsloc.onnxfile import read_meta
     _, ckpt, path = exported
     meta = read_meta(path)
     assert {k: v for k, v in meta.items() if k != "export"} == json.loads(json.dumps(
@@ -153,7 +153,7 @@ def test_export_stage_writes_both_files_and_their_scores(stage):
 def test_int8_keeps_a_clear_answer_and_says_how_it_was_made(stage):
     """int8 must keep the stub's answer; the file is about a quarter of the fp32 one and records its
     calibration (export.calibration_images of the training rows, export.seed)."""
-    from tsloc.onnxrt import read_meta
+    from tsloc.onnxfile import read_meta
     fp32, int8 = stage / "models" / "model.onnx", stage / "models" / "model.int8.onnx"
     meta = read_meta(int8)["export"]
     assert meta["precision"] == "int8" and meta["calibration_images"] == 8 and meta["calibration_seed"] == 3
@@ -211,9 +211,9 @@ def test_the_normalisation_folded_into_the_first_convolution_changes_nothing(bac
     running the trained network, at the border too (flat black and flat white images, where the
     padding matters most), and the trained model is left as it was."""
     import copy
-    from tsloc.inference import Predictor
-    from tsloc.backbone import IMAGENET_MEAN, IMAGENET_STD
-    from tsloc.model import build_model
+    from tsloc.crops.inference import Predictor
+    from tsloc.weights import IMAGENET_MEAN, IMAGENET_STD
+    from tsloc.crops.model import build_model
     torch.manual_seed(0)
     net = build_model(backbone, "none", len(NAMES), image_size=64, box="spatial").eval()
     bn = next(m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -239,9 +239,9 @@ def test_the_box_pooling_folded_into_its_convolution_changes_nothing(size, folde
     """At 144 px MobileNetV2's 5 x 5 feature map pools to the spatial head's 4 x 4 in alike windows
     (2, stride 1): pooling and the 1x1 convolution become one 2x2 convolution, with the same answers.
     At 64 px (2 x 2 to 4 x 4: windows that repeat cells) the adaptive pooling stays."""
-    from tsloc.inference import Predictor
-    from tsloc.backbone import IMAGENET_MEAN, IMAGENET_STD
-    from tsloc.model import build_model
+    from tsloc.crops.inference import Predictor
+    from tsloc.weights import IMAGENET_MEAN, IMAGENET_STD
+    from tsloc.crops.model import build_model
     torch.manual_seed(0)
     net = build_model("mobilenet_v2", "none", len(NAMES), image_size=size, box="spatial").eval()
     for m in net.modules():  # BatchNorm statistics of random images: else a random network's features are ~0
@@ -264,7 +264,7 @@ def test_the_box_pooling_folded_into_its_convolution_changes_nothing(size, folde
 
 def test_torch_backend_is_the_predictor_module(tmp_path):
     """The .pt backend answers uint8 images as the hand-written reference does (normalisation inside)."""
-    from tsloc import checkpoint
+    from tsloc.crops import checkpoint
     model, ckpt = checkpoint.load(_stub(tmp_path / "stub.pt"))
     x = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
     probs, boxes = TorchBackend(model, ckpt)(x.numpy())

@@ -90,8 +90,8 @@ def test_cuda_out_of_memory_says_what_to_lower(tmp_path, monkeypatch, command, a
         monkeypatch.setattr(importlib.import_module("tsloc.pipeline.train"), "run", oom)
         proc = run_cli("train", cwd=tmp_path)
     else:
-        import tsloc.predict
-        monkeypatch.setattr(tsloc.predict, "predict_files", oom)
+        import tsloc.serving.predict
+        monkeypatch.setattr(tsloc.serving.predict, "predict_files", oom)
         Image.new("RGB", (30, 20)).save(tmp_path / "a.png")
         proc = run_cli("predict", tmp_path / "a.png", "--model", _stub(tmp_path / "stub.pt"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from tsloc.augment import augment, photometric
+from tsloc.crops.augment import augment, photometric
 from tsloc.boxes import make_valid
 from tsloc.errors import DataError
-from tsloc.model import SignNet, build_model
-from tsloc.batches import Batches, features_source, images_source, place_store
-from tsloc.loop import fit
+from tsloc.crops.model import SignNet, build_model
+from tsloc.crops.batches import Batches, features_source, images_source, place_store
+from tsloc.crops.loop import fit
 from tsloc.params import TrainParams
-from tsloc.runtime import Runtime, resolve_precision
+from tsloc.crops.runtime import Runtime, resolve_precision
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -91,7 +91,7 @@ def test_the_mean_box_from_the_cpu_starts_a_box_head_on_another_device():
 def test_inference_folds_its_layers_where_the_model_is():
     """TorchBackend's Predictor folds the normalisation and the box pooling into new layers built from
     CPU constants: on a model that lives on another device they are built there."""
-    from tsloc.inference import Predictor
+    from tsloc.crops.inference import Predictor
     net = build_model("mobilenet_v2", "none", num_classes=3, image_size=144, box="spatial").to("meta")
     folded = Predictor(net)
     assert {t.device.type for t in [*folded.parameters(), *folded.buffers()]} == {"meta"}
@@ -100,7 +100,7 @@ def test_inference_folds_its_layers_where_the_model_is():
 
 
 def test_the_objective_moves_its_class_weights_and_balance_with_it():
-    from tsloc.losses import Objective, class_weights
+    from tsloc.crops.losses import Objective, class_weights
     net = build_model("mobilenet_v2", "none", num_classes=3, image_size=64)
     weights = class_weights(np.array([0, 1, 1, 2]), 3)  # computed on the CPU, as fit does
     objective = Objective(net, weights, weights, image_size=64).to("meta")
@@ -197,8 +197,8 @@ def test_every_stage_runs_on_cuda_and_its_outputs_load_on_the_cpu(tmp_path, reci
     import json
 
     from conftest import copy_worktree
-    from tsloc import checkpoint
-    from tsloc.backend import load_backend, load_detector
+    from tsloc.crops import checkpoint
+    from tsloc.serving.backend import load_backend, load_detector
     copy_worktree(tmp_path)
     _params(tmp_path, recipe)
     _stages(tmp_path)

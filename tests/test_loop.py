@@ -1,4 +1,4 @@
-"""The training loop (tsloc.loop.fit on the train.* params as they are): cached features against
+"""The training loop (tsloc.crops.loop.fit on the train.* params as they are): cached features against
 the plain path, keep best or last, seeds, the optimiser, progressive resizing, evaluation every N
 epochs, the moving average, and an interrupted fit that continues to the same weights."""
 from __future__ import annotations
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import feature_subsets, heads_only, tiny_data
-from tsloc.batches import Batches, epoch_sizes, features_source, images_source
-from tsloc.features import compute_features
-from tsloc.losses import Objective
-from tsloc.loop import evaluate, fit, make_optimizer
-from tsloc.model import SignNet, build_model
+from tsloc.crops.batches import Batches, epoch_sizes, features_source, images_source
+from tsloc.crops.features import compute_features
+from tsloc.crops.losses import Objective
+from tsloc.crops.loop import evaluate, fit, make_optimizer
+from tsloc.crops.model import SignNet, build_model
 from tsloc.params import TrainParams
 from tsloc.resume import Resume
 

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import heads_only, tiny_data
-from tsloc.batches import Batches, features_source
-from tsloc.losses import Objective, class_weights
-from tsloc.loop import evaluate
-from tsloc.model import SignNet
+from tsloc.crops.batches import Batches, features_source
+from tsloc.crops.losses import Objective, class_weights
+from tsloc.crops.loop import evaluate
+from tsloc.crops.model import SignNet
 
 
 def test_class_weights_kinds():

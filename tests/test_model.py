@@ -7,7 +7,7 @@ from torchvision.ops import box_iou
 
 from tsloc.boxes import make_valid, paired_iou, relative_boxes, to_pixels, to_relative
 from tsloc.backbone import backbone_features
-from tsloc.model import SignNet, build_model
+from tsloc.crops.model import SignNet, build_model
 
 
 def test_shapes_and_frozen_backbone():

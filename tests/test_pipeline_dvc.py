@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, compose, copy_worktree
+from conftest import compose, copy_worktree
 from tsloc.params import leaf_keys
 
 BIN = Path(sys.executable).parent
@@ -143,11 +143,11 @@ def test_declared_code_deps_match_the_modules_loaded(repo):
 
 @pytest.mark.parametrize("module, changed", [
     ("cli.py", set()),                                   # the command line: no stage
-    ("losses.py", {"train"}),                            # the objective: training only, not the features
-    ("model.py", {"train", "evaluate", "export", "scenes_evaluate"}),  # the network: not the backbone's features pass
+    ("crops/losses.py", {"train"}),                      # the objective: training only, not the features
+    ("crops/model.py", {"train", "evaluate", "export", "scenes_evaluate"}),  # the network: not the backbone's features pass
     ("backbone.py", {"features", "train", "evaluate", "export", "detector_train", "detector_export",
                      "scenes_evaluate"}),
-    ("onnxrt.py", {"evaluate", "export", "detector_export", "scenes_evaluate"}),
+    ("onnxfile.py", {"evaluate", "export", "detector_export", "scenes_evaluate"}),
     ("scenes/split.py", {"scenes_split"}),                # the scene branch: apart from the crop branch
     ("scenes/decode.py", {"detector_export"}),            # the ONNX detector's decoding: not the PyTorch path
     ("paths.py", {"ingest", "split", "features", "train", "evaluate", "export", "visualize", "scenes_ingest",

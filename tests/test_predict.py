@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import STUB_BOX as BOX, random_model, reference_answers, run_cli, stub_model as _stub
-from tsloc.backend import load_backend
+from tsloc.serving.backend import load_backend
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
@@ -87,7 +87,7 @@ def test_missing_and_incompatible_model(images, tmp_path):
 @pytest.mark.slow  # torch.export traces the whole network (about 10 s each)
 @pytest.mark.parametrize("box", ["pooled", "spatial"])
 def test_export_pt2_matches_pytorch(tmp_path, box):
-    from tsloc.export import export
+    from tsloc.crops.export import export
     model, ckpt = random_model(tmp_path, box)
     assert ckpt["box_head"] == box and model.box_kind == box
     path = export(model, ckpt, "pt2", tmp_path / "m.pt2")
@@ -101,7 +101,7 @@ def test_export_pt2_matches_pytorch(tmp_path, box):
 
 def test_draw_never_overwrites(tmp_path):
     """a.jpg and a.png both draw (a.png, a-1.png), and a file already in the folder is left as it was."""
-    from tsloc.predict import predict_files
+    from tsloc.serving.predict import predict_files
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("a.jpg", "a.png", "b.png"):
@@ -125,7 +125,7 @@ def test_no_images_is_a_message_and_exit_1(tmp_path):
 
 def test_exif_orientation_is_applied_and_boxes_refer_to_the_upright_image(tmp_path):
     """A photo stored sideways (EXIF orientation 6) is 60 x 40 upright: its box is in those pixels."""
-    from tsloc.predict import predict_files
+    from tsloc.serving.predict import predict_files
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.new("RGB", (60, 40), (10, 200, 10)).transpose(Image.Transpose.ROTATE_90).save(
@@ -139,7 +139,7 @@ def test_exif_orientation_is_applied_and_boxes_refer_to_the_upright_image(tmp_pa
 
 def test_huge_images_are_refused_by_name_and_the_rest_go_on(tmp_path, monkeypatch):
     """Also when threads decode them side by side (a warnings filter around each decode let some through)."""
-    from tsloc.predict import predict_files
+    from tsloc.serving.predict import predict_files
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's bomb limit, made small for the test
     for i in range(16):
         for name, size in (("small", (20, 20)), ("over", (40, 30)), ("bomb", (100, 100))):
@@ -155,7 +155,7 @@ def test_huge_images_are_refused_by_name_and_the_rest_go_on(tmp_path, monkeypatc
 
 
 def test_a_symlink_loop_does_not_trap_the_walk(tmp_path):
-    from tsloc.predict import collect
+    from tsloc.serving.predict import collect
     (tmp_path / "sub").mkdir()
     Image.new("RGB", (20, 20)).save(tmp_path / "sub" / "x.png")
     (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)
@@ -216,7 +216,7 @@ def test_evaluate_refuses_a_model_that_does_not_fit_the_store_or_the_data(tmp_pa
 def test_decoding_runs_ahead_in_order_and_in_bounded_memory(tmp_path, monkeypatch):
     """Threads decode up to AHEAD batches ahead of the caller, never more; batches come in file order,
     the same as decoding in the caller's thread; an unreadable file is its error, in its place."""
-    import tsloc.predict as predict
+    import tsloc.serving.predict as predict
     for i in range(23):
         Image.new("RGB", (20 + i, 20), (i, 0, 0)).save(tmp_path / f"{i:02}.png")
     (tmp_path / "07.png").write_bytes(b"broken")

@@ -17,7 +17,7 @@ from tsloc.errors import DataError
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from tsloc.serve import Batcher, ServeConfig, create_app  # noqa: E402
+from tsloc.serving.serve import Batcher, ServeConfig, create_app  # noqa: E402
 
 
 def _png(w=60, h=40, seed=0) -> bytes:
@@ -168,14 +168,14 @@ def test_bad_requests_are_one_line_of_json_and_the_server_goes_on(model_file, ca
     body = _bomb() if body is None else body
     with TestClient(create_app(ServeConfig(model=str(model_file), device="cpu", max_bytes=4096 if status == 413
                                            else 20 * 1024 * 1024))) as client:
-        with caplog.at_level(logging.INFO, logger="tsloc.serve"):
+        with caplog.at_level(logging.INFO, logger="tsloc.serving.serve"):
             headers = {"content-type": ctype} if ctype else {}
             bad = client.post("/v1/predict", content=body, headers=headers)
             good = client.post("/v1/predict", content=_png(20, 20), headers={"content-type": "image/png"})
     assert bad.status_code == status and set(bad.json()) == {"error"}, bad.text
     assert message in bad.json()["error"] and "\n" not in bad.json()["error"]
     assert good.status_code == 200 and good.json()["class_id"] == 3
-    lines = [r.getMessage() for r in caplog.records if r.name == "tsloc.serve"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "tsloc.serving.serve"]
     assert len(lines) == 2 and f"POST /v1/predict {status}" in lines[0] and "POST /v1/predict 200" in lines[1]
 
 
@@ -193,7 +193,7 @@ def test_a_chunked_body_over_the_limit_and_bad_forms_are_refused(model_file):
 
 
 def test_detect_endpoint_answers_detects_record(model_file, tmp_path):
-    from tsloc.scenes import detector as det
+    from tsloc.scenes import model as det
     import tsloc
     det.save(tmp_path / "d.pt", det.build_detector("none", fpn_channels=32, head_convs=1),
              {"fpn_channels": 32, "head_convs": 1, "frozen_blocks": 4})

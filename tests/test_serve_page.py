@@ -87,7 +87,7 @@ def test_the_page_draws_the_answer_to_a_chosen_image(tmp_path):
     pytest.importorskip("playwright")
     from PIL import Image
 
-    from tsloc.serve import ServeConfig, create_app
+    from tsloc.serving.serve import ServeConfig, create_app
     import tsloc
     model = stub_model(tmp_path / "m.pt")
     image = tmp_path / "sign.png"
@@ -118,8 +118,8 @@ def test_the_page_draws_the_signs_found_in_a_street_frame(tmp_path):
     from PIL import Image
 
     import tsloc
-    from tsloc.scenes import detector as det
-    from tsloc.serve import ServeConfig, create_app
+    from tsloc.scenes import model as det
+    from tsloc.serving.serve import ServeConfig, create_app
     model, detector = stub_model(tmp_path / "m.pt"), tmp_path / "d.pt"
     det.save(detector, det.build_detector("none", fpn_channels=32, head_convs=1),
              {"fpn_channels": 32, "head_convs": 1, "frozen_blocks": 4})
@@ -144,7 +144,7 @@ def test_the_openapi_page_draws_offline(tmp_path):
     pytest.importorskip("playwright")
     from playwright.sync_api import sync_playwright
 
-    from tsloc.serve import ServeConfig, create_app
+    from tsloc.serving.serve import ServeConfig, create_app
     elsewhere = []
     with running(create_app(ServeConfig(model=str(stub_model(tmp_path / "m.pt")), device="cpu"))) as base:
         with sync_playwright() as p:
@@ -161,6 +161,6 @@ def test_the_openapi_page_draws_offline(tmp_path):
 
 
 if __name__ == "__main__":  # the screenshot in docs/: python tests/test_serve_page.py belgiumtsc IMAGE docs/serve_page.png
-    from tsloc.serve import ServeConfig, create_app
+    from tsloc.serving.serve import ServeConfig, create_app
     with running(create_app(ServeConfig(model=sys.argv[1]))) as base:
         print(try_page(base, Path(sys.argv[2]), Path(sys.argv[3])))

@@ -99,7 +99,7 @@ def test_smaller_valid_share_lies_inside_a_larger_one():
 
 
 def test_heldout_rows_refuses_a_run_that_trained_on_the_reference_images():
-    from tsloc.compare import heldout_rows
+    from tsloc.pipeline.compare import heldout_rows
     meta = _meta(classes=8, signs_per_class=20)
     meta["path"] = [f"img{i}.ppm" for i in range(len(meta))]
     small = make_split(meta, "pole-grouped", 0.1, seed=3)[0]
@@ -137,7 +137,7 @@ def _cv_run(fold, accuracy, images=100, folds=3, weights="sqrt", data="d1"):
 
 
 def test_cross_validation_pools_each_configuration_over_its_folds():
-    from tsloc.compare import cross_validation
+    from tsloc.pipeline.compare import cross_validation
     runs = {"s2": _cv_run(2, 0.99, images=200), "s0": _cv_run(0, 0.95), "s1": _cv_run(1, 0.97),
             "i0": _cv_run(0, 0.90, weights="inverse"), "i1": _cv_run(1, 0.90, weights="inverse"),
             "i2": _cv_run(2, 0.90, weights="inverse")}
@@ -161,6 +161,6 @@ def test_cross_validation_pools_each_configuration_over_its_folds():
     ({"a0": _cv_run(0, 0.9), "a1": _cv_run(1, 0.9, data="d2")}, "a1: read other data than a0"),
 ])
 def test_cross_validation_refuses_incomplete_or_mixed_runs(runs, message):
-    from tsloc.compare import cross_validation
+    from tsloc.pipeline.compare import cross_validation
     with pytest.raises(DataError, match=re.escape(message)):
         cross_validation(runs)

@@ -14,8 +14,6 @@ from .errors import WeightsError
 from .weights import load_weights
 
 CHANNELS = {"mobilenet_v2": 1280, "resnet18": 512}  # channels of each backbone's last feature map
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def backbone_features(backbone: str, weights: str) -> tuple[nn.Sequential, int]:

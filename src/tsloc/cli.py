@@ -12,12 +12,28 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
+from .describe import package_version
 from .errors import UsageError
 from .guard import guarded, print_json
-from .paths import (DETECTOR, DETECTOR_INT8, DETECTOR_ONNX, EVALUATE_METRICS, EVALUATE_REPORT, EXPORT_REPORT, INT8,
-                    METADATA, MODEL, MODEL_CARD, ONNX, RESUME, SCENE_SPLIT, SCENE_TABLE, SPLIT_TABLE, first_existing)
+from .paths import (
+    DETECTOR,
+    DETECTOR_INT8,
+    DETECTOR_ONNX,
+    EVALUATE_METRICS,
+    EVALUATE_REPORT,
+    EXPORT_REPORT,
+    INT8,
+    METADATA,
+    MODEL,
+    MODEL_CARD,
+    ONNX,
+    RESUME,
+    SCENE_SPLIT,
+    SCENE_TABLE,
+    SPLIT_TABLE,
+    first_existing,
+)
 
 STAGES = {
     "ingest": f"read the data set (data.source, data.format) into {METADATA} and the class list",
@@ -41,16 +57,9 @@ STAGES = {
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
 
 
-def _version() -> str:
-    try:
-        return version("tsloc")
-    except PackageNotFoundError:  # run from a source tree that was not installed
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsloc", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("--params", default="params.yaml", metavar="FILE",
                         help="the parameters file the stages read (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -176,9 +185,9 @@ def export(args) -> int | None:
 
 
 def predict(args) -> int:
-    from .backend import load_backend, pick_device
-    from .predict import predict_files
-    from .ready import resolve
+    from .serving.backend import load_backend, pick_device
+    from .serving.predict import predict_files
+    from .serving.ready import resolve
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, not {args.top_k}")
     _probability(args.min_probability)
@@ -201,7 +210,7 @@ def _probability(value: float, flag: str = "--min-probability") -> float:
 def _over_files(command: str, work) -> int:
     """A command over files: 1 when a folder held no image or a file could not be read (each was
     named as it came), 0 when every file was answered."""
-    from .predict import NoImages
+    from .serving.predict import NoImages
     try:
         failed = work()
     except NoImages as exc:
@@ -222,10 +231,10 @@ def _detect_params(params: str):
 
 
 def detect(args) -> int:
-    from .backend import default_detector, load_backend, load_detector, pick_device
-    from .detect import detect_files
-    from .ready import resolve
-    from .scenes.find import Finder
+    from .serving.backend import default_detector, load_backend, load_detector, pick_device
+    from .serving.detect import detect_files
+    from .serving.find import Finder
+    from .serving.ready import resolve
     point = _detect_params(args.params)
     min_score = point.min_score if args.min_score is None else args.min_score
     min_probability = point.min_probability if args.min_probability is None else args.min_probability
@@ -243,7 +252,8 @@ def detect(args) -> int:
 
 
 def serve(args) -> None:
-    from .serve import ServeConfig, serve as run_server
+    from .serving.serve import ServeConfig
+    from .serving.serve import serve as run_server
     for flag, value, low in (("--workers", args.workers, 1), ("--max-batch", args.max_batch, 1),
                              ("--top-k", args.top_k, 1), ("--max-bytes", args.max_bytes, 1),
                              ("--max-wait-ms", args.max_wait_ms, 0), ("--port", args.port, 0)):
@@ -258,15 +268,15 @@ def serve(args) -> None:
 
 
 def compare(args) -> None:
-    from .compare import compare as run_compare
-    from .io import write_csv
     from .device import select_device
+    from .io import write_csv
+    from .pipeline.compare import compare as run_compare
     _table(run_compare(args.experiments, args.on, select_device(args.device)), args.csv, write_csv)
 
 
 def cv(args) -> None:
-    from .compare import cross_validation, load_runs
     from .io import write_csv
+    from .pipeline.compare import cross_validation, load_runs
     _table(cross_validation(load_runs(args.experiments)), args.csv, write_csv)
 
 

@@ -1,12 +1,22 @@
 """A model file described in words and in a short dict, for people (predict's stderr line, the model
 card) and for programs (`GET /v1/model`, `tsloc.load(...).info`). Reads only the description a
-file carries (tsloc.checkpoint, tsloc.onnxrt.read_meta), so it imports no torch."""
+file carries (tsloc.crops.checkpoint, tsloc.onnxfile.read_meta), so it imports no torch."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from .paths import EVALUATE_METRICS, INGEST_REPORT
+
+
+def package_version() -> str:
+    """tsloc's installed version (`tsloc --version`, the server's OpenAPI description)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("tsloc")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown (not installed)"
+
 
 DATASETS = {"belgiumtsc": "BelgiumTSC", "gtsrb": "GTSRB", "manifest": "a manifest of one's own images"}
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +80,7 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    """What the train stage trains; `tsloc.loop.fit` takes these as they are."""
+    """What the train stage trains; `tsloc.crops.loop.fit` takes these as they are."""
     lr: float = ranged(0.001, gt=0)
     epochs: int = ranged(20, ge=1)
     batch_size: int = ranged(32, ge=2)        # the global batch: with N processes each takes 1/N
@@ -154,7 +152,7 @@ class ScenesParams:
 
 @dataclass(frozen=True)
 class DetectorParams:
-    """The scene branch's detector (tsloc.scenes.detector), trained on windows cut from the frames."""
+    """The scene branch's detector (tsloc.scenes.model), trained on windows cut from the frames."""
     weights: str = "imagenet"                      # the MobileNetV2 trunk's: imagenet | none | a state dict's file
     window: int = ranged(320, ge=64)               # training windows, square, in pixels
     background_share: float = ranged(0.3, ge=0, lt=1)  # of each epoch's windows, cut anywhere (the rest: one per sign)
@@ -363,20 +361,6 @@ class Tracked:
     @property
     def keys_read(self) -> set:
         return set(self._log)
-
-
-def record_keys(stage: str, tracked: Tracked) -> None:
-    """Append the keys a stage read and the tsloc modules it loaded to $TSLOC_PARAMS_LOG (set by the
-    tests, which compare both with the stage's `params` and `deps` in dvc.yaml), one JSON line."""
-    log = os.environ.get("TSLOC_PARAMS_LOG")
-    if log:
-        package = Path(__file__).resolve().parent
-        modules = sorted(Path(m.__file__).resolve().relative_to(package.parent.parent).as_posix()
-                         for name, m in list(sys.modules.items())
-                         if (name == "tsloc" or name.startswith("tsloc.")) and getattr(m, "__file__", None))
-        with open(log, "a") as f:
-            f.write(json.dumps({"stage": stage, "keys": sorted(tracked.keys_read), "modules": modules,
-                                "package": str(package)}) + "\n")
 
 
 def flatten(raw: dict, prefix: str = "") -> dict:

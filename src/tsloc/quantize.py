@@ -1,5 +1,5 @@
 """Static int8 quantization of an exported ONNX file with ONNX Runtime's quantizer, for the crop
-model (tsloc.export) and the detector (tsloc.scenes.export) alike. No torch: it reads and writes
+model (tsloc.crops.export) and the detector (tsloc.scenes.export) alike. No torch: it reads and writes
 ONNX files only."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import ExportError
 from .io import atomic_path
-from .onnxrt import read_meta, set_meta
+from .onnxfile import read_meta, set_meta
 
 # The last layers before each output: what follows them stays float in the int8 file (the softmax:
 # probabilities in 1/256 steps would be useless as confidences; the boxes' scaling and clamping:
@@ -43,10 +43,15 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *,
     `batch_size=None` feeds the items one by one as they are (the detector's frames, of any size);
     `symbolic_shapes=False` skips ONNX Runtime's symbolic shape inference, which gives up on a graph
     that pads a frame of any size (ONNX's own shape inference still runs)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
     import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not len(calibration):
         raise ExportError("int8 calibration needs at least one training image")

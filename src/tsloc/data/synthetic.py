@@ -75,7 +75,7 @@ def _shrink(box, f):
     return (l + dx, t + dy, r - dx, b - dy)
 
 
-def _draw_sign(draw: ImageDraw.ImageDraw, class_id: int, box, tint: np.ndarray) -> None:
+def draw_sign(draw: ImageDraw.ImageDraw, class_id: int, box, tint: np.ndarray) -> None:
     shape, (fill, border, ink), glyph = class_look(class_id)
     fill, border, ink = (tuple(int(np.clip(c * t, 0, 255)) for c, t in zip(col, tint))
                          for col in (fill, border, ink))
@@ -131,7 +131,7 @@ def render_view(rng: np.random.Generator, class_id: int, sign: dict) -> tuple[Im
     k = 4
     big = img.resize((width * k, height * k), Image.NEAREST)
     box = (ml, mt, ml + bw, mt + bh)
-    _draw_sign(ImageDraw.Draw(big), class_id, tuple(v * k for v in box), sign["tint"])
+    draw_sign(ImageDraw.Draw(big), class_id, tuple(v * k for v in box), sign["tint"])
     img = big.resize((width, height), Image.BOX)
     radius = rng.uniform(0, 1.2) * scale / 80
     if radius > 0.2:

@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import load_detector
 from ..data.frames import FrameFiles, decode_frames, load_scene_table, subset_frames
 from ..errors import ExportError
 from ..io import write_json
-from ..onnxrt import read_meta, set_meta
-from ..params import record_keys
+from ..onnxfile import read_meta, set_meta
 from ..paths import DETECTOR, DETECTOR_EXPORT_REPORT, DETECTOR_INT8, DETECTOR_ONNX, SCENE_SPLIT
 from ..quantize import quantize_int8
-from ..scenes import detector as det
+from ..scenes import model as det
+from ..scenes.evaluation import evaluate
 from ..scenes.export import export_detector
-from ..scenes.metrics import evaluate
-from . import tracked_params
+from ..serving.backend import load_detector
+from . import record_keys, tracked_params
 
 # fp32 ONNX against PyTorch on the validation frames, detections scoring at least min_score: the same
 # number in every frame, scores within max_score_difference, boxes within max_box_difference pixels but

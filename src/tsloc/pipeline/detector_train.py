@@ -3,25 +3,20 @@ scored on the validation frames (whole frames, COCO's AP at IoU 0.5 and 0.5:0.95
 models/detector.pt."""
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 
 from ..data.frames import FrameFiles, boxes_and_sizes, load_scene_table, subset_frames
 from ..data.images import open_rgb
 from ..device import select_device
-from ..io import significant, write_json
-from ..params import record_keys
+from ..io import write_json
 from ..paths import DETECTOR, DETECTOR_LIVE, DETECTOR_METRICS, DETECTOR_REPORT, DETECTOR_RESUME, SCENE_SPLIT
-from ..resume import Resume
-from ..scenes import detector as det
-from ..scenes.fit import detect, fit_detector
-from ..scenes.metrics import evaluate
-from . import tracked_params
+from ..resume import Resume, resume_key
+from ..scenes import model as det
+from ..scenes.loop import evaluate, fit_detector
+from . import log_epoch, open_live, record_keys, tracked_params
 
 
 def run(params_file: str = "params.yaml") -> dict:
-    from dvclive import Live
 
     p = tracked_params(params_file)
     d = p.detector
@@ -32,23 +27,17 @@ def run(params_file: str = "params.yaml") -> dict:
     device = select_device(d.device)
     config = det.architecture(d)
     model = det.build_detector(d.weights, **config, seed=d.seed)  # the same start in every run
-    key = hashlib.sha256(json.dumps(d.as_dict(), sort_keys=True).encode() + SCENE_SPLIT.read_bytes()).hexdigest()
-    resume = Resume(DETECTOR_RESUME, key)
+    resume = Resume(DETECTOR_RESUME, resume_key(d.as_dict(), read=(SCENE_SPLIT,)))
     done = resume.epochs_done()
     started = time.perf_counter()
-    with Live(str(DETECTOR_LIVE), dvcyaml=False, save_dvc_exp=False, resume=bool(done)) as live:
+    with open_live(DETECTOR_LIVE, resumed=bool(done)) as live:
         live.step = done
 
         def log(epoch, row):
-            for name, value in row.items():
-                live.log_metric(f"train/{name}", significant(value) if isinstance(value, float) else value)
-            live.next_step()
+            log_epoch(live, {"train": row})
         last = fit_detector(model, FrameFiles(train_paths, open_rgb), train_boxes, train_sizes, d, device=device, log=log, resume=resume)
     minutes = (time.perf_counter() - started) / 60
-    found = detect(model, FrameFiles(valid_paths), device, "validation frames")
-    detections = [{"frame": f, "box": b.tolist(), "score": float(s)}
-                  for f, r in zip(valid_paths, found) for b, s in zip(r["boxes"], r["scores"])]
-    scores = evaluate(valid, detections)
+    scores = evaluate(model, valid, FrameFiles(valid_paths), device)
     det.save(DETECTOR, model, config, window=d.window, epochs=d.epochs, trained_on=len(train_paths))
     resume.path.unlink(missing_ok=True)
     report = {"valid": {"frames": len(valid_paths), "ap50": scores["ap50"], "ap": scores["ap"]},

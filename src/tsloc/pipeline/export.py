@@ -13,17 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checkpoint
-from ..backend import load_backend
+from ..crops import checkpoint
+from ..crops.evaluation import agreement, constant_box, evaluate_subset, predict_images
+from ..crops.export import FORMATS, export
+from ..crops.inference import TorchBackend
 from ..errors import ExportError
-from ..evaluation import agreement, constant_box, evaluate_subset, predict_images
-from ..export import FORMATS, export
-from ..inference import TorchBackend
 from ..io import write_json
-from ..params import load_params, record_keys
+from ..params import load_params
 from ..paths import EXPORT_REPORT, IMAGE_STORE, INT8, MODEL, ONNX, SPLIT_TABLE
 from ..quantize import quantize_int8
-from . import load, subset_rows, tracked_params
+from ..serving.backend import load_backend
+from . import load, record_keys, subset_rows, tracked_params
+
 # fp32 ONNX against PyTorch on the test set: the same class for at least this share of images, and
 # boxes within this much of the image's width and height.
 PARITY = {"same_class": 0.999, "max_box_difference": 1e-3}

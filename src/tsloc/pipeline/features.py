@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backbone import backbone_features
+from ..crops.features import feature_extractor
 from ..data.store import NpyWriter, write_store
 from ..data.table import load_metadata
-from ..features import feature_extractor
-from ..io import atomic_path
-from ..backbone import backbone_features
-from ..params import record_keys
-from ..paths import IMAGE_STORE, POOLED
 from ..device import select_device
-from . import tracked_params
+from ..io import atomic_path
+from ..paths import IMAGE_STORE, POOLED
+from . import record_keys, tracked_params
 
 
 def run(params_file: str = "params.yaml") -> dict:

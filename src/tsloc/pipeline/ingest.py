@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from ..data.ingest import ingest
-from ..params import record_keys
-from . import tracked_params
+from . import record_keys, tracked_params
 
 
 def run(params_file: str = "params.yaml") -> dict:

@@ -1,5 +1,5 @@
 """Stage `scenes_evaluate`: find and name the signs of the test frames (the detector, then the crop
-model), scored with COCO's evaluation (tsloc.scenes.metrics): AP at IoU 0.5 for finding signs
+model), scored with COCO's evaluation (tsloc.scenes.evaluation): AP at IoU 0.5 for finding signs
 whatever their class, mean AP over the classes (finding and naming), COCO's AP at 0.5:0.95, AP
 per category (each AP over every detection, ranked by its score, as COCO scores), recall and
 precision at the operating point (`detect.*`: what `tsloc detect` keeps), frames per second; the
@@ -19,18 +19,26 @@ import numpy as np
 import pandas as pd
 
 from .. import plots
-from ..backend import load_backend, load_detector
 from ..data.frames import BOX, NO_SIGN, decode_frame, load_scene_table, subset_frames
 from ..device import select_device
 from ..errors import DataError
 from ..io import write_csv, write_figure, write_json
-from ..params import record_keys
-from ..paths import (DETECTOR, MODEL, SCENE_CLASSES, SCENE_SPLIT, SCENES_DETECTIONS, SCENES_GALLERY, SCENES_METRICS,
-                     SCENES_PLOTS, SCENES_REPORT)
-from ..scenes.find import Finder
-from ..scenes.metrics import recall_at, score_scenes
-from ..scenes.namer import match_classes
-from . import tracked_params
+from ..paths import (
+    DETECTOR,
+    MODEL,
+    SCENE_CLASSES,
+    SCENE_SPLIT,
+    SCENES_DETECTIONS,
+    SCENES_GALLERY,
+    SCENES_METRICS,
+    SCENES_PLOTS,
+    SCENES_REPORT,
+)
+from ..scenes.evaluation import recall_at, score_scenes
+from ..serving.backend import load_backend, load_detector
+from ..serving.find import Finder
+from ..serving.namer import match_classes
+from . import record_keys, tracked_params
 
 GALLERY = 6  # test frames in the gallery, the worst first
 

@@ -2,9 +2,8 @@
 data/scenes/classes.csv."""
 from __future__ import annotations
 
-from ..params import record_keys
 from ..scenes.ingest import ingest
-from . import tracked_params
+from . import record_keys, tracked_params
 
 
 def run(params_file: str = "params.yaml") -> dict:

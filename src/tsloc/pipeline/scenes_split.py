@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from ..data.frames import load_scene_table
 from ..io import write_csv, write_json
-from ..params import record_keys
 from ..paths import SCENE_SPLIT, SCENE_TABLE, SCENES_SPLIT_REPORT
 from ..scenes.split import split_frames
-from . import tracked_params
+from . import record_keys, tracked_params
 
 
 def run(params_file: str = "params.yaml") -> dict:

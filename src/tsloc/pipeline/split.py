@@ -7,9 +7,8 @@ from .. import plots
 from ..data.split import SUBSETS, class_frequencies, make_split
 from ..data.table import load_classes, load_metadata
 from ..io import write_csv, write_figure, write_json
-from ..params import record_keys
 from ..paths import PLOTS, SPLIT_PLOTS, SPLIT_REPORT, SPLIT_TABLE
-from . import tracked_params
+from . import record_keys, tracked_params
 
 
 def run(params_file: str = "params.yaml") -> dict:

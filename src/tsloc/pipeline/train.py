@@ -1,7 +1,6 @@
 """Stage `train`: fit the model on the training subset, log each epoch with DVCLive, write the model."""
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from contextlib import nullcontext
@@ -10,33 +9,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import checkpoint
-from ..batches import Batches, features_source, images_source
 from ..boxes import relative_boxes
+from ..crops import checkpoint
+from ..crops.batches import Batches, features_source, images_source
+from ..crops.distributed import launch, launched, leave
+from ..crops.loop import fit
+from ..crops.model import build_model
+from ..crops.runtime import runtime
 from ..data.table import load_classes
-from ..distributed import launch, launched, leave
 from ..errors import DataError
-from ..io import significant, write_json
-from ..loop import fit
-from ..model import build_model
-from ..params import record_keys, uses_cached_features
+from ..io import write_json
+from ..params import uses_cached_features
 from ..paths import CLASSES, IMAGE_STORE, LIVE, MODEL, POOLED, RESUME, SPLIT_TABLE, TRAIN_METRICS, TRAIN_REPORT
-from ..resume import Resume
-from ..runtime import runtime
-from . import load, subset_rows, tracked_params
-
-
-def _resume_key(p) -> str:
-    """What a saved training state belongs to: the params train reads and its inputs (the feature
-    stores by size and time: hashing gigabytes on every start would cost more than an epoch)."""
-    h = hashlib.sha256(json.dumps({"recipe": p.recipe, "image_size": p.data.image_size, "model": p.model.as_dict(),
-                                   "train": p.train.as_dict()}, sort_keys=True).encode())
-    for path in (SPLIT_TABLE, CLASSES):
-        h.update(path.read_bytes())
-    for path in (POOLED, IMAGE_STORE):
-        st = path.stat()
-        h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
+from ..resume import Resume, resume_key
+from . import load, log_epoch, open_live, record_keys, subset_rows, tracked_params
 
 
 def crop_margin(rows) -> float:
@@ -70,8 +56,6 @@ def run(params_file: str = "params.yaml") -> dict | None:
 
 
 def _train(p, rt) -> dict | None:
-    from dvclive import Live
-
     split = load(SPLIT_TABLE, "split")
     pooled = load(POOLED, "features")
     if len(pooled) != len(split):
@@ -104,21 +88,19 @@ def _train(p, rt) -> dict | None:
                  images_source(np.array(store[rows]), boxes, device, augmentation, aug_generator))
         subsets[s] = Batches(fetch, torch.as_tensor(part["class_id"].to_numpy(copy=True)), boxes)
     model.start_boxes_at(subsets["train"].boxes.mean(0))
-    resume = Resume(RESUME, _resume_key(p))
+    resume = Resume(RESUME, resume_key({"recipe": p.recipe, "image_size": p.data.image_size,
+                                        "model": p.model.as_dict(), "train": p.train.as_dict()},
+                                       read=(SPLIT_TABLE, CLASSES), stamped=(POOLED, IMAGE_STORE)))
     done = resume.epochs_done() if world.main else 0
     if done:
         _trim_history(done)  # epochs logged after the saved state are logged again
-    live = Live(str(LIVE), dvcyaml=False, save_dvc_exp=False, resume=bool(done)) if world.main else nullcontext()
+    live = open_live(LIVE, resumed=bool(done)) if world.main else nullcontext()
     with live:
         if world.main:
             live.step = done
 
         def log(epoch, row, objective):
-            for subset, metrics in row.items():
-                for name, value in metrics.items():
-                    live.log_metric(f"{subset}/{name}", significant(value) if isinstance(value, float) else value)
-            live.log_metric("loss_weight", significant(objective.loss_weight.item()))
-            live.next_step()
+            log_epoch(live, {**row, "loss_weight": objective.loss_weight.item()})
 
         started = time.perf_counter()
         best = fit(model, subsets, t, image_size=p.data.image_size, rt=rt, log=log, generator=generator,

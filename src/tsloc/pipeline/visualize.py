@@ -10,9 +10,8 @@ from ..data.images import open_rgb
 from ..data.table import load_classes
 from ..errors import DataError
 from ..io import write_figure
-from ..params import record_keys
 from ..paths import LIVE, PLOTS, PREDICTIONS, SPLIT_TABLE
-from . import load, tracked_params
+from . import load, record_keys, tracked_params
 
 
 def _history() -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """The detector's answer from its raw outputs, in NumPy: what torchvision's FCOS does after its head
 (`FCOS.postprocess_detections`), for the ONNX file, whose graph ends at the head so that the
-same file serves any frame size and needs no torch to read (tsloc.scenes.onnxdet).
+same file serves any frame size and needs no torch to read (tsloc.serving.backend).
 
 Per pyramid level: scores over `score_thresh`, the best `topk` of them, boxes decoded from each
 cell's centre (left, top, right, bottom distances in units of the level's stride) and clipped to

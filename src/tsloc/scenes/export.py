@@ -4,7 +4,7 @@ the backbone, the feature pyramid and the head; it returns each cell's score (P,
 (P, 4). Decoding and non-maximum suppression happen outside the graph (tsloc.scenes.decode): they
 are a few NumPy lines, and a graph without them keeps any frame size and quantises cleanly.
 
-The file describes itself in its metadata (tsloc.onnxrt.META_KEY): `kind: detector`, the strides,
+The file describes itself in its metadata (tsloc.onnxfile.META_KEY): `kind: detector`, the strides,
 the postprocessing's thresholds, and the `.pt` file's description."""
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torchvision.models.detection import FCOS
 
-from ..backbone import IMAGENET_MEAN, IMAGENET_STD
 from ..io import atomic_path
-from ..onnxrt import set_meta
+from ..onnxfile import set_meta
+from ..weights import IMAGENET_MEAN, IMAGENET_STD
 from .decode import PAD
 
 INPUT = "frame: uint8 RGB (H, W, 3), any size; normalisation and padding are inside the model"

@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from ..data.synthetic import NUM_CLASSES, SCHEMES, _draw_sign, class_look
+from ..data.synthetic import NUM_CLASSES, SCHEMES, class_look, draw_sign
 from ..data.table import packaged_names
 from ..io import write_csv
 
@@ -109,7 +109,7 @@ def render_frame(rng: np.random.Generator, width: int, height: int, classes: int
     for class_id, (left, top, right, bottom) in signs:
         bw, bh, k = right - left, bottom - top, 4  # drawn at 4x, scaled down: smooth edges
         patch = Image.new("RGBA", (bw * k, bh * k), (0, 0, 0, 0))
-        _draw_sign(ImageDraw.Draw(patch), class_id, (0, 0, bw * k - 1, bh * k - 1), rng.uniform(0.8, 1.15, 3))
+        draw_sign(ImageDraw.Draw(patch), class_id, (0, 0, bw * k - 1, bh * k - 1), rng.uniform(0.8, 1.15, 3))
         small = patch.resize((bw, bh), Image.BOX)
         frame.paste(small, (left, top), small)
     arr = np.asarray(frame, dtype=np.float32) * rng.uniform(0.75, 1.2) + rng.normal(0, rng.uniform(1, 6), (height, width, 3))

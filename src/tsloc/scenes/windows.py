@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .detector import frame_tensor
+from .model import frame_tensor
 
 MIN_VISIBLE = 0.5  # a sign cut by the window's edge counts when at least this share of it is inside
 

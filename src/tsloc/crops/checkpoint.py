@@ -1,7 +1,7 @@
 """The model file (models/model.pt): how it is written, read, checked against the data and
 described. One dict in types `torch.load(..., weights_only=True)` accepts: the weights and
 everything inference needs (classes, input size, normalisation, box format), plus how it was
-trained. The ONNX exports carry the same description without the weights (tsloc.export)."""
+trained. The ONNX exports carry the same description without the weights (tsloc.crops.export)."""
 from __future__ import annotations
 
 import platform
@@ -10,14 +10,15 @@ from pathlib import Path
 import torch
 import torchvision
 
-from .errors import DataError, ModelFileError
-from .io import write_torch
-from .backbone import IMAGENET_MEAN, IMAGENET_STD, backbone_features
+from ..backbone import backbone_features
+from ..errors import DataError, ModelFileError
+from ..io import write_torch
+from ..paths import IMAGE_STORE, SPLIT_TABLE
+from ..weights import IMAGENET_MEAN, IMAGENET_STD
 from .model import SignNet
-from .paths import IMAGE_STORE, SPLIT_TABLE
 
 BOX_FORMAT = "left, top, right, bottom, relative to the image (0..1)"
-# Before the loss balance moved to the objective (tsloc.losses), the model held it: such files still load.
+# Before the loss balance moved to the objective (tsloc.crops.losses), the model held it: such files still load.
 BALANCE_KEYS = ("loss_weight", "uncertainty")
 
 

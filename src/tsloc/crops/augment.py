@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from .data.store import to_float
+from ..data.store import to_float
 
 
 def random_windows(boxes: torch.Tensor, max_margin: float, generator: torch.Generator,

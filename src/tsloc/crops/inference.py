@@ -5,7 +5,7 @@ exports cannot drift apart.
 `Predictor` is the trained network wrapped with its input preparation and output activation
 (uint8 RGB (N, S, S, 3) as decoded and squashed -> probabilities (N, C) and valid relative boxes
 (N, 4: left, top, right, bottom, as shares of the width and height)); the ONNX files are it traced
-(tsloc.export), `TorchBackend` runs it on a `.pt` file. tsloc.backend picks the backend for a file.
+(tsloc.crops.export), `TorchBackend` runs it on a `.pt` file. tsloc.serving.backend picks the backend for a file.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .boxes import make_valid
-from .backbone import IMAGENET_MEAN, IMAGENET_STD
+from ..boxes import make_valid
+from ..weights import IMAGENET_MEAN, IMAGENET_STD
 from .model import SignNet
 
 

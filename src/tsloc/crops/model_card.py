@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .describe import dataset_name, tuning
+from ..describe import dataset_name, tuning
 
 
 def _pct(v: float) -> str:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.store import standardise, to_float
 from .augment import augment
-from .data.store import standardise, to_float
 
 
 @dataclass
@@ -48,7 +48,7 @@ def place_store(images: np.ndarray, device) -> torch.Tensor:
 def images_source(images: np.ndarray, boxes: torch.Tensor, device, augmentation: dict | None = None,
                   generator: torch.Generator | None = None):
     """The plain path: standardised images for the whole network (augmented when training with
-    `augmentation`: keyword arguments of `tsloc.augment.augment`, run as batched tensor ops on the
+    `augmentation`: keyword arguments of `tsloc.crops.augment.augment`, run as batched tensor ops on the
     device), resized to `size` when given (relative boxes do not change with the size)."""
     store = place_store(images, device)
     device = torch.device(device)

@@ -3,7 +3,6 @@ which takes the validated `train.*` params themselves (tsloc.params.TrainParams)
 from __future__ import annotations
 
 import copy
-import math
 import sys
 from contextlib import contextmanager
 
@@ -11,14 +10,15 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from ..boxes import make_valid, paired_iou
+from ..errors import DataError
+from ..params import TrainParams
+from ..resume import Resume, fault_point
+from ..schedule import warmup_cosine
 from .batches import Batches, epoch_sizes
-from .boxes import make_valid, paired_iou
 from .distributed import World
-from .errors import DataError
 from .losses import Objective, class_weights
 from .model import SignNet
-from .params import TrainParams
-from .resume import Resume, fault_point
 from .runtime import Runtime
 
 
@@ -123,14 +123,8 @@ def make_optimizer(objective: Objective, train: TrainParams, steps_per_epoch: in
     optimizer = cls(groups, lr=train.lr)
     if train.schedule != "cosine":
         return optimizer, None
-    total = max(1, steps_per_epoch * train.epochs)
-    warm = max(1, round(steps_per_epoch * train.warmup_epochs))
-
-    def factor(step):
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, warmup_cosine(optimizer, steps_per_epoch * train.epochs,
+                                    round(steps_per_epoch * train.warmup_epochs))
 
 
 @contextmanager

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..describe import summary
 from .backend import load_backend, load_detector, pick_device
-from .describe import summary
 from .predict import MAX_BATCH, prepare, record
 from .ready import resolve
 
@@ -33,7 +33,7 @@ class Model:
         self.detector = load_detector(files[1], device) if detector else None
         self.finder = None
         if self.detector is not None:
-            from .scenes.find import Finder
+            from .find import Finder
             self.finder = Finder(self.detector, self.backend)
 
     @property
@@ -68,7 +68,7 @@ class Model:
         """`tsloc detect`'s record for one frame (a path, bytes, a PIL image or an array)."""
         if self.finder is None:
             raise ValueError("no detector: tsloc.load(model, detector=FILE)")
-        from .data.images import load_image
+        from ..data.images import load_image
         from .detect import record as frame_record
         pixels = np.array(load_image(frame, "frame"))
         return frame_record(Path(frame) if isinstance(frame, (str, Path)) else None, pixels,

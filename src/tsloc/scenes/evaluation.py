@@ -79,8 +79,8 @@ def evaluate(truth, detections, category=lambda class_id: 1) -> dict:
 
 def recall_at(truth, detections, iou: float = 0.5) -> float:
     """The share of true boxes found by at least one of `detections` (already thresholded) with IoU >= `iou`."""
-    from torchvision.ops import box_iou
     import torch
+    from torchvision.ops import box_iou
     signs = truth[truth["class_id"] != NO_SIGN]
     if not len(signs):
         return 0.0

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .device import select_device
+from ..device import select_device
+from ..errors import DataError
 from .distributed import World, join
-from .errors import DataError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .data.table import DTYPES
-from .errors import DataError, ModelFileError
-from .evaluation import constant_box, evaluate_subset, predict_images
-from .backend import load_backend
-from .params import flatten
-from .paths import EVALUATE_REPORT, IMAGE_STORE, INGEST_REPORT, MODEL, SPLIT_TABLE
+from ..crops.evaluation import constant_box, evaluate_subset, predict_images
+from ..data.table import DTYPES
+from ..errors import DataError, ModelFileError
+from ..params import flatten
+from ..paths import EVALUATE_REPORT, IMAGE_STORE, INGEST_REPORT, MODEL, SPLIT_TABLE
+from ..serving.backend import load_backend
 
 
 def _read(rev: str, path) -> io.BytesIO:

@@ -1,7 +1,7 @@
 """The frozen backbone's pass over uint8 images: pooled features computed once per image.
 
 With a frozen backbone and no augmentation the backbone's output for an image never changes, so
-the features stage runs it once and the heads train on those features (`tsloc.batches.features_source`);
+the features stage runs it once and the heads train on those features (`tsloc.crops.batches.features_source`);
 the plain path runs the backbone every batch and gives the same result (a test compares them).
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data.store import normalise
-from .backbone import fuse_conv_bn, pool
+from ..backbone import fuse_conv_bn, pool
+from ..data.store import normalise
 
 
 @torch.no_grad()

@@ -21,7 +21,8 @@ from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ..backbone import IMAGENET_MEAN, IMAGENET_STD, backbone_features, fuse_conv_bn
+from ..backbone import backbone_features, fuse_conv_bn
+from ..weights import IMAGENET_MEAN, IMAGENET_STD
 
 STRIDE_8 = 6                       # MobileNetV2's last block at stride 8 (32 channels)
 STRIDE_16 = range(7, 14)           # its blocks at stride 16: 64 channels up to block 10, 96 after
@@ -95,7 +96,7 @@ def frame_tensor(frame) -> torch.Tensor:
 
 class TorchDetector:
     """`detector(frame)` -> (boxes (N, 4) in pixels, scores (N,)): torchvision's FCOS on a uint8 frame
-    (H, W, 3), as tsloc.scenes.onnxdet.OnnxDetector answers from the ONNX file."""
+    (H, W, 3), as tsloc.serving.backend.OnnxDetector answers from the ONNX file."""
 
     def __init__(self, model: FCOS, meta: dict, device=torch.device("cpu")):
         # channels-last: 1.8x faster on the CPU (oneDNN's convolutions), the same detections

@@ -1,12 +1,12 @@
 """The network: a torchvision backbone cut into blocks (tsloc.backbone; some frozen, the last
 fine-tuned) and two heads, one for the classes and one for the box. What it is trained with lives
-in tsloc.losses, how it is saved in tsloc.checkpoint."""
+in tsloc.crops.losses, how it is saved in tsloc.crops.checkpoint."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .backbone import backbone_features, fuse_conv_bn, pool
+from ..backbone import backbone_features, fuse_conv_bn, pool
 
 BOX_HEADS = ("pooled", "spatial")
 SPATIAL_GRID = 4  # the spatial box head sees the last feature map pooled to 4 x 4 cells

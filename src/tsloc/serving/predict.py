@@ -1,5 +1,5 @@
 """Inference on image files: classes and boxes in the pixels of each original image, from the
-`.pt` model or an ONNX export (tsloc.inference), with decoding in parallel threads ahead of inference.
+`.pt` model or an ONNX export (tsloc.crops.inference), with decoding in parallel threads ahead of inference.
 
 The input domain is BelgiumTSC's: one sign with some margin around it (a crop from a detector or
 a person), not a whole street scene. Images are prepared exactly as for training (RGB, squashed to
@@ -18,8 +18,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .data.images import load_image, to_input
-from .errors import DataError
+from ..data.images import load_image, to_input
+from ..errors import DataError
 
 IMAGE_SUFFIXES = {".ppm", ".pgm", ".pbm", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -171,7 +171,7 @@ class Writer:
 
 def predict_files(backend, paths: list[str], *, top_k: int = 5, min_probability: float = 0.0, fmt: str = "jsonl",
                   draw_dir: str | None = None, batch_size: int = 32, threads: int = 4, out=None, err=None) -> int:
-    """Predict every image with `backend` (tsloc.inference.load_backend); unreadable files are reported on
+    """Predict every image with `backend` (tsloc.crops.inference.load_backend); unreadable files are reported on
     `err` and skipped. Returns how many failed. Images are decoded a few batches at a time (in parallel,
     ahead of inference), so a folder of any size streams in bounded memory. `out` and `err` default to
     sys.stdout and sys.stderr as they are at the call (so redirection works)."""

@@ -1,5 +1,5 @@
 """Finding and naming the signs of a frame: the detector's boxes, each named by the crop model
-(tsloc.scenes.namer). One function for the evaluate stage and `tsloc detect`. Imports no torch:
+(tsloc.serving.namer). One function for the evaluate stage and `tsloc detect`. Imports no torch:
 with ONNX files for both models, neither is loaded."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from .namer import margin_of, name
 
 @dataclass
 class Finder:
-    """The detector (a `detector(frame) -> (boxes, scores)`: tsloc.backend.load_detector) and the namer
-    (a crop model backend: tsloc.backend.load_backend)."""
+    """The detector (a `detector(frame) -> (boxes, scores)`: tsloc.serving.backend.load_detector) and the namer
+    (a crop model backend: tsloc.serving.backend.load_backend)."""
     detector: object
     namer: object
 

@@ -1,6 +1,7 @@
-"""Training the detector on windows (tsloc.scenes.windows), in torchvision's detection references'
-shape: the model returns its losses in training mode; AdamW, a one-epoch linear warm-up, then a
-cosine to zero; the state after every epoch kept for a run that is interrupted (tsloc.resume)."""
+"""The detector's loop in torchvision's detection references' shape: `fit_detector` trains on windows
+(tsloc.scenes.windows; the model returns its losses in training mode; AdamW, a one-epoch linear
+warm-up, then a cosine to zero; the state after every epoch kept for a run that is interrupted,
+tsloc.resume), `evaluate` runs it on whole frames and scores them with COCO's evaluation."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,9 @@ import torch
 from tqdm import tqdm
 
 from ..resume import Resume
-from .detector import TorchDetector
+from ..schedule import warmup_cosine
+from .evaluation import evaluate as coco_evaluate
+from .model import TorchDetector
 from .windows import cut_window, photometric, window_plan
 
 
@@ -29,9 +32,7 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
     optimizer = torch.optim.AdamW(params, lr=d.lr, weight_decay=d.weight_decay)
     steps_per_epoch = math.ceil(len(window_plan(boxes, sizes, d.window, d.background_share, d.scale_jitter,
                                                 np.random.default_rng(0))) / d.batch_size)
-    total, warm = max(1, steps_per_epoch * d.epochs), max(1, steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / warm if step < warm else
-                                                 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm)))))
+    schedule = warmup_cosine(optimizer, steps_per_epoch * d.epochs, steps_per_epoch)  # one epoch's warm-up
     start, row = 1, {}
     state = resume.load() if resume else None
     if state:
@@ -70,12 +71,13 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
     return row
 
 
-def detect(model, frames: Sequence, device, progress: str | None = "detect") -> list[dict]:
-    """The detector on whole frames (arrays, or FrameFiles), one at a time: boxes (N, 4) in pixels
-    and scores (N,) per frame."""
+def evaluate(model, table, frames, device, progress: str | None = "validation frames") -> dict:
+    """The detector on whole frames (tsloc.data.frames.FrameFiles: decoded one at a time), scored
+    against `table`'s boxes with COCO's evaluation (tsloc.scenes.evaluation.evaluate: ap50, ap, ...)."""
     detector = TorchDetector(model, {}, device)
-    out = []
-    for f in tqdm(frames, desc=progress, unit="frame", leave=False, disable=progress is None):
-        boxes, scores = detector(f)
-        out.append({"boxes": boxes, "scores": scores})
-    return out
+    detections = []
+    for path, frame in tqdm(zip(frames.paths, frames), total=len(frames), desc=progress, unit="frame", leave=False,
+                            disable=progress is None):
+        boxes, scores = detector(frame)
+        detections += [{"frame": path, "box": b.tolist(), "score": float(s)} for b, s in zip(boxes, scores)]
+    return coco_evaluate(table, detections)

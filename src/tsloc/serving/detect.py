@@ -1,5 +1,5 @@
 """`tsloc detect`: find and name every sign in camera frames (files or folders of them): the
-detector, then the crop model on each detection (tsloc.scenes.find). One JSON line per frame:
+detector, then the crop model on each detection (tsloc.serving.find). One JSON line per frame:
 
     {"path", "width", "height", "detections": [{"box": [left, top, right, bottom], "score",
                                                 "class_id", "class", "probability"}]}
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .data.images import open_rgb
-from .errors import DataError
+from ..data.images import open_rgb
+from ..errors import DataError
 from .predict import DrawNames, NoImages, collect
 
 AHEAD = 2  # frames decoded ahead of the one being searched
@@ -69,7 +69,7 @@ def draw(frame: np.ndarray, rec: dict, out: Path) -> None:
 
 def detect_files(finder, paths: list[str], *, min_score: float, min_probability: float, fmt: str = "jsonl",
                  draw_dir: str | None = None, out=None, err=None) -> int:
-    """Find and name the signs of every frame with `finder` (tsloc.scenes.find.Finder); unreadable
+    """Find and name the signs of every frame with `finder` (tsloc.serving.find.Finder); unreadable
     files are named on `err` and skipped. Returns how many failed."""
     out, err = out or sys.stdout, err or sys.stderr
     files = collect(paths)

@@ -1,12 +1,10 @@
-"""ONNX Runtime as a backend: an exported model file read with its own description (the metadata
-tsloc.export writes under `META_KEY`) and run on uint8 images. Imports neither torch nor
-torchvision: an ONNX model needs only ONNX Runtime and NumPy (onnx only to write a file's metadata)."""
+"""An exported ONNX file: its ONNX Runtime session (CPU or CUDA) and the description tsloc writes into
+it under `META_KEY`. Shared by both branches' exports and by serving's backends; imports neither torch
+nor torchvision (onnx only to write a file's metadata)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import numpy as np
 
 from .errors import ModelFileError
 
@@ -62,30 +60,3 @@ def session(path: str | Path, device="cpu"):
     except Exception as exc:  # onnxruntime raises its own types for a truncated or foreign file
         raise ModelFileError(f"{path}: not an ONNX file ONNX Runtime can load ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:200]})") from exc
-
-
-class OnnxBackend:
-    """A `.onnx` export through ONNX Runtime. The file describes itself (`read_meta`):
-    no `.pt` file is needed beside it. On the CPU a call's images run in chunks of `CPU_CHUNK`: per
-    crop 20-35% faster than whole batches of 64, fp32 and int8 alike (the activations of a few
-    images stay in cache; docs/benchmarks.md#inference)."""
-
-    CPU_CHUNK = 8
-
-    name = "onnxruntime"
-
-    def __init__(self, path: str | Path, device="cpu"):
-        self.session = session(path, device)
-        self.meta = read_meta(path, self.session)
-        if self.meta.get("kind") == "detector":
-            raise ModelFileError(f"{path}: a tsloc detector, not a crop model (give it as --detector)")
-        self.name = f"onnxruntime {self.meta['export']['precision']}"
-        on_gpu = "CUDAExecutionProvider" in self.session.get_providers()
-        self.chunk = None if on_gpu else self.CPU_CHUNK  # a GPU wants whole batches
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(images, dtype=np.uint8)
-        step = self.chunk or max(len(x), 1)
-        parts = [self.session.run(None, {"images": x[i:i + step]}) for i in range(0, max(len(x), 1), step)]
-        probs, boxes = (np.concatenate(outputs) for outputs in zip(*parts))
-        return probs, boxes

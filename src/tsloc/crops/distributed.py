@@ -15,11 +15,12 @@ import sys
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from .errors import LOST_RANK, DataError
+from ..errors import LOST_RANK, DataError
 
 TIMEOUT = timedelta(minutes=10)  # a collective that waits longer than this for a lost rank fails
 
@@ -107,7 +108,7 @@ def launch(processes: int, argv: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = str(Path(__file__).resolve().parents[2])  # the folder holding the tsloc package
     os.environ["PYTHONPATH"] = os.pathsep.join([src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     # torchrun's default: one thread per rank unless told otherwise; here the cores are shared out.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))

@@ -4,7 +4,7 @@ belgiumtsc`, `tsloc.load("belgiumtsc")`). Each is the int8 ONNX export of a pipe
 description extended with a card: the data it learnt from, its test figures (the int8 file's own,
 from the export stage), the command and the commit that made it.
 
-    python -m tsloc.ready belgiumtsc --run DIR --command "dvc exp run ..."   # bundle DIR's run
+    python -m tsloc.serving.ready belgiumtsc --run DIR --command "dvc exp run ..."   # bundle DIR's run
 
 the one exception to "nothing made from the data is committed" (a few MB; docs/serve.md)."""
 from __future__ import annotations
@@ -15,11 +15,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .describe import dataset_name
-from .errors import ModelFileError
-from .io import atomic_path
-from .onnxrt import read_meta, set_meta
-from .paths import EXPORT_REPORT, INGEST_REPORT, INT8, MODEL_CARD
+from ..describe import dataset_name
+from ..errors import ModelFileError
+from ..io import atomic_path
+from ..onnxfile import read_meta, set_meta
+from ..paths import EXPORT_REPORT, INGEST_REPORT, INT8, MODEL_CARD
 
 FOLDER = Path(__file__).parent / "models"
 READY = {"belgiumtsc": "belgiumtsc.int8.onnx"}
@@ -67,7 +67,7 @@ def bundle(name: str, run: Path, command: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tsloc.ready", description=bundle.__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tsloc.serving.ready", description=bundle.__doc__.split("\n")[0])
     parser.add_argument("name", choices=sorted(READY))
     parser.add_argument("--run", type=Path, required=True, metavar="DIR", help="the working tree of the run")
     parser.add_argument("--command", required=True, help="the command that made the run (recorded in the card)")

@@ -28,10 +28,10 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline  # the OpenAPI pages (/docs, /redoc) with their scripts served here, no CDN
 
-from . import __version__
-from .errors import DataError
+from ..describe import package_version
+from ..errors import DataError
 
-log = logging.getLogger("tsloc.serve")
+log = logging.getLogger("tsloc.serving.serve")
 PAGE = Path(__file__).parent / "page" / "index.html"
 DECODERS = 4          # images decoded at once: a 20 MB upload can decode to hundreds of MB
 RAW_BODY = "the request body"  # how messages name an image sent as the body (a form's file goes by its name)
@@ -217,8 +217,8 @@ def create_app(config: ServeConfig):
 
     from anyio import CapacityLimiter, to_thread
 
+    from ..data.images import load_image
     from .api import Model
-    from .data.images import load_image
     from .detect import record as frame_record
     from .predict import prepare
 
@@ -238,7 +238,7 @@ def create_app(config: ServeConfig):
         yield
         await batcher.stop()
 
-    app = FastAPIOffline(title="tsloc", version=__version__, lifespan=lifespan,
+    app = FastAPIOffline(title="tsloc", version=package_version(), lifespan=lifespan,
                          description="Traffic-sign classification and localisation (crops), and detection in "
                                      "street frames, on ONNX Runtime. Errors answer {\"error\": \"one line\"}.")
     app.state.batcher, app.state.model, app.state.config = batcher, model, config
@@ -317,7 +317,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     if workers > 1:
         del app
         os.environ[CONFIG_ENV] = json.dumps(asdict(config))
-        uvicorn.run("tsloc.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+        uvicorn.run("tsloc.serving.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                     access_log=False)
     else:
         uvicorn.run(app, host=host, port=port, access_log=False)

@@ -10,14 +10,13 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, precision_recall_fscore_support
 from tqdm import tqdm
 
-from .boxes import paired_iou, relative_boxes
-from .data.images import open_rgb
-from .data.images import to_input
+from ..boxes import paired_iou, relative_boxes
+from ..data.images import open_rgb, to_input
 
 
 def predict_images(backend, images: np.ndarray, batch_size: int = 64) -> dict:
     """Class probabilities and valid relative boxes for uint8 images (N, S, S, 3), from any backend
-    (tsloc.inference.load_backend: the `.pt` model or an ONNX export)."""
+    (tsloc.crops.inference.load_backend: the `.pt` model or an ONNX export)."""
     probs, boxes = [], []
     for start in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch", leave=False):
         p, b = backend(np.asarray(images[start:start + batch_size]))

@@ -1,7 +1,7 @@
 """The exported model files: ONNX (fp32; its int8 version: tsloc.quantize), and torch.export's
 ExportedProgram (`.pt2`). This module owns their format.
 
-Every export is `tsloc.inference.Predictor` traced: it takes uint8 RGB images (N, S, S, 3), each
+Every export is `tsloc.crops.inference.Predictor` traced: it takes uint8 RGB images (N, S, S, 3), each
 squashed to the model's square input size (bilinear), normalises them itself, and returns class
 probabilities (N, C) and valid boxes (N, 4: left, top, right, bottom, as shares of the width and
 height: multiply by the original image's width and height for pixels).
@@ -9,7 +9,7 @@ height: multiply by the original image's width and height for pixels).
 An ONNX file describes itself in its metadata (key `tsloc`, JSON): everything the `.pt` checkpoint
 carries except the weights (class ids and names, input size, normalisation, box format, backbone,
 recipe, epoch, versions), plus how it was exported (precision, calibration). `read_meta` reads it
-back (tsloc.onnxrt); a user never needs the `.pt` beside it.
+back (tsloc.onnxfile); a user never needs the `.pt` beside it.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from ..io import atomic_path
+from ..onnxfile import set_meta
+from ..paths import MODEL
 from .inference import Predictor
-from .io import atomic_path
 from .model import SignNet
-from .onnxrt import set_meta
-from .paths import MODEL
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 INPUT = ("images: uint8 RGB (N, S, S, 3), each image squashed to S x S (bilinear); "
