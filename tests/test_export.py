@@ -159,6 +159,7 @@ def test_int8_keeps_a_clear_answer_and_says_how_it_was_made(stage):
     assert meta["precision"] == "int8" and meta["calibration_images"] == 8 and meta["calibration_seed"] == 3
     assert {"Softmax", "Concat", "Min", "Max"} <= set(meta["float_ops"])  # the outputs' last steps stay float
     assert int8.stat().st_size < 0.4 * fp32.stat().st_size
+    assert "reduce_range" in meta["quantization"]
     x = np.random.default_rng(1).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
     probs, boxes = load_backend(int8)(x)
     assert (probs.argmax(1) == 3).all() and (np.argsort(-probs, 1)[:, 1] == 0).all()
@@ -177,6 +178,22 @@ def test_int8_keeps_the_first_convolutions_and_the_input_float(stage):
     assert first_quantize > convs[2]
     assert all(graph.node[i].input[1] in float_weights for i in convs[:3])
     assert not any(graph.node[i].input[1] in float_weights for i in convs[3:])
+
+
+@pytest.mark.slow
+def test_int8_weights_cannot_saturate_on_a_cpu_without_vnni(stage):
+    """Every int8 weight tensor is 7-bit (quantize.WEIGHT_RANGE): on x86 without VNNI, ONNX Runtime adds
+    pairs of uint8 x int8 products in 16 bits, and only 7-bit weights keep that exact, so the file
+    answers the same on every CPU. The old 8-bit files fail this (weights out to -127 and 127: 53 tensors of the old ready model)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tsloc.quantize import saturating_weights
+    int8 = stage / "models" / "model.int8.onnx"
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(int8)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and numpy_helper.to_array(t).size > 1]
+    assert weights and saturating_weights(int8) == []
+    assert max(int(np.abs(w).max()) for w in weights) >= 60  # the range is used, not collapsed
 
 
 def test_an_export_that_disagrees_writes_nothing(tmp_path, monkeypatch, exported):
