@@ -75,6 +75,27 @@ def test_non_image_given_explicitly_fails_but_others_run(images, tmp_path):
     assert len(proc.stdout.splitlines()) == 1
 
 
+def test_without_a_model_the_pipelines_is_used_else_the_ready_one_and_stderr_says_which(images, tmp_path):
+    """Before any training (no models/model.pt here) predict answers with the ready model; once the
+    pipeline's model exists, with it. The first stderr line names the one that answered."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    proc = run_cli("predict", images / "a.ppm", cwd=fresh)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("tsloc predict: the ready model belgiumtsc (models/model.pt does not exist)")
+    (fresh / "models").mkdir()
+    _stub(fresh / "models" / "model.pt")
+    proc = run_cli("predict", images / "a.ppm", cwd=fresh)
+    assert proc.returncode == 0 and proc.stderr.startswith("tsloc predict: models/model.pt (the pipeline's)")
+    assert json.loads(proc.stdout)["class_name"] == "class 3"  # the stub's answer
+
+
+def test_an_unknown_model_name_lists_the_ready_models(images, tmp_path):
+    proc = run_cli("predict", images / "a.ppm", "--model", "belgium", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "belgium: neither a model file nor a ready model (the ready models: belgiumtsc)" in proc.stderr
+
+
 def test_missing_and_incompatible_model(images, tmp_path):
     proc = _predict(images / "a.ppm", model=tmp_path / "none.pt")
     assert proc.returncode == 2 and "none.pt: model file not found" in proc.stderr

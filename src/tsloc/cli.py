@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "line (or CSV row) per image, boxes in pixels of the upright image.")
     pred.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
     pred.add_argument("--model", metavar="FILE", help=f"a model file: .pt (PyTorch) or .onnx (ONNX Runtime, fp32 or "
-                      f"int8), or a ready model: belgiumtsc (default: {MODEL}, the pipeline's; which one it is goes "
-                      "to stderr)")
+                      f"int8), or a ready model: belgiumtsc (default: {MODEL}, the pipeline's, where it exists, else "
+                      "the ready belgiumtsc; which one it is goes to stderr)")
     pred.add_argument("--min-probability", type=float, default=0.0, metavar="P",
                       help="under this probability the answer's class is null (not a known sign, or not sure "
                            "which); its top-k stays (default: 0, always a class)")
@@ -187,15 +187,15 @@ def export(args) -> int | None:
 def predict(args) -> int:
     from .serving.backend import load_backend, pick_device
     from .serving.predict import predict_files
-    from .serving.ready import resolve
+    from .serving.ready import default_model, resolve
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, not {args.top_k}")
     _probability(args.min_probability)
-    model = resolve(args.model or MODEL)
+    model, which = (resolve(args.model), None) if args.model else default_model(MODEL)
     backend = load_backend(model, pick_device(args.device, [model]))
-    if args.model is None:  # say which model answers: after the Quickstart, the synthetic data's
+    if which:  # say which model answers: after the Quickstart, the synthetic data's; before it, the ready one
         from .describe import one_line
-        print(f"tsloc predict: {MODEL}: {one_line(backend.meta)}", file=sys.stderr)
+        print(f"tsloc predict: {which}: {one_line(backend.meta)}", file=sys.stderr)
     return _over_files("predict", lambda: predict_files(
         backend, args.paths, top_k=args.top_k, min_probability=args.min_probability, fmt=args.format,
         draw_dir=args.draw, batch_size=args.batch_size))

@@ -27,13 +27,25 @@ OFFICIAL = {"belgiumtsc": "e3f2108c"}  # the official release's Training list di
 
 
 def resolve(model: str | Path) -> Path:
-    """A ready model's name to its file; anything else is a path."""
+    """A ready model's name to its file; anything else is a path. A bare word that is neither (no
+    suffix, no such file: `--model belgium`) is one message naming the ready models."""
     if str(model) in READY:
         path = FOLDER / READY[str(model)]
         if not path.is_file():
             raise ModelFileError(f"{path}: the ready model {model!r} is missing from this install (reinstall tsloc)")
         return path
-    return Path(model)
+    path = Path(model)
+    if not path.suffix and path.parent == Path(".") and not path.exists():
+        raise ModelFileError(f"{model}: neither a model file nor a ready model (the ready models: {', '.join(READY)})")
+    return path
+
+
+def default_model(pipeline: Path, ready: str = "belgiumtsc") -> tuple[Path, str]:
+    """The model a command uses without --model: the pipeline's (`pipeline`) where it exists, else
+    the ready one; and how to name it to the user."""
+    if pipeline.is_file():
+        return pipeline, f"{pipeline} (the pipeline's)"
+    return resolve(ready), f"the ready model {ready} ({pipeline} does not exist)"
 
 
 def bundle(name: str, run: Path, command: str) -> Path:
