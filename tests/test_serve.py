@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -214,3 +215,64 @@ def test_serve_arguments_are_checked(model_file):
     assert proc.returncode == 2 and "--workers must be at least 1" in proc.stderr
     proc = run_cli("serve", "--model", "no-such.onnx")
     assert proc.returncode == 2 and "no-such.onnx: model file not found" in proc.stderr
+
+
+@pytest.fixture
+def live_server(model_file):
+    """The app on a real uvicorn server (what `tsloc serve` runs) in a thread, with --max-bytes 64 KiB."""
+    import socket
+    import threading
+
+    import uvicorn
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(ServeConfig(model=str(model_file), device="cpu", max_bytes=64 * 1024))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1/predict"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_every_client_reads_the_413_of_a_body_over_the_limit(live_server, tmp_path):
+    """A 4 MB body against --max-bytes 64 KiB: urllib (raw, multipart, chunked), httpx and curl all
+    read the 413 and its one line of JSON. Answered before the body is read and closed, urllib (still
+    sending) got a broken pipe instead: the server now reads and drops the rest first."""
+    import shutil
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    import httpx
+    big = b"\x89PNG" + b"x" * (4 * 1024 * 1024)
+
+    def by_urllib(data, headers):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(live_server, data=data, headers=headers), timeout=30)
+        return err.value.code, json.loads(err.value.read())
+
+    boundary = "tslocboundary"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + big + f"\r\n--{boundary}--\r\n".encode()
+    answers = {
+        "urllib raw": by_urllib(big, {"Content-Type": "image/png"}),
+        "urllib multipart": by_urllib(form, {"Content-Type": f"multipart/form-data; boundary={boundary}"}),
+        "urllib chunked": by_urllib(iter([big[i:i + 65536] for i in range(0, len(big), 65536)]),
+                                    {"Content-Type": "image/png", "Transfer-Encoding": "chunked"}),
+    }
+    r = httpx.post(live_server, content=big, headers={"Content-Type": "image/png"}, timeout=30)
+    answers["httpx raw"] = r.status_code, r.json()
+    if shutil.which("curl"):
+        (tmp_path / "big.png").write_bytes(big)
+        for name, args in (("curl raw", ["--data-binary", f"@{tmp_path / 'big.png'}", "-H", "Content-Type: image/png"]),
+                           ("curl multipart", ["-F", f"file=@{tmp_path / 'big.png'}"])):
+            out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args, live_server], capture_output=True,
+                                 text=True, timeout=30).stdout
+            body, code = out.rsplit("\n", 1)
+            answers[name] = int(code), json.loads(body)
+    for client, (status, body) in answers.items():
+        assert status == 413 and "65536" in body["error"], (client, status, body)

@@ -150,6 +150,23 @@ async def _capped(stream, limit: int):
         yield chunk
 
 
+DRAIN_BYTES = 256 * 1024 * 1024  # what an oversize body is read (and dropped) up to before its 413
+
+
+async def drain(request, limit: int = DRAIN_BYTES) -> None:
+    """Read and discard the rest of a refused body (up to `limit`), as nginx's lingering close does:
+    a client that is still sending when the answer comes (Python's urllib) then reads the 413 instead
+    of a broken pipe. Past `limit` the connection is closed all the same."""
+    seen = 0
+    while seen <= limit:
+        message = await request.receive()
+        if message["type"] != "http.request":  # the client went away
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 async def read_image(request, max_bytes: int) -> tuple[bytes, str]:
     """The image bytes of a request, and a name for messages: a multipart field `file` (its file
     name) or a raw image/* body."""
@@ -281,6 +298,8 @@ def create_app(config: ServeConfig):
             data, name = await read_image(request, config.max_bytes)
             item = await decode(data, name, lambda d, n: prepare(d, size, label=n))
         except BadRequest as exc:
+            if exc.status == 413:
+                await drain(request)
             return _error(exc.status, str(exc))
         rec = await batcher(item)
         return JSONResponse(rec | {"path": None if name == RAW_BODY else name})  # no re-validation of a plain dict
@@ -294,6 +313,8 @@ def create_app(config: ServeConfig):
             data, name = await read_image(request, config.max_bytes)
             frame = await decode(data, name, lambda d, n: np.array(load_image(d, n)))
         except BadRequest as exc:
+            if exc.status == 413:
+                await drain(request)
             return _error(exc.status, str(exc))
         found = await batcher.call(model.finder, frame, config.min_score)
         rec = frame_record(None, frame, found, model.meta["class_names"], config.detect_min_probability)
