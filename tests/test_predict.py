@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +89,28 @@ def test_without_a_model_the_pipelines_is_used_else_the_ready_one_and_stderr_say
     proc = run_cli("predict", images / "a.ppm", cwd=fresh)
     assert proc.returncode == 0 and proc.stderr.startswith("tsloc predict: models/model.pt (the pipeline's)")
     assert json.loads(proc.stdout)["class_name"] == "class 3"  # the stub's answer
+
+
+def test_missing_empty_and_folder_paths_are_said_plainly_and_the_rest_go_on(images, tmp_path):
+    model = _stub(tmp_path / "stub.pt")
+    (tmp_path / "empty.png").write_bytes(b"")
+    proc = _predict(tmp_path / "nope.png", tmp_path / "empty.png", images / "a.ppm", model=model)
+    assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 1
+    assert "nope.png: no such file" in proc.stderr and "empty.png: empty file (0 bytes)" in proc.stderr
+    assert "Errno" not in proc.stderr
+
+
+def test_a_quoted_pattern_and_standard_input(images, tmp_path, monkeypatch):
+    """`tsloc predict "crops/*.png"` (the shell left the pattern alone) expands it; `-` reads one image
+    from standard input."""
+    model = _stub(tmp_path / "stub.pt")
+    proc = _predict(str(images / "*.png"), model=model)
+    assert proc.returncode == 0 and sorted(Path(json.loads(r)["path"]).name for r in proc.stdout.splitlines()) == \
+        ["alpha.png", "grey.png", "palette.png"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO((images / "sub" / "c.jpg").read_bytes())))
+    proc = _predict("-", model=model)
+    rec = json.loads(proc.stdout)
+    assert proc.returncode == 0 and rec["path"] == "-" and rec["box"] is not None, proc.stderr
 
 
 def test_an_unknown_model_name_lists_the_ready_models(images, tmp_path):
@@ -204,7 +227,7 @@ def test_predict_without_model_says_which_model_answers(images, tmp_path):
     run = lambda: run_cli("predict", images / "a.ppm", cwd=tmp_path)  # noqa: E731
     bare = run()
     assert bare.returncode == 0 and json.loads(bare.stdout)["class_id"] == 3
-    assert "models/model.pt: recipe notebook, 62 classes (no pipeline reports" in bare.stderr
+    assert "models/model.pt (the pipeline's): recipe notebook, 62 classes (no pipeline reports" in bare.stderr
     (tmp_path / "reports").mkdir()
     (tmp_path / "metrics").mkdir()
     (tmp_path / "reports" / "ingest.json").write_text(json.dumps({"source": "synthetic", "format": "gtsrb"}))

@@ -69,10 +69,16 @@ def test_recognised_as_belgiumtsc_with_poles_as_groups(real):
 
 def test_the_ready_model_names_the_real_test_signs(real):
     """The ready model (`--model belgiumtsc`, shipped in the package) on the 2520 official test
-    images through the Python API: its card's accuracy (CPU numerics may move an image or two)."""
+    images through the Python API, with the int8 kernels of this machine's CPU: its card's accuracy
+    within 0.05 points (one image is 0.04). int8 arithmetic that differs between CPUs (uint8 x int8
+    sums that saturate on x86 without VNNI: 99.13% on such a machine for a card of 99.29% before) shows
+    here; its 7-bit weights rule that out on every CPU."""
     import numpy as np
 
     import tsloc
+    from tsloc.quantize import saturating_weights
+    from tsloc.serving.ready import resolve
+    assert saturating_weights(resolve("belgiumtsc")) == []
     _, df, _ = real
     test = df[df.split.eq("Testing")]
     model = tsloc.load("belgiumtsc", device="cpu")
@@ -80,27 +86,4 @@ def test_the_ready_model_names_the_real_test_signs(real):
     accuracy = float(np.mean([a["class_id"] == c for a, c in zip(answers, test.class_id)]))
     card = model.info["test"]
     assert card["images"] == len(test) == 2520
-    assert accuracy >= 0.99 and abs(accuracy - card["accuracy"]) <= 2 / 2520, (accuracy, card["accuracy"])
-
-
-def test_the_ready_model_scores_its_card_on_this_cpu(real):
-    """The shipped int8 model, run with this machine's ONNX Runtime kernels on the 2520 official test
-    images (its class: the folder), scores the accuracy its card states within 0.05 points (one image
-    is 0.04). int8 arithmetic that differs between CPUs (uint8 x int8 sums that saturate on x86 without
-    VNNI) shows here; its weights are 7-bit, which rules that out on every CPU."""
-    import json as _json
-    from pathlib import Path
-
-    from conftest import run_cli
-    from tsloc.onnxfile import read_meta
-    from tsloc.quantize import saturating_weights
-    from tsloc.serving.ready import resolve
-    root, _, _ = real
-    path = resolve("belgiumtsc")
-    assert saturating_weights(path) == []
-    proc = run_cli("predict", root / "Testing", "--model", "belgiumtsc")
-    rows = [_json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(rows) == 2520, proc.stderr[-500:]
-    accuracy = sum(r["class_id"] == int(Path(r["path"]).parent.name) for r in rows) / len(rows)
-    card = read_meta(path)["card"]["test"]
-    assert card["images"] == 2520 and abs(accuracy - card["accuracy"]) <= 0.0005, (accuracy, card)
+    assert accuracy >= 0.99 and abs(accuracy - card["accuracy"]) <= 0.0005, (accuracy, card["accuracy"])

@@ -55,6 +55,23 @@ def test_load_answers_paths_bytes_pil_and_arrays_alike(model_file, tmp_path):
         model.predict(np.zeros((8, 8, 3), np.float32))
 
 
+def test_the_api_names_every_bad_path_and_can_skip_past_it(model_file, tmp_path):
+    import tsloc
+    assert dir(tsloc) == ["Model", "__version__", "load"]
+    model = tsloc.load(model_file, device="cpu")
+    assert repr(model) == "tsloc.Model('m.pt', 62 classes, pytorch)"
+    good, broken = tmp_path / "good.png", tmp_path / "broken.png"
+    good.write_bytes(_png())
+    broken.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=f"{broken}: unreadable image"):
+        model.predict([good, broken])
+    with pytest.raises(DataError, match=f"{tmp_path / 'gone.png'}: no such file"):
+        model.predict(tmp_path / "gone.png")
+    answers = model.predict([good, broken, _png(), b""], errors="skip")
+    assert [a.get("error", "").split(":")[0] for a in answers] == ["", str(broken), "", "image 3"]
+    assert answers[0]["class_id"] == answers[2]["class_id"] == 3 and answers[1]["path"] == str(broken)
+
+
 def test_min_probability_gives_a_null_class_and_keeps_the_top_k(model_file, tmp_path):
     import tsloc
     model = tsloc.load(model_file, device="cpu")
@@ -133,7 +150,7 @@ def test_the_server_answers_as_the_api_does_and_batches(model_file):
         assert spec.keys() >= {"/v1/predict", "/v1/detect", "/v1/model", "/healthz"}
         body = spec["/v1/predict"]["post"]["requestBody"]["content"]  # /docs offers a file picker
         assert body["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary" and "image/*" in body
-        assert {"400", "413", "415"} <= spec["/v1/predict"]["post"]["responses"].keys()
+        assert {"400", "413"} <= spec["/v1/predict"]["post"]["responses"].keys()
 
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(8) as pool:
@@ -160,8 +177,7 @@ def _bomb() -> bytes:
     (_png()[:200], "image/png", 400, "the request body: unreadable image"),
     (None, "image/png", 400, "image too large to decode"),
     (b"x" * 5000, "image/png", 413, "over 4096"),
-    (_png(), "text/plain", 415, "content type 'text/plain'"),
-    (_png(), None, 415, "content type '(none)'"),
+    (b"hello, not an image", "text/plain", 400, "the request body: unreadable image"),
 ])
 def test_bad_requests_are_one_line_of_json_and_the_server_goes_on(model_file, caplog, body, ctype, status, message):
     """Each bad request a 4xx with {"error": one line}; the next good request answers; one log line
@@ -178,6 +194,40 @@ def test_bad_requests_are_one_line_of_json_and_the_server_goes_on(model_file, ca
     assert good.status_code == 200 and good.json()["class_id"] == 3
     lines = [r.getMessage() for r in caplog.records if r.name == "tsloc.serving.serve"]
     assert len(lines) == 2 and f"POST /v1/predict {status}" in lines[0] and "POST /v1/predict 200" in lines[1]
+
+
+@pytest.mark.parametrize("headers", [{}, {"content-type": "application/octet-stream"}, {"content-type": "text/plain"}])
+def test_an_image_is_known_by_its_bytes_whatever_its_content_type(model_file, headers):
+    """What `requests.post(url, data=bytes)` sends (no content type), octet-stream, or a wrong type:
+    the bytes are a PNG, so the answer is the image's."""
+    with TestClient(create_app(ServeConfig(model=str(model_file), device="cpu"))) as client:
+        r = client.post("/v1/predict", content=_png(), headers=headers)
+    assert r.status_code == 200 and r.json()["class_id"] == 3, r.text
+
+
+def test_query_parameters_set_a_requests_own_options_and_unknown_ones_are_refused(model_file):
+    with TestClient(create_app(ServeConfig(model=str(model_file), device="cpu", top_k=5))) as client:
+        post = lambda query: client.post(f"/v1/predict{query}", content=_png())  # noqa: E731
+        assert len(post("").json()["top_k"]) == 5
+        assert len(post("?top_k=2").json()["top_k"]) == 2
+        assert post("?min_probability=1").json()["class_id"] is None  # the stub's 3 is not that sure
+        for query, message in (("?topk=2", "unknown query parameter 'topk' (known: top_k, min_probability)"),
+                               ("?top_k=two", "top_k='two': not a number"), ("?top_k=0", "top_k must be at least 1")):
+            r = post(query)
+            assert r.status_code == 400 and message in r.json()["error"], (query, r.text)
+        assert post("?top_k=1").json()["class_id"] == 3  # the server went on
+
+
+def test_every_error_is_one_line_of_json_and_the_model_states_its_box_unit(model_file, caplog):
+    with caplog.at_level(logging.INFO, logger="tsloc.serving.serve"):
+        with TestClient(create_app(ServeConfig(model=str(model_file), device="cpu"))) as client:
+            missing, wrong = client.get("/v1/nothing"), client.get("/v1/predict")
+            described = client.get("/v1/model").json()
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+    assert wrong.status_code == 405 and wrong.json() == {"error": "Method Not Allowed"} and "POST" in wrong.headers["allow"]
+    assert described["model"]["box_format"] == "left, top, right, bottom in pixels of the upright image sent"
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving ")]
+    assert len(started) == 1 and "m.pt: 62 classes, pytorch" in started[0], started
 
 
 def test_a_chunked_body_over_the_limit_and_bad_forms_are_refused(model_file):

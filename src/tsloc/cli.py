@@ -58,24 +58,15 @@ DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tsloc", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tsloc", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="use a model:      predict, detect, serve (a ready model needs no training: --model belgiumtsc)\n"
+               "tools:            compare, cv, synthetic, scene-signs\n"
+               f"pipeline stages:  {', '.join(STAGES)} (what `dvc repro` runs)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     parser.add_argument("--params", default="params.yaml", metavar="FILE",
                         help="the parameters file the stages read (default: params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    stages = {name: sub.add_parser(name, help=text, description=text) for name, text in STAGES.items()}
-    ev = stages["evaluate"]
-    ev.add_argument("--model", metavar="FILE", help="only score this model file (.pt or .onnx) on the validation and "
-                                                    "test images, print the metrics, write nothing")
-    ev.add_argument("--device", default="cpu", help=f"with --model: {DEVICE_HELP} (default: cpu)")
-    exp = stages["export"]
-    exp.add_argument("--format", choices=("onnx", "pt2"), help="one file: ONNX or torch.export's .pt2 (default: onnx)")
-    exp.add_argument("--quantize", choices=("int8",), help="with --format onnx: static int8, calibrated on training "
-                     "images of this pipeline's image store (export.calibration_images, export.seed)")
-    exp.add_argument("--model", metavar="FILE", help=f"the checkpoint to export (default: {MODEL})")
-    exp.add_argument("--out", metavar="FILE", help="the output file (default: beside the checkpoint, its suffix "
-                     "replaced by .onnx, .int8.onnx or .pt2)")
-
     pred = sub.add_parser("predict", help="classes and boxes for image files and folders (recursively)",
                           description="Name the sign in each image (a crop holding one sign) and box it: one JSON "
                                       "line (or CSV row) per image, boxes in pixels of the upright image.")
@@ -137,27 +128,45 @@ def build_parser() -> argparse.ArgumentParser:
                      help="under this probability an answer's class is null (default: 0)")
     srv.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
 
-    cmp = sub.add_parser("compare", help="score experiments on validation images none of them trained on")
+    cmp = sub.add_parser("compare", help="score experiments on validation images none of them trained on",
+                         description="Score experiments on validation images none of them trained on.")
     cmp.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions")
     cmp.add_argument("--on", required=True, metavar="REF",
                      help="the experiment whose validation images are used (the one with the smallest share)")
     cmp.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
     cmp.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
-    cv = sub.add_parser("cv", help="pool cross-validation runs (split.folds) into one row per configuration")
+    cv = sub.add_parser("cv", help="pool cross-validation runs (split.folds) into one row per configuration",
+                         description="Pool cross-validation runs (split.folds) into one row per configuration.")
     cv.add_argument("experiments", nargs="+", metavar="EXP", help="experiment names or Git revisions, "
                     "every fold of each configuration")
     cv.add_argument("--csv", metavar="FILE", help="also write the table to FILE")
-    gen = sub.add_parser("synthetic", help="write a synthetic data set in a format's layout to a folder")
+    gen = sub.add_parser("synthetic", help="write a synthetic data set in a format's layout to a folder",
+                         description="Write a synthetic data set in a format's layout to a folder.")
     gen.add_argument("out", metavar="DIR", help="the folder to write")
     gen.add_argument("--size", type=int, default=1800, help="images in all (default: 1800)")
     gen.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     gen.add_argument("--format", choices=("belgiumtsc", "gtsrb", "manifest"), default="belgiumtsc",
                      help="the layout written (default: belgiumtsc)")
-    signs = sub.add_parser("scene-signs", help="the signs of some subsets of the scene split as a crop manifest "
-                           "(a namer trained on the scenes' own signs, none of the test frames')")
+    signs_help = ("the signs of some subsets of the scene split as a crop manifest (a namer trained on the scenes' "
+                  "own signs, none of the test frames')")
+    signs = sub.add_parser("scene-signs", help=signs_help, description=signs_help[0].upper() + signs_help[1:] + ".")
     signs.add_argument("out", metavar="DIR", help="the folder to write manifest.csv and classes.csv into")
     signs.add_argument("--subsets", nargs="+", default=["train", "valid"], metavar="SUBSET",
                        help="the split's subsets whose signs are written (default: train valid)")
+    # the pipeline's stages come last: `tsloc --help` lists the everyday commands first
+    stages = {name: sub.add_parser(name, help=text, description=text) for name, text in STAGES.items()}
+    ev = stages["evaluate"]
+    ev.add_argument("--model", metavar="FILE", help="only score this model file (.pt or .onnx) on the validation and "
+                                                    "test images, print the metrics, write nothing")
+    ev.add_argument("--device", default="cpu", help=f"with --model: {DEVICE_HELP} (default: cpu)")
+    exp = stages["export"]
+    exp.add_argument("--format", choices=("onnx", "pt2"), help="one file: ONNX or torch.export's .pt2 (default: onnx)")
+    exp.add_argument("--quantize", choices=("int8",), help="with --format onnx: static int8, calibrated on training "
+                     "images of this pipeline's image store (export.calibration_images, export.seed)")
+    exp.add_argument("--model", metavar="FILE", help=f"the checkpoint to export (default: {MODEL})")
+    exp.add_argument("--out", metavar="FILE", help="the output file (default: beside the checkpoint, its suffix "
+                     "replaced by .onnx, .int8.onnx or .pt2)")
+
     for name, subparser in sub.choices.items():  # a usage error shows the subcommand's own usage
         subparser.set_defaults(subparser=subparser)
     return parser

@@ -40,6 +40,13 @@ def open_rgb(path, name: str | None = None) -> Image.Image:
     """Any image Pillow reads (a path, or a binary file object such as an upload's bytes), upright and
     RGB. Raises DataError naming the file (or `name`) when it is unreadable or too large."""
     label = name or path
+    if isinstance(path, (str, Path)):  # the commonest mistakes, said plainly before Pillow says them its way
+        if not Path(path).exists():
+            raise DataError(f"{label}: no such file")
+        if Path(path).is_dir():
+            raise DataError(f"{label}: a folder, not an image file")
+        if Path(path).stat().st_size == 0:
+            raise DataError(f"{label}: empty file (0 bytes)")
     try:
         with Image.open(path) as img:  # reads the header only
             limit = Image.MAX_IMAGE_PIXELS

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..describe import summary
+from ..errors import DataError
 from .backend import load_backend, load_detector, pick_device
 from .predict import MAX_BATCH, prepare, record
 from .ready import resolve
@@ -36,22 +37,42 @@ class Model:
             from .find import Finder
             self.finder = Finder(self.detector, self.backend)
 
+    def __repr__(self) -> str:
+        detector = f", detector={self.detector.name!r}" if self.detector is not None else ""
+        return (f"tsloc.Model({self.file.name!r}, {len(self.meta['class_names'])} classes, "
+                f"{self.backend.name}{detector})")
+
     @property
     def info(self) -> dict:
         """What this model is (tsloc.describe.summary): classes, input, recipe, data, test figures."""
         return summary(self.meta)
 
-    def predict(self, images, *, top_k: int | None = None, min_probability: float | None = None):
+    def predict(self, images, *, top_k: int | None = None, min_probability: float | None = None,
+                errors: str = "raise"):
         """Records for one image or a list of them: paths, encoded bytes, PIL images or uint8 arrays
-        (H, W, 3) RGB. A list answers a list, in order; anything else one record."""
+        (H, W, 3) RGB. A list answers a list, in order; anything else one record. A bad image raises
+        DataError naming it (its path, else "image K"); with `errors="skip"` its place in the list
+        holds `{"path": ..., "error": "..."}` instead and the rest are answered (as the CLI goes on)."""
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors={errors!r}: 'raise' or 'skip'")
         single = not isinstance(images, (list, tuple))
-        items = [prepare(img, self.meta["image_size"], label=f"image {k}")
-                 for k, img in enumerate([images] if single else images)]
-        out = []
-        for start in range(0, len(items), MAX_BATCH):
-            chunk = items[start:start + MAX_BATCH]
-            out += self.predict_pixels(np.stack([it.pixels for it in chunk]), [it.size for it in chunk],
-                                       paths=[it.path for it in chunk], top_k=top_k, min_probability=min_probability)
+        items = []
+        for k, img in enumerate([images] if single else images):
+            try:
+                items.append(prepare(img, self.meta["image_size"],
+                                     label=None if isinstance(img, (str, Path)) else f"image {k}"))
+            except DataError as exc:
+                if errors == "raise":
+                    raise
+                items.append({"path": str(img) if isinstance(img, (str, Path)) else None, "error": str(exc)})
+        good = [it for it in items if not isinstance(it, dict)]
+        answers = []
+        for start in range(0, len(good), MAX_BATCH):
+            chunk = good[start:start + MAX_BATCH]
+            answers += self.predict_pixels(np.stack([it.pixels for it in chunk]), [it.size for it in chunk],
+                                           paths=[it.path for it in chunk], top_k=top_k, min_probability=min_probability)
+        answered = iter(answers)
+        out = [it if isinstance(it, dict) else next(answered) for it in items]
         return out[0] if single else out
 
     def predict_pixels(self, pixels: np.ndarray, sizes: list[tuple[int, int]], *, paths: list | None = None,
@@ -59,10 +80,12 @@ class Model:
         """Records for images already squashed to the input (N, S, S, 3) whose upright sizes were
         `sizes` (and whose paths, `paths`): `predict`'s batches and the server's."""
         probs, boxes = self.backend(pixels)
-        k = top_k or self.top_k
-        floor = self.min_probability if min_probability is None else min_probability
-        return [record(path, size, p, b, self.meta["class_names"], k, floor)
-                for path, size, p, b in zip(paths or [None] * len(sizes), sizes, probs, boxes)]
+        n = len(sizes)
+        ks = top_k if isinstance(top_k, (list, tuple)) else [top_k] * n  # one per image (the server's), or one for all
+        floors = min_probability if isinstance(min_probability, (list, tuple)) else [min_probability] * n
+        return [record(path, size, p, b, self.meta["class_names"], k or self.top_k,
+                       self.min_probability if floor is None else floor)
+                for path, size, p, b, k, floor in zip(paths or [None] * n, sizes, probs, boxes, ks, floors)]
 
     def detect(self, frame, *, min_score: float = 0.3, min_probability: float = 0.5) -> dict:
         """`tsloc detect`'s record for one frame (a path, bytes, a PIL image or an array)."""

@@ -28,12 +28,30 @@ class NoImages(DataError):
     """Nothing to predict: the folders hold no image file."""
 
 
+STDIN = Path("-")  # an image read from standard input (`tsloc predict - < sign.jpg`)
+
+
+def _expanded(paths: list[str]) -> list[Path]:
+    """The arguments, with a pattern the shell left unexpanded (quoted, or on a shell that does not
+    expand: `"crops/*.png"`, `"crops/**/*.jpg"`) expanded here; a pattern that matches nothing stays,
+    to be named as a missing file."""
+    import glob
+    out = []
+    for arg in paths:
+        matches = sorted(glob.glob(arg, recursive=True)) if glob.has_magic(arg) and not Path(arg).exists() else []
+        out += [Path(m) for m in matches] or [Path(arg)]
+    return out
+
+
 def collect(paths: list[str]) -> list[tuple[Path, Path]]:
     """(file, name for --draw) for files given as such and image files found in folders, recursively
-    (symbolic links to folders are not followed, so a link loop cannot trap the walk)."""
+    (symbolic links to folders are not followed, so a link loop cannot trap the walk); patterns are
+    expanded (`_expanded`); `-` is standard input."""
     out = []
-    for arg in map(Path, paths):
-        if arg.is_dir():
+    for arg in _expanded(paths):
+        if arg == STDIN:
+            out.append((arg, Path("stdin.png")))
+        elif arg.is_dir():
             for f in sorted(p for p in arg.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
                 out.append((f, f.relative_to(arg)))
         else:
@@ -56,8 +74,11 @@ class Item(NamedTuple):
 def prepare(source, size: int, *, name: Path | None = None, label: str | None = None, keep: bool = False) -> Item:
     """One image (a path, bytes, a PIL image or an array: tsloc.data.images.load_image) decoded,
     upright and squashed to the model's input; `label` names it in errors when it is not a path."""
-    img = load_image(source, label)
-    path = Path(source) if isinstance(source, (str, Path)) else None
+    if isinstance(source, Path) and source == STDIN:
+        img, path = load_image(sys.stdin.buffer.read(), "standard input"), STDIN
+    else:
+        img = load_image(source, label)
+        path = Path(source) if isinstance(source, (str, Path)) else None
     return Item(path, name, img.size, to_input(img, size), img if keep else None)
 
 

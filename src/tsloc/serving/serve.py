@@ -43,10 +43,14 @@ CONFIG_ENV = "TSLOC_SERVE_CONFIG"  # how `--workers N` hands the options to each
 IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
                                        "properties": {"file": {"type": "string", "format": "binary"}}}},
-    "image/*": {"schema": {"type": "string", "format": "binary"}}}}}
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 ERRORS = {code: {"description": text, "content": {"application/json": {"example": {"error": "one line"}}}}
-          for code, text in ((400, "not an image, truncated, too many pixels, empty, or a form without 'file'"),
-                             (413, "a body over --max-bytes"), (415, "neither image/* nor multipart/form-data"))}
+          for code, text in ((400, "not an image, truncated, too many pixels, empty, a form without 'file', or a "
+                                   "query parameter unknown or out of range"),
+                             (413, "a body over --max-bytes"))}
+ANSWER_BOXES = "left, top, right, bottom in pixels of the upright image sent"  # what every answer's box is
+QUERY = {"top_k": int, "min_probability": float}  # what a request may set for itself (?top_k=3&min_probability=0.5)
 
 
 @dataclass
@@ -139,15 +143,20 @@ class Batcher:
                     f.set_result(result)
 
 
-async def _capped(stream, limit: int):
+async def _capped(request, limit: int):
     """The body's chunks, stopping with 413 as soon as more than `limit` bytes came (a chunked body
-    has no Content-Length to refuse it by)."""
-    seen = 0
-    async for chunk in stream:
+    has no Content-Length to refuse it by). `request.state.body_done` says whether its end was read."""
+    seen, request.state.body_done = 0, False
+    while not request.state.body_done:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise BadRequest(400, "the client went away before the body ended")
+        chunk, request.state.body_done = message.get("body", b""), not message.get("more_body", False)
         seen += len(chunk)
         if seen > limit:
             raise BadRequest(413, f"body over {limit} bytes (the server's --max-bytes)")
-        yield chunk
+        if chunk:
+            yield chunk
 
 
 DRAIN_BYTES = 256 * 1024 * 1024  # what an oversize body is read (and dropped) up to before its 413
@@ -158,7 +167,7 @@ async def drain(request, limit: int = DRAIN_BYTES) -> None:
     a client that is still sending when the answer comes (Python's urllib) then reads the 413 instead
     of a broken pipe. Past `limit` the connection is closed all the same."""
     seen = 0
-    while seen <= limit:
+    while seen <= limit and not getattr(request.state, "body_done", False):
         message = await request.receive()
         if message["type"] != "http.request":  # the client went away
             return
@@ -167,9 +176,26 @@ async def drain(request, limit: int = DRAIN_BYTES) -> None:
             return
 
 
+def query_options(request, top_k: int, min_probability: float) -> tuple[int, float]:
+    """A request's own `top_k` and `min_probability` (query parameters) over the server's; an unknown
+    parameter or a value out of range is a 400, not silently ignored."""
+    options = {"top_k": top_k, "min_probability": min_probability}
+    for key, value in request.query_params.items():
+        if key not in QUERY:
+            raise BadRequest(400, f"unknown query parameter {key!r} (known: {', '.join(QUERY)})")
+        try:
+            options[key] = QUERY[key](value)
+        except ValueError:
+            raise BadRequest(400, f"query parameter {key}={value!r}: not a number") from None
+    if options["top_k"] < 1 or not 0.0 <= options["min_probability"] <= 1.0:
+        raise BadRequest(400, f"query parameters: top_k must be at least 1 and min_probability 0 to 1, got "
+                              f"top_k={options['top_k']}, min_probability={options['min_probability']}")
+    return options["top_k"], options["min_probability"]
+
+
 async def read_image(request, max_bytes: int) -> tuple[bytes, str]:
     """The image bytes of a request, and a name for messages: a multipart field `file` (its file
-    name) or a raw image/* body."""
+    name) or the body itself (whatever its content type: the image is recognised by its bytes)."""
     from starlette.formparsers import MultiPartException, MultiPartParser
 
     length = request.headers.get("content-length")
@@ -178,7 +204,7 @@ async def read_image(request, max_bytes: int) -> tuple[bytes, str]:
     ctype = request.headers.get("content-type", "")
     mime = ctype.split(";")[0].strip().lower()
     if mime == "multipart/form-data":
-        parser = MultiPartParser(request.headers, _capped(request.stream(), max_bytes), max_files=1, max_fields=8)
+        parser = MultiPartParser(request.headers, _capped(request, max_bytes), max_files=1, max_fields=8)
         try:
             form = await parser.parse()
         except MultiPartException as exc:
@@ -190,11 +216,8 @@ async def read_image(request, max_bytes: int) -> tuple[bytes, str]:
             data, name = await upload.read(), upload.filename or "file"
         finally:
             await form.close()
-    elif mime.startswith("image/"):
-        data, name = b"".join([chunk async for chunk in _capped(request.stream(), max_bytes)]), RAW_BODY
-    else:
-        raise BadRequest(415, f"content type {ctype or '(none)'!r}: send an image/* body, or a multipart form "
-                              "with the image in a field named 'file'")
+    else:  # any other body is the image itself, recognised by its bytes whatever its content type says
+        data, name = b"".join([chunk async for chunk in _capped(request, max_bytes)]), RAW_BODY
     if not data:
         raise BadRequest(400, f"{name}: empty, no image in it")
     return data, name
@@ -233,6 +256,8 @@ def create_app(config: ServeConfig):
     from contextlib import asynccontextmanager
 
     from anyio import CapacityLimiter, to_thread
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from ..data.images import load_image
     from .api import Model
@@ -243,14 +268,18 @@ def create_app(config: ServeConfig):
                   min_probability=config.min_probability)
     size = model.meta["image_size"]
 
-    def run(items):
-        return model.predict_pixels(np.stack([it.pixels for it in items]), [it.size for it in items])
+    def run(entries):  # (item, top_k, min_probability) each: the options are the request's own
+        items = [e[0] for e in entries]
+        return model.predict_pixels(np.stack([it.pixels for it in items]), [it.size for it in items],
+                                    top_k=[e[1] for e in entries], min_probability=[e[2] for e in entries])
 
     batcher = Batcher(run, config.max_batch, config.max_wait_ms / 1000)
     decoders = CapacityLimiter(DECODERS)
 
     @asynccontextmanager
     async def lifespan(app):
+        log.info("serving %s: %d classes, %s%s", model.file, len(model.meta["class_names"]), model.backend.name,
+                 f"; detector {model.detector.name}" if model.detector is not None else "")
         batcher.start()
         yield
         await batcher.stop()
@@ -261,6 +290,15 @@ def create_app(config: ServeConfig):
     app.state.batcher, app.state.model, app.state.config = batcher, model, config
 
     app.add_middleware(OneLinePerRequest)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):  # 404, 405 and the like: the same one line as every other error
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
+        return _error(422, problems or "invalid request")
 
     async def decode(data: bytes, name: str, fn):
         try:
@@ -285,7 +323,8 @@ def create_app(config: ServeConfig):
             detector = {k: meta.get(k) for k in ("strides", "score_thresh", "topk", "nms_thresh", "max_detections")}
             detector |= {"backend": model.detector.name, "min_score": config.min_score,
                          "min_probability": config.detect_min_probability}
-        return {"model": model.info | {"file": model.file.name, "backend": model.backend.name},
+        return {"model": model.info | {"file": model.file.name, "backend": model.backend.name,
+                                       "box_format": ANSWER_BOXES},
                 "detector": detector,
                 "batching": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
                              "batches_run": dict(sorted(batcher.sizes.items()))},
@@ -295,13 +334,14 @@ def create_app(config: ServeConfig):
     async def predict(request: Request):
         """One image holding one sign: its class, probability, top-k and box in pixels of the upright image."""
         try:
+            top_k, floor = query_options(request, config.top_k, config.min_probability)
             data, name = await read_image(request, config.max_bytes)
             item = await decode(data, name, lambda d, n: prepare(d, size, label=n))
         except BadRequest as exc:
             if exc.status == 413:
                 await drain(request)
             return _error(exc.status, str(exc))
-        rec = await batcher(item)
+        rec = await batcher((item, top_k, floor))
         return JSONResponse(rec | {"path": None if name == RAW_BODY else name})  # no re-validation of a plain dict
 
     @app.post("/v1/detect", openapi_extra=IMAGE_BODY, responses=ERRORS | {404: {"description": "no detector served"}})
