@@ -8,6 +8,10 @@ holds how the stages read each other's outputs (their paths: tsloc.paths).
 """
 from __future__ import annotations
 
+from ..numerics import pin_cpu_kernels
+
+pin_cpu_kernels()  # before anything imports torch (so the imports below come after it): the stages compute alike on every x86 CPU
+
 import json
 import os
 import sys

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from ..data.frames import FrameFiles, boxes_and_sizes, load_scene_table, subset_frames
 from ..data.images import open_rgb
 from ..device import select_device
@@ -42,7 +44,8 @@ def run(params_file: str = "params.yaml") -> dict:
     resume.path.unlink(missing_ok=True)
     report = {"valid": {"frames": len(valid_paths), "ap50": scores["ap50"], "ap": scores["ap"]},
               "last_epoch": last, "train_minutes": round(minutes, 2), "train_frames": len(train_paths),
-              "device": str(device), "resumed_after_epoch": done}
+              "device": str(device), "threads": torch.get_num_threads(),
+              "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "resumed_after_epoch": done}
     write_json(DETECTOR_REPORT, report)
     write_json(DETECTOR_METRICS, {"valid": {"ap50": scores["ap50"], "ap": scores["ap"]}, "train_minutes": report["train_minutes"]})
     record_keys("detector_train", p)

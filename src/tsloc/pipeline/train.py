@@ -119,7 +119,8 @@ def _train(p, rt) -> dict | None:
     report = {"best_epoch": best["epoch"], "best_valid_loss": best["loss"], "loss_weight": ckpt["loss_weight"],
               "train_minutes": round(seconds / 60, 2), "train_seconds": round(seconds, 2),
               "seconds_per_epoch": round(seconds / t.epochs, 2),
-              "device": str(device), "threads": torch.get_num_threads(), "resumed_after_epoch": done}
+              "device": str(device), "threads": torch.get_num_threads(),
+              "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "resumed_after_epoch": done}
     if world.distributed or rt.precision != "fp32":  # new keys only where they say something
         report.update(processes=world.size, precision=rt.precision)
     write_json(TRAIN_REPORT, report)
