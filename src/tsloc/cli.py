@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                           f"kept AP50 within detector_export.max_ap50_loss, else {DETECTOR_ONNX}, else {DETECTOR}; "
                           "which one goes to stderr)")
     det.add_argument("--model", metavar="FILE",
-                     help=f"the crop model that names each detection, .onnx or .pt (default: {ONNX} if it exists, "
-                          f"else {MODEL})")
+                     help=f"the crop model that names each detection, .onnx or .pt, or a ready model (default: {ONNX} "
+                          f"if it exists, else {MODEL}, else the ready belgiumtsc)")
     det.add_argument("--min-score", type=float, metavar="S",
                      help="the detector's score a detection needs, 0 to 1 (default: detect.min_score in params.yaml, "
                           "else 0.3)")
@@ -243,17 +243,18 @@ def detect(args) -> int:
     from .serving.backend import default_detector, load_backend, load_detector, pick_device
     from .serving.detect import detect_files
     from .serving.find import Finder
-    from .serving.ready import resolve
+    from .serving.ready import default_model, resolve
     point = _detect_params(args.params)
     min_score = point.min_score if args.min_score is None else args.min_score
     min_probability = point.min_probability if args.min_probability is None else args.min_probability
     _probability(min_score, "--min-score")
     _probability(min_probability)
-    files = (args.detector or default_detector(), resolve(args.model) if args.model else first_existing(ONNX, MODEL))
+    files = (args.detector or default_detector(),
+             resolve(args.model) if args.model else default_model(first_existing(ONNX, MODEL))[0])
     device = pick_device(args.device, files)
     detector, namer = load_detector(files[0], device), load_backend(files[1], device)
     if args.detector is None or args.model is None:
-        print(f"tsloc detect: detector {detector.name}, namer {namer.name}", file=sys.stderr)
+        print(f"tsloc detect: detector {files[0]} ({detector.name}), namer {files[1]} ({namer.name})", file=sys.stderr)
     finder = Finder(detector, namer)
     return _over_files("detect", lambda: detect_files(finder, args.paths, min_score=min_score,
                                                       min_probability=min_probability, fmt=args.format,
