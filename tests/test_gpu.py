@@ -18,9 +18,10 @@ from tsloc.crops.runtime import Runtime, resolve_precision
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def test_precision_auto_is_fp32_on_the_cpu_and_fp16_needs_cuda():
+def test_precision_auto_is_fp32_on_every_device_and_fp16_needs_cuda():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"  # measured faster for this network (runtime)
     assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
     with pytest.raises(DataError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", cpu)
@@ -144,7 +145,7 @@ def test_cuda_fit_with_auto_precision_learns():
     history = []
     fit(net, data, TrainParams(epochs=2, batch_size=8, seed=0, box_loss="l1+giou", loss_balance="fixed"), image_size=64,
         rt=rt, log=lambda e, row, _: history.append(row))
-    assert rt.precision in ("bf16", "fp16") and all(np.isfinite(r["train"]["loss"]) for r in history)
+    assert rt.precision == "fp32" and all(np.isfinite(r["train"]["loss"]) for r in history)
 
 
 # --- The pipeline itself on CUDA: every stage of dvc.yaml, run as DVC runs them (their `cmd`, in order; no
