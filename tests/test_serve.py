@@ -289,7 +289,7 @@ def live_server(model_file):
 
 
 def test_every_client_reads_the_413_of_a_body_over_the_limit(live_server, tmp_path):
-    """A 4 MB body against --max-bytes 64 KiB: urllib (raw, multipart, chunked), httpx and curl all
+    """A 4 MB body against --max-bytes 64 KiB: urllib (raw, multipart, chunked), httpx, requests and curl all
     read the 413 and its one line of JSON. Answered before the body is read and closed, urllib (still
     sending) got a broken pipe instead: the server now reads and drops the rest first."""
     import shutil
@@ -316,6 +316,9 @@ def test_every_client_reads_the_413_of_a_body_over_the_limit(live_server, tmp_pa
     }
     r = httpx.post(live_server, content=big, headers={"Content-Type": "image/png"}, timeout=30)
     answers["httpx raw"] = r.status_code, r.json()
+    import requests
+    r = requests.post(live_server, files={"file": ("big.png", big, "image/png")}, timeout=30)
+    answers["requests multipart"] = r.status_code, r.json()
     if shutil.which("curl"):
         (tmp_path / "big.png").write_bytes(big)
         for name, args in (("curl raw", ["--data-binary", f"@{tmp_path / 'big.png'}", "-H", "Content-Type: image/png"]),
