@@ -320,7 +320,7 @@ def test_detect_with_onnx_files_runs_without_torch(tmp_path, onnx_detector, onnx
             "from tsloc.cli import main\nsys.exit(main(['detect', 'f.png', '--min-probability', '0']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "detector onnxruntime fp32, namer onnxruntime fp32" in proc.stderr
+    assert "detector models/detector.onnx (onnxruntime fp32), namer models/model.onnx (onnxruntime fp32)" in proc.stderr
     record = json.loads(proc.stdout)
     assert (record["width"], record["height"]) == (140, 90) and record["detections"], record
     assert all(d["class_id"] == 3 for d in record["detections"])  # the stub crop model's answer
