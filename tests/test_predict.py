@@ -285,3 +285,11 @@ def test_decoding_runs_ahead_in_order_and_in_bounded_memory(tmp_path, monkeypatc
 def test_batch_size_is_bounded(images, tmp_path):
     proc = _predict(images / "a.ppm", "--batch-size", "257", model=_stub(tmp_path / "stub.pt"))
     assert proc.returncode == 2 and "--batch-size must be between 1 and 256" in proc.stderr and proc.stdout == ""
+
+
+def test_detect_with_no_detector_says_how_to_get_one(images, tmp_path):
+    """A fresh install: no models/ at all. One line saying how to get a detector, not a traceback (an
+    install without PyTorch used to fail importing torch for the missing .pt's name)."""
+    proc = run_cli("detect", images / "a.ppm", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert "models/detector.pt: no detector here; train one with `dvc repro detector_train`" in proc.stderr

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from .describe import package_version
-from .errors import UsageError
+from .errors import ModelFileError, UsageError
 from .guard import guarded, print_json
 from .paths import (
     DETECTOR,
@@ -251,6 +252,9 @@ def detect(args) -> int:
     _probability(min_probability)
     files = (args.detector or default_detector(),
              resolve(args.model) if args.model else default_model(first_existing(ONNX, MODEL))[0])
+    if args.detector is None and not Path(files[0]).is_file():
+        raise ModelFileError(f"{files[0]}: no detector here; train one with `dvc repro detector_train` (the "
+                             "Quickstart's `dvc repro` does), or give one with --detector (no ready detector ships yet)")
     device = pick_device(args.device, files)
     detector, namer = load_detector(files[0], device), load_backend(files[1], device)
     if args.detector is None or args.model is None:

@@ -16,7 +16,11 @@ from ..paths import DETECTOR, DETECTOR_INT8, DETECTOR_ONNX, first_existing
 
 def pick_device(device: str, files) -> object:
     """`--device` for these model files: `auto` with ONNX files only asks ONNX Runtime, so PyTorch is
-    never imported; any other choice (or a `.pt` file) is PyTorch's, checked (tsloc.device)."""
+    never imported; any other choice (or a `.pt` file) is PyTorch's, checked (tsloc.device). A missing
+    file is said first: an install without PyTorch would otherwise fail importing it for a `.pt` name."""
+    for f in files:
+        if not Path(f).is_file():
+            raise ModelFileError(f"{f}: model file not found")
     if device == "auto" and all(Path(f).suffix.lower() == ".onnx" for f in files):
         from ..onnxfile import auto_device
         return auto_device()
