@@ -17,24 +17,8 @@ from pathlib import Path
 from .describe import package_version
 from .errors import ModelFileError, UsageError
 from .guard import guarded, print_json
-from .paths import (
-    DETECTOR,
-    DETECTOR_INT8,
-    DETECTOR_ONNX,
-    EVALUATE_METRICS,
-    EVALUATE_REPORT,
-    EXPORT_REPORT,
-    INT8,
-    METADATA,
-    MODEL,
-    MODEL_CARD,
-    ONNX,
-    RESUME,
-    SCENE_SPLIT,
-    SCENE_TABLE,
-    SPLIT_TABLE,
-    first_existing,
-)
+from .paths import (DETECTOR, DETECTOR_INT8, DETECTOR_ONNX, EVALUATE_METRICS, EVALUATE_REPORT, EXPORT_REPORT, INT8,
+                    METADATA, MODEL, MODEL_CARD, ONNX, RESUME, SCENE_SPLIT, SCENE_TABLE, SPLIT_TABLE, first_existing)
 
 STAGES = {
     "ingest": f"read the data set (data.source, data.format) into {METADATA} and the class list",
@@ -234,8 +218,6 @@ def _over_files(command: str, work) -> int:
 
 def _detect_params(params: str):
     """The operating point (detect.*) of params.yaml where there is one, else its defaults."""
-    from pathlib import Path
-
     from .params import DetectParams, load_params
     return load_params(params).detect if Path(params).is_file() else DetectParams()
 
@@ -301,15 +283,11 @@ def _table(table, csv: str | None, write_csv) -> None:
 
 
 def synthetic(args) -> None:
-    from pathlib import Path
-
     from .data.synthetic import generate
     generate(Path(args.out), size=args.size, seed=args.seed, fmt=args.format)
 
 
 def scene_signs(args) -> None:
-    from pathlib import Path
-
     import pandas as pd
 
     from .data.frames import load_scene_table

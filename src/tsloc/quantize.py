@@ -51,13 +51,8 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *,
     `symbolic_shapes=False` skips ONNX Runtime's symbolic shape inference, which gives up on a graph
     that pads a frame of any size (ONNX's own shape inference still runs)."""
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not len(calibration):

@@ -16,7 +16,7 @@ from ..data.images import open_rgb, to_input
 
 def predict_images(backend, images: np.ndarray, batch_size: int = 64) -> dict:
     """Class probabilities and valid relative boxes for uint8 images (N, S, S, 3), from any backend
-    (tsloc.crops.inference.load_backend: the `.pt` model or an ONNX export)."""
+    (tsloc.serving.backend.load_backend: the `.pt` model or an ONNX export)."""
     probs, boxes = [], []
     for start in tqdm(range(0, len(images), batch_size), desc="predict", unit="batch", leave=False):
         p, b = backend(np.asarray(images[start:start + batch_size]))

@@ -17,9 +17,8 @@ import pandas as pd
 
 from ..errors import DataError
 from .images import image_size
-from .table import COLUMNS as METADATA_COLUMNS
-from .table import SIDES as SPLITS
-from .table import Dataset, check_box, files_digest, map_threads, packaged_names
+from .table import (COLUMNS as METADATA_COLUMNS, SIDES as SPLITS, Dataset, check_box, files_digest, map_threads,
+                    packaged_names)
 
 COLUMNS = ["Filename", "Width", "Height", "Roi.X1", "Roi.Y1", "Roi.X2", "Roi.Y2", "ClassId"]
 NAME_RE = re.compile(r"^(\d{5})_(\d{5})\.\w+$")

@@ -40,13 +40,6 @@ def open_rgb(path, name: str | None = None) -> Image.Image:
     """Any image Pillow reads (a path, or a binary file object such as an upload's bytes), upright and
     RGB. Raises DataError naming the file (or `name`) when it is unreadable or too large."""
     label = name or path
-    if isinstance(path, (str, Path)):  # the commonest mistakes, said plainly before Pillow says them its way
-        if not Path(path).exists():
-            raise DataError(f"{label}: no such file")
-        if Path(path).is_dir():
-            raise DataError(f"{label}: a folder, not an image file")
-        if Path(path).stat().st_size == 0:
-            raise DataError(f"{label}: empty file (0 bytes)")
     try:
         with Image.open(path) as img:  # reads the header only
             limit = Image.MAX_IMAGE_PIXELS
@@ -57,7 +50,13 @@ def open_rgb(path, name: str | None = None) -> Image.Image:
             return _upright_rgb(img)
     except Image.DecompressionBombError as exc:
         raise DataError(f"{label}: image too large to decode ({exc})") from exc
+    except FileNotFoundError as exc:  # the commonest mistakes, said plainly rather than as Pillow says them
+        raise DataError(f"{label}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"{label}: a folder, not an image file") from exc
     except Image.UnidentifiedImageError as exc:  # its message names a BytesIO object for uploaded bytes
+        if isinstance(path, (str, Path)) and Path(path).stat().st_size == 0:
+            raise DataError(f"{label}: empty file (0 bytes)") from exc
         raise DataError(f"{label}: unreadable image (not in an image format Pillow reads)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{label}: unreadable image ({exc})") from exc

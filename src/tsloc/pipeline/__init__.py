@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..numerics import pin_cpu_kernels
 
-pin_cpu_kernels()  # before anything imports torch (so the imports below come after it): the stages compute alike on every x86 CPU
+pin_cpu_kernels()  # before anything imports torch, hence above the imports below (tsloc.numerics)
 
 import json
 import os

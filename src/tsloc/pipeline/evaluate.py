@@ -5,32 +5,13 @@ import json
 from pathlib import Path
 
 from ..crops.checkpoint import check_fits
-from ..crops.evaluation import (
-    class_table,
-    class_table_markdown,
-    constant_box,
-    evaluate_subset,
-    headline,
-    predict_images,
-    shifted_metrics,
-    shifted_views,
-)
+from ..crops.evaluation import (class_table, class_table_markdown, constant_box, evaluate_subset, headline,
+                                predict_images, shifted_metrics, shifted_views)
 from ..crops.model_card import model_card
 from ..device import select_device
 from ..io import atomic_path, write_csv, write_json
-from ..paths import (
-    CLASS_ACCURACY,
-    EVALUATE_METRICS,
-    EVALUATE_PLOTS,
-    EVALUATE_REPORT,
-    IMAGE_STORE,
-    INGEST_REPORT,
-    MODEL,
-    MODEL_CARD,
-    PREDICTIONS,
-    SPLIT_REPORT,
-    SPLIT_TABLE,
-)
+from ..paths import (CLASS_ACCURACY, EVALUATE_METRICS, EVALUATE_PLOTS, EVALUATE_REPORT, IMAGE_STORE, INGEST_REPORT,
+                     MODEL, MODEL_CARD, PREDICTIONS, SPLIT_REPORT, SPLIT_TABLE)
 from ..serving.backend import load_backend
 from . import load, record_keys, subset_rows, tracked_params
 

@@ -23,17 +23,8 @@ from ..data.frames import BOX, NO_SIGN, decode_frame, load_scene_table, subset_f
 from ..device import select_device
 from ..errors import DataError
 from ..io import write_csv, write_figure, write_json
-from ..paths import (
-    DETECTOR,
-    MODEL,
-    SCENE_CLASSES,
-    SCENE_SPLIT,
-    SCENES_DETECTIONS,
-    SCENES_GALLERY,
-    SCENES_METRICS,
-    SCENES_PLOTS,
-    SCENES_REPORT,
-)
+from ..paths import (DETECTOR, MODEL, SCENE_CLASSES, SCENE_SPLIT, SCENES_DETECTIONS, SCENES_GALLERY, SCENES_METRICS,
+                     SCENES_PLOTS, SCENES_REPORT)
 from ..scenes.evaluation import recall_at, score_scenes
 from ..serving.backend import load_backend, load_detector
 from ..serving.find import Finder

@@ -99,7 +99,8 @@ class OnnxDetector:
             raise ModelFileError(f"{path}: a tsloc crop model, not a detector (give it as --model; the detector is "
                                  "models/detector.onnx)")
         self.name = f"onnxruntime {self.meta['export']['precision']}"
-        m = self.meta
+        from ..scenes.decode import decode  # NumPy only; imported here so that crop-model stages do not load it
+        self.decode, m = decode, self.meta
         self.post = {"score_thresh": m["score_thresh"], "topk": m["topk"], "nms_thresh": m["nms_thresh"],
                      "max_detections": m["max_detections"]}
 
@@ -110,5 +111,4 @@ class OnnxDetector:
         h, w = frame.shape[:2]
         scores, distances = self.session.run(None, {"frame": np.ascontiguousarray(frame, dtype=np.uint8)})
         post = self.post | {"score_thresh": max(self.post["score_thresh"], min_score)}
-        from ..scenes.decode import decode
-        return decode(scores, distances, h, w, self.meta["strides"], **post)
+        return self.decode(scores, distances, h, w, self.meta["strides"], **post)

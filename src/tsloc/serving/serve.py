@@ -143,15 +143,21 @@ class Batcher:
                     f.set_result(result)
 
 
-async def _capped(request, limit: int):
-    """The body's chunks, stopping with 413 as soon as more than `limit` bytes came (a chunked body
-    has no Content-Length to refuse it by). `request.state.body_done` says whether its end was read."""
-    seen, request.state.body_done = 0, False
-    while not request.state.body_done:
+async def _chunks(request):
+    """The body's chunks as they arrive, read once: `request.state.body_done` says whether its end came."""
+    while not getattr(request.state, "body_done", False):
         message = await request.receive()
         if message["type"] != "http.request":
             raise BadRequest(400, "the client went away before the body ended")
-        chunk, request.state.body_done = message.get("body", b""), not message.get("more_body", False)
+        request.state.body_done = not message.get("more_body", False)
+        yield message.get("body", b"")
+
+
+async def _capped(request, limit: int):
+    """The body's chunks, stopping with 413 as soon as more than `limit` bytes came (a chunked body
+    has no Content-Length to refuse it by)."""
+    seen = 0
+    async for chunk in _chunks(request):
         seen += len(chunk)
         if seen > limit:
             raise BadRequest(413, f"body over {limit} bytes (the server's --max-bytes)")
@@ -167,13 +173,13 @@ async def drain(request, limit: int = DRAIN_BYTES) -> None:
     a client that is still sending when the answer comes (Python's urllib) then reads the 413 instead
     of a broken pipe. Past `limit` the connection is closed all the same."""
     seen = 0
-    while seen <= limit and not getattr(request.state, "body_done", False):
-        message = await request.receive()
-        if message["type"] != "http.request":  # the client went away
-            return
-        seen += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
+    try:
+        async for chunk in _chunks(request):
+            seen += len(chunk)
+            if seen > limit:
+                return
+    except BadRequest:  # the client went away: nobody to answer
+        return
 
 
 def query_options(request, top_k: int, min_probability: float) -> tuple[int, float]:
