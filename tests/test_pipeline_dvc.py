@@ -58,7 +58,7 @@ def repo(tmp_path_factory):
     # and into every recipe that sets them.
     small = {("data", "synthetic", "size"): 250, ("data", "image_size"): 64, ("train", "epochs"): 3,
              ("scenes", "synthetic", "frames"): 40, ("detector", "epochs"): 2,
-             ("detector_export", "calibration_frames"): 8}
+             ("detector_export", "calibration_frames"): 8, ("drive", "seconds"): 4.0}
     for path in [dst / "conf" / "config.yaml", *(dst / "conf" / "recipe").glob("*.yaml")]:
         config = yaml.safe_load(path.read_text())
         for keys, value in small.items():
@@ -147,11 +147,14 @@ def test_declared_code_deps_match_the_modules_loaded(repo):
     ("crops/model.py", {"train", "evaluate", "export", "scenes_evaluate"}),  # the network: not the backbone's features pass
     ("backbone.py", {"features", "train", "evaluate", "export", "detector_train", "detector_export",
                      "scenes_evaluate"}),
-    ("onnxfile.py", {"evaluate", "export", "detector_export", "scenes_evaluate"}),
+    ("onnxfile.py", {"evaluate", "export", "detector_export", "scenes_evaluate", "drive_evaluate"}),
     ("scenes/split.py", {"scenes_split"}),                # the scene branch: apart from the crop branch
-    ("scenes/decode.py", {"detector_export"}),            # the ONNX detector's decoding: not the PyTorch path
+    ("scenes/decode.py", {"detector_export", "drive_evaluate"}),  # the ONNX detector's decoding: not the PyTorch path
+    ("scenes/drive.py", {"drive_ingest"}),               # the synthetic drive: not its scoring
+    ("serving/inventory.py", {"drive_evaluate"}),
     ("paths.py", {"ingest", "split", "features", "train", "evaluate", "export", "visualize", "scenes_ingest",
-                  "scenes_split", "detector_train", "detector_export", "scenes_evaluate"}),
+                  "scenes_split", "detector_train", "detector_export", "scenes_evaluate", "drive_ingest",
+                  "drive_evaluate"}),
 ])
 def test_editing_a_module_changes_only_the_stages_that_use_it(repo, module, changed):
     """What DVC sees after an edit (`dvc status`), in the reproduced copy: the stages whose code it is."""
@@ -186,14 +189,15 @@ def test_scene_params_rerun_only_the_scene_stages(repo):
 
     def ran(proc):
         return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran(_run([BIN / "dvc", "exp", "run", "-S", "detect.min_score=0.5"], dst, env)) == {"scenes_evaluate"}
+    assert ran(_run([BIN / "dvc", "exp", "run", "-S", "detect.min_score=0.5"], dst, env)) == {"scenes_evaluate",
+                                                                                             "drive_evaluate"}
     # each `exp run` composes params.yaml afresh: detect.min_score given again, or scenes_evaluate reruns
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "detect.min_score=0.5", "-S", "detector_export.calibration_frames=4"],
-                    dst, env)) == {"detector_export"}
+                    dst, env)) == {"detector_export", "drive_evaluate"}
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "scenes.seed=3"], dst, env)) == \
-        {"scenes_split", "detector_train", "detector_export", "scenes_evaluate"}
+        {"scenes_split", "detector_train", "detector_export", "scenes_evaluate", "drive_evaluate"}
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "scenes.synthetic.frames=30"], dst, env)) == \
-        {"scenes_ingest", "scenes_split", "detector_train", "detector_export", "scenes_evaluate"}
+        {"scenes_ingest", "scenes_split", "detector_train", "detector_export", "scenes_evaluate", "drive_evaluate"}
     assert json.loads((dst / "reports" / "scenes_ingest.json").read_text())["Training"]["frames"] == 30
     assert set(json.loads((dst / "metrics" / "scenes.json").read_text())["test"]) == \
         {"find_ap50", "map50", "map", "recall", "frames_per_second"}
@@ -263,10 +267,11 @@ def test_exp_run_lr_reruns_train_evaluate_visualize(repo):
     _run(["git", "commit", "-qm", "baseline"], dst, env)
     proc = _run([BIN / "dvc", "exp", "run", "-S", "train.lr=0.0005"], dst, env)
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "export", "visualize", "scenes_evaluate"}  # the namer changed too
+    assert ran == {"train", "evaluate", "export", "visualize", "scenes_evaluate", "drive_evaluate"}  # the namer too
     diff = json.loads(_run([BIN / "dvc", "metrics", "diff", "--json"], dst, env).stdout)
     assert "metrics/evaluate.json" in diff  # (train_minutes may round to the same 0.01 min)
-    assert set(diff) <= {"metrics/evaluate.json", "metrics/train.json", "metrics/scenes.json"}  # reports are not metrics
+    assert set(diff) <= {"metrics/evaluate.json", "metrics/train.json", "metrics/scenes.json",
+                         "metrics/drive.json"}  # reports are not metrics
     show = _run([BIN / "dvc", "exp", "show", "--csv"], dst, env).stdout
     assert "0.0005" in show
     out = dst / "plots_html"
@@ -283,7 +288,7 @@ def test_exp_run_spatial_head_and_class_weights(repo):
                  "-S", "train.box_weights=none", "-S", "train.start_size=64", "-S", "train.ema_decay=0.99",
                  "-S", "train.eval_every=2", "-S", "train.keep=last"], dst, env)
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "export", "visualize", "scenes_evaluate"}
+    assert ran == {"train", "evaluate", "export", "visualize", "scenes_evaluate", "drive_evaluate"}
     ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
     assert ckpt["box_head"] == "spatial" and "box.1.weight" in ckpt["state_dict"]  # the 1x1 convolution
     assert 0.0 <= json.loads((dst / "metrics" / "evaluate.json").read_text())["test_shifted"]["mean_iou"] <= 1.0
@@ -438,6 +443,9 @@ def test_exp_run_on_each_synthetic_format(repo, fmt, classes, first_name):
     else:  # the default scenes' classes are the BelgiumTSC twin's: this crop model cannot name them, so
         # the scene branch scores finding alone (naming null) and the experiment does not fail for it.
         assert scores["map50"] is None and 0 <= scores["find_ap50"] <= 1
+    # the drive's signs are the BelgiumTSC twin's: tracking and counting scored, their classes not
+    drive = json.loads((dst / "metrics" / "drive.json").read_text())
+    assert drive["inventory"]["class_accuracy"] is None and 0 <= drive["inventory"]["recall"] <= 1
     import io
     show = pd.read_csv(io.StringIO(_run([BIN / "dvc", "exp", "show", "--csv"], dst, env).stdout))
     row = show[show["Experiment"] == f"syn-{fmt}"].iloc[0]  # the data reports are no DVC metrics

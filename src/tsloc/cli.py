@@ -38,6 +38,9 @@ STAGES = {
                        "detector on the validation frames (reports/detector_export.json)",
     "scenes_evaluate": "find and name the signs of the test frames: COCO's AP, recall, frames per second "
                        "(metrics/scenes.json), precision-recall curves, a gallery",
+    "drive_ingest": "write the synthetic drive (drive.*): a dashcam video with its true tracks (data/drive/raw)",
+    "drive_evaluate": "tsloc detect --track --inventory on the drive: IDF1, identity switches, the inventory's "
+                      "precision, recall and class accuracy (metrics/drive.json), a timeline",
 }
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N"
 
@@ -70,11 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=32, help="images per inference call, 1 to 256 (default: 32)")
     pred.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
 
-    det = sub.add_parser("detect", help="find and name every sign in camera frames (files and folders)",
+    det = sub.add_parser("detect", help="find and name every sign in camera frames or a dashcam video",
                          description="Find every sign in each frame (the detector), name it and refine its box (the "
                                      "crop model): one JSON line (or CSV rows) per frame, boxes in pixels of the "
-                                     "upright frame.")
-    det.add_argument("paths", nargs="+", metavar="FRAME", help="frame files, or folders searched recursively")
+                                     "upright frame. A video (any container FFmpeg reads: .mp4, .mkv, .mov, ...): "
+                                     "one line per frame with its index and time; --track gives each sign a track "
+                                     "id and --inventory writes one row per physical sign.")
+    det.add_argument("paths", nargs="+", metavar="FRAME", help="frame files, folders searched recursively, or one video")
     det.add_argument("--detector", metavar="FILE",
                      help=f"the detector, .onnx (ONNX Runtime) or .pt (default: the pipeline's: {DETECTOR_INT8} where it "
                           f"kept AP50 within detector_export.max_ap50_loss, else {DETECTOR_ONNX}, else {DETECTOR}; "
@@ -90,8 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "detect.min_probability in params.yaml, else 0.5)")
     det.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
                      help="jsonl: one JSON object per frame; csv: a row per detection (default: jsonl)")
-    det.add_argument("--draw", metavar="DIR", help="also write each frame with its boxes and names to DIR")
+    det.add_argument("--draw", metavar="DIR", help="also write each frame with its boxes and names to DIR (a video: "
+                                                   "to this video file, e.g. out.mp4)")
     det.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default: auto)")
+    vid = det.add_argument_group("video")
+    vid.add_argument("--track", action="store_true",
+                     help="give each detection a track id, one per physical sign (ByteTrack; track.* in params.yaml)")
+    vid.add_argument("--inventory", metavar="CSV", help="write one row per physical sign to CSV (class by the vote of "
+                     "its views, first and last time, best view), its crop into a folder beside it (implies --track)")
+    vid.add_argument("--every", type=int, default=1, metavar="N", help="search every Nth frame only (default: 1)")
 
     srv = sub.add_parser("serve", help="the model behind an HTTP API, with a page to try it (FastAPI, uvicorn)",
                          description="Serve the model: POST /v1/predict (an image), POST /v1/detect (a street frame, "
@@ -217,9 +229,11 @@ def _over_files(command: str, work) -> int:
 
 
 def _detect_params(params: str):
-    """The operating point (detect.*) of params.yaml where there is one, else its defaults."""
-    from .params import DetectParams, load_params
-    return load_params(params).detect if Path(params).is_file() else DetectParams()
+    """The operating point (detect.*) and the tracking settings (track.*) of params.yaml where there
+    is one, else their defaults."""
+    from .params import Params, load_params
+    p = load_params(params) if Path(params).is_file() else Params()
+    return p.detect, p.track
 
 
 def detect(args) -> int:
@@ -227,7 +241,8 @@ def detect(args) -> int:
     from .serving.detect import detect_files
     from .serving.find import Finder
     from .serving.ready import default_model, resolve
-    point = _detect_params(args.params)
+    point, track = _detect_params(args.params)
+    video = _video_args(args)
     min_score = point.min_score if args.min_score is None else args.min_score
     min_probability = point.min_probability if args.min_probability is None else args.min_probability
     _probability(min_score, "--min-score")
@@ -242,9 +257,38 @@ def detect(args) -> int:
     if args.detector is None or args.model is None:
         print(f"tsloc detect: detector {files[0]} ({detector.name}), namer {files[1]} ({namer.name})", file=sys.stderr)
     finder = Finder(detector, namer)
+    if video:
+        from .serving.detect import VIDEO_CSV_FIELDS, RecordWriter, detect_video
+        track = track if args.track or args.inventory else None
+        detect_video(finder, video, min_score=min_score, min_probability=min_probability, every=args.every,
+                     track=track, inventory=args.inventory, draw_to=args.draw,
+                     emit=RecordWriter(sys.stdout, args.format, VIDEO_CSV_FIELDS), progress=sys.stderr.isatty())
+        return 0
     return _over_files("detect", lambda: detect_files(finder, args.paths, min_score=min_score,
                                                       min_probability=min_probability, fmt=args.format,
                                                       draw_dir=args.draw))
+
+
+def _video_args(args) -> str | None:
+    """The video `tsloc detect` was given (one, alone), or None for frames; the video flags need one."""
+    from .video import is_video
+    videos = [p for p in args.paths if is_video(p)]
+    if videos and len(args.paths) > 1:
+        raise UsageError(f"give one video at a time, without frames ({len(args.paths)} paths given, "
+                         f"{len(videos)} of them video)")
+    if args.every < 1:
+        raise UsageError(f"--every must be at least 1, not {args.every}")
+    if not videos:
+        used = [flag for flag, on in (("--track", args.track), ("--inventory", args.inventory),
+                                      ("--every", args.every != 1)) if on]
+        if used:
+            raise UsageError(f"{', '.join(used)}: for a video (.mp4, .mkv, .mov, ...), not frames")
+        return None
+    if args.draw and not is_video(args.draw):
+        raise UsageError(f"--draw with a video writes a video: name it .mp4 (or .mkv, .mov), not {args.draw!r}")
+    if args.inventory and Path(args.inventory).suffix.lower() != ".csv":
+        raise UsageError(f"--inventory writes a CSV file: name it .csv, not {args.inventory!r}")
+    return videos[0]
 
 
 def serve(args) -> None:
@@ -255,7 +299,7 @@ def serve(args) -> None:
                              ("--max-wait-ms", args.max_wait_ms, 0), ("--port", args.port, 0)):
         if value < low:
             raise UsageError(f"{flag} must be at least {low}, not {value}")
-    point = _detect_params(args.params)
+    point, _ = _detect_params(args.params)
     config = ServeConfig(model=args.model, detector=args.detector, device=args.device, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, max_bytes=args.max_bytes, top_k=args.top_k,
                          min_probability=_probability(args.min_probability), min_score=point.min_score,

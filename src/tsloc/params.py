@@ -187,6 +187,30 @@ class DetectParams:
 
 
 @dataclass(frozen=True)
+class TrackParams:
+    """Signs over a video (`tsloc detect VIDEO --track`, the drive_evaluate stage): ByteTrack's thresholds
+    and the inventory's (tsloc.serving.inventory)."""
+    high_score: float = ranged(0.5, ge=0, le=1)    # a detection scoring this matches tracks first (ByteTrack's high band)
+    new_score: float = ranged(0.5, ge=0, le=1)     # ... and may start a track
+    min_iou: float = ranged(0.1, gt=0, le=1)       # the least overlap with a track's predicted box that matches it
+    lost_seconds: float = ranged(1.0, gt=0)        # a track unseen this long ends
+    min_frames: int = ranged(2, ge=1)              # consecutive frames a track needs before it gets an id
+    min_views: int = ranged(3, ge=1)               # views a track needs to be an inventory row
+
+
+@dataclass(frozen=True)
+class DriveParams:
+    """The synthetic drive (tsloc.scenes.drive): the video default that the drive_evaluate stage scores."""
+    seconds: float = ranged(10.0, gt=0)
+    fps: int = ranged(15, ge=1)
+    signs: int = ranged(8, ge=1)
+    seed: int = ranged(0, **SEED)
+    width: int = ranged(800, ge=160)
+    height: int = ranged(480, ge=160)
+    every: int = ranged(1, ge=1)                   # every Nth frame is searched (tsloc detect --every)
+
+
+@dataclass(frozen=True)
 class Params:
     recipe: str = "notebook"      # the name of the recipe composed into params.yaml (conf/recipe/<name>.yaml)
     data: DataParams = field(default_factory=DataParams)
@@ -199,6 +223,8 @@ class Params:
     detector: DetectorParams = field(default_factory=DetectorParams)
     detector_export: DetectorExportParams = field(default_factory=DetectorExportParams)
     detect: DetectParams = field(default_factory=DetectParams)
+    track: TrackParams = field(default_factory=TrackParams)
+    drive: DriveParams = field(default_factory=DriveParams)
 
 
 def _range(key: str, value, meta) -> None:

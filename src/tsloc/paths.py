@@ -61,6 +61,18 @@ SCENES_PLOTS = Path("plots/scenes")          # precision-recall curves (csv, for
 SCENES_GALLERY = Path("plots/scenes_gallery.png")
 SCENES_DETECTIONS = SCENES / "detections_test.csv"
 
+# the drive: a video with true tracks (the synthetic drive), tracked and made into an inventory
+DRIVE = Path("data/drive")
+DRIVE_RAW = DRIVE / "raw"                   # the video, its true tracks and classes (the synthetic drive's)
+DRIVE_VIDEO = DRIVE_RAW / "drive.mp4"
+DRIVE_TRUTH = DRIVE_RAW / "tracks.csv"      # frame, time, track_id, class_id, left, top, right, bottom
+DRIVE_CLASSES = DRIVE_RAW / "classes.csv"
+DRIVE_INVENTORY = DRIVE / "inventory.csv"   # one row per sign found; its crops in DRIVE / "inventory"
+DRIVE_TRACKS = DRIVE / "tracks_found.csv"   # every tracked detection of every searched frame
+DRIVE_METRICS = Path("metrics/drive.json")
+DRIVE_REPORT = Path("reports/drive_evaluate.json")
+DRIVE_TIMELINE = Path("plots/drive_timeline.png")
+
 
 def repo_root(cwd: Path | None = None) -> Path:
     """The repository a relative `data.path` is taken from.

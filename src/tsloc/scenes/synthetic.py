@@ -39,7 +39,7 @@ def category(class_id: int) -> str:
     return "other"
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+def street_background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     horizon = int(height * rng.uniform(0.35, 0.55))
     sky0, sky1 = rng.uniform([120, 150, 190], [200, 220, 255]), rng.uniform([170, 190, 210], [240, 245, 255])
     ramp = np.linspace(0, 1, horizon)[:, None]
@@ -86,7 +86,7 @@ def _free(box, taken, gap: int = 4) -> bool:
 
 def render_frame(rng: np.random.Generator, width: int, height: int, classes: int = NUM_CLASSES):
     """One frame and its signs: (image, [(class_id, (left, top, right, bottom)), ...])."""
-    frame = _background(rng, width, height)
+    frame = street_background(rng, width, height)
     count = 0 if rng.random() < EMPTY_SHARE else int(rng.choice([1, 1, 1, 2, 2, 3, 4, 5, 6]))
     signs, taken = [], []
     for _ in range(count * 10):
@@ -137,10 +137,14 @@ def generate(out: Path, frames: int = 120, seed: int = 0, width: int = 800, heig
         if not signs:
             rows.append({"path": name, "label": "", "left": "", "top": "", "right": "", "bottom": ""})
     write_csv(out / "manifest.csv", pd.DataFrame(rows, columns=["path", "label", "left", "top", "right", "bottom"]))
-    names = packaged_names("belgiumtsc")[:NUM_CLASSES]
-    write_csv(out / "classes.csv", pd.DataFrame({"class_id": range(NUM_CLASSES), "name": names,
-                                                 "category": [category(c) for c in range(NUM_CLASSES)]}))
+    write_csv(out / "classes.csv", scene_classes())
     return out / "manifest.csv"
+
+
+def scene_classes() -> pd.DataFrame:
+    """The synthetic signs' classes (the crop default's 62: ids, names) with their categories."""
+    return pd.DataFrame({"class_id": range(NUM_CLASSES), "name": packaged_names("belgiumtsc")[:NUM_CLASSES],
+                         "category": [category(c) for c in range(NUM_CLASSES)]})
 
 
 def _gtsdb(out: Path, frames: int, seed: int, width: int, height: int) -> Path:

@@ -8,12 +8,19 @@ boxes in pixels of the upright frame (EXIF applied), right and bottom exclusive,
 predict`'s; or CSV, a row per detection (a frame without one: a row with its path and size).
 Frames are decoded a few ahead in a thread while the previous one is searched: memory holds a
 handful of frames whatever the folder's size.
+
+A video (`detect_video`: any container FFmpeg reads, through PyAV) is one JSON line per frame with
+its index and time; `--track` gives each detection a track id (ByteTrack) and `--inventory` writes
+one row per physical sign (tsloc.serving.inventory); `--draw out.mp4` the video with its boxes.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import queue
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,10 +29,14 @@ from PIL import Image, ImageDraw
 
 from ..data.images import open_rgb
 from ..errors import DataError
+from ..params import TrackParams
+from ..video import VideoWriter, probe, read_video
+from .inventory import Inventory, SignTracker
 from .predict import DrawNames, NoImages, collect
 
 AHEAD = 2  # frames decoded ahead of the one being searched
 CSV_FIELDS = ["path", "width", "height", "left", "top", "right", "bottom", "score", "class_id", "class", "probability"]
+VIDEO_CSV_FIELDS = CSV_FIELDS[:1] + ["frame", "time"] + CSV_FIELDS[1:] + ["track_id"]
 
 
 def _decode(path: Path):
@@ -54,17 +65,42 @@ def record(path: Path | None, frame: np.ndarray, found: list[dict], names: list[
         for d in found if d["probability"] >= min_probability]}
 
 
-def draw(frame: np.ndarray, rec: dict, out: Path) -> None:
+def annotate(frame: np.ndarray, rec: dict) -> Image.Image:
+    """The frame with its detections' boxes and names (and track ids, when tracked)."""
     img = Image.fromarray(frame)
     d = ImageDraw.Draw(img)
     width = max(2, round(min(img.size) / 300))
     for det in rec["detections"]:
         d.rectangle(det["box"], outline=(255, 0, 0), width=width)
-        label = f"{det['class']} {100 * det['probability']:.0f}%"
+        track = f"#{det['track_id']} " if det.get("track_id") is not None else ""
+        label = f"{track}{det['class']} {100 * det['probability']:.0f}%"
         d.text((det["box"][0], max(0, det["box"][1] - 12)), label, fill=(255, 255, 0), stroke_width=1,
                stroke_fill=(0, 0, 0))
+    return img
+
+
+def draw(frame: np.ndarray, rec: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
+    annotate(frame, rec).save(out)
+
+
+class RecordWriter:
+    """Records to `out`: JSON lines, or CSV rows (one per detection; a frame without one: a row with
+    its path and size)."""
+
+    def __init__(self, out, fmt: str, fields: list[str]):
+        self.out, self.writer = out, csv.DictWriter(out, fields) if fmt == "csv" else None
+        if self.writer:
+            self.writer.writeheader()
+
+    def __call__(self, rec: dict) -> None:
+        if self.writer is None:
+            self.out.write(json.dumps(rec) + "\n")
+            return
+        base = {k: v for k, v in rec.items() if k != "detections"}
+        for det in rec["detections"] or [{}]:
+            box = dict(zip(("left", "top", "right", "bottom"), det["box"])) if det else {}
+            self.writer.writerow(base | box | {k: v for k, v in det.items() if k != "box"})
 
 
 def detect_files(finder, paths: list[str], *, min_score: float, min_probability: float, fmt: str = "jsonl",
@@ -76,9 +112,7 @@ def detect_files(finder, paths: list[str], *, min_score: float, min_probability:
     if not files:
         raise NoImages(f"no image files in {', '.join(map(str, paths))}")
     names = finder.namer.meta["class_names"]
-    writer = csv.DictWriter(out, CSV_FIELDS) if fmt == "csv" else None
-    if writer:
-        writer.writeheader()
+    emit = RecordWriter(out, fmt, CSV_FIELDS)
     drawn = DrawNames(draw_dir) if draw_dir else None
     failed = 0
     for path, name, frame in frames(files):
@@ -87,13 +121,73 @@ def detect_files(finder, paths: list[str], *, min_score: float, min_probability:
             failed += 1
             continue
         rec = record(path, frame, finder(frame, min_score), names, min_probability)
-        if writer is None:
-            out.write(json.dumps(rec) + "\n")
-        else:
-            base = {"path": rec["path"], "width": rec["width"], "height": rec["height"]}
-            for det in rec["detections"] or [{}]:
-                writer.writerow(base | (dict(zip(("left", "top", "right", "bottom"), det["box"])) | {
-                    k: det[k] for k in ("score", "class_id", "class", "probability")} if det else {}))
+        emit(rec)
         if drawn:
             draw(frame, rec, drawn(name))
     return failed
+
+
+def ahead(items, count: int = AHEAD):
+    """The items of an iterator produced in a thread, up to `count` ahead of the one in use (a video's
+    frames decoded while the previous one is searched); its error is raised here, in its place."""
+    slots, stop, end = queue.Queue(count), threading.Event(), object()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(end)
+        except BaseException as exc:  # noqa: BLE001: handed to the consumer
+            slots.put(exc)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while (item := slots.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):  # unblock a producer waiting on a full queue
+            slots.get_nowait()
+        worker.join()
+
+
+def detect_video(finder, path: str | Path, *, min_score: float, min_probability: float, every: int = 1,
+                 track: TrackParams | None = None, inventory: str | Path | None = None, draw_to: str | Path | None = None,
+                 emit=None, progress: bool = False) -> list[dict]:
+    """Find and name the signs of every `every`-th frame of a video; `emit(record)` per frame (record: as
+    `record`'s, with "frame" and "time", and a "track_id" per detection when tracked). Tracked, returns the
+    inventory's rows (and writes them to `inventory`, a CSV, with the crops beside it); `draw_to`: the
+    video with boxes and names. The files appear whole or not at all: a video that turns out damaged
+    leaves none of them."""
+    from tqdm import tqdm
+    info = probe(path)
+    names = finder.namer.meta["class_names"]
+    rate = float(info.fps) / every
+    tracker = SignTracker(track, rate) if track else None
+    with contextlib.ExitStack() as stack:
+        video = stack.enter_context(VideoWriter(draw_to, rate)) if draw_to else None
+        signs = stack.enter_context(Inventory(names, inventory, track)) if track else None
+        total = -(-info.frames // every) if info.frames else None
+        for frame in tqdm(ahead(read_video(path, every)), total=total, desc=Path(path).name, unit="frame",
+                          disable=not progress, leave=False):
+            rec = record(Path(path), frame.image, finder(frame.image, min_score), names, min_probability)
+            rec = {"path": rec["path"], "frame": frame.index, "time": round(frame.time, 3)} | rec
+            if tracker:
+                for det, track_id in zip(rec["detections"], tracker(rec["detections"], frame.time)):
+                    det["track_id"] = track_id
+                signs.add(frame, rec["detections"])
+            if video:
+                video.write(np.asarray(annotate(frame.image, rec)))
+            if emit:
+                emit(rec)
+    return signs.rows if signs else []
