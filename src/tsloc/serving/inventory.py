@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
 from ..io import atomic_path
 from ..params import TrackParams
 from .namer import crop_windows
@@ -31,7 +32,10 @@ class SignTracker:
     """`tracker(detections, time)`: the track id of each detection (None: not yet confirmed)."""
 
     def __init__(self, settings: TrackParams, frame_rate: float):
-        from trackers import ByteTrackTracker
+        try:
+            from trackers import ByteTrackTracker
+        except ImportError as exc:  # an install without the video extra
+            raise DataError("tracking needs Roboflow's trackers: pip install 'tsloc[video]'") from exc
         self.tracker = ByteTrackTracker(
             lost_track_buffer=max(1, round(settings.lost_seconds * 30)), frame_rate=frame_rate,
             track_activation_threshold=settings.new_score, minimum_consecutive_frames=settings.min_frames,
