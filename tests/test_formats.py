@@ -49,6 +49,23 @@ def write_gtsrb(root: Path, labels_at: str = "beside") -> Path:
     return root
 
 
+def test_gtsrb_training_set_alone_gets_a_test_set_carved_by_track(tmp_path):
+    """The training archive without Final_Test (as ../shared/data/gtsrb holds it): every image is
+    Training, and the split carves the test side from it, whole tracks at a time."""
+    import shutil
+    from tsloc.data.split import carve_test
+    root = write_gtsrb(tmp_path / "g")
+    shutil.rmtree(root / "GTSRB" / "Final_Test")
+    (root / "GT-final_test.csv").unlink()
+    t = formats.read("auto", root).table
+    assert len(t) == 8 and (t.split == "Training").all()
+    carved, report = carve_test(t, 0.5, seed=0)
+    test = carved[carved.split == "Testing"]
+    assert report["test_carved"]["images"] == len(test) > 0
+    tracks = lambda part: set(zip(part.class_id, part.group))  # noqa: E731
+    assert not tracks(test) & tracks(carved[carved.split == "Training"])  # no track on both sides
+
+
 def test_gtsrb_reads_the_official_layout(tmp_path):
     data = formats.read("auto", write_gtsrb(tmp_path / "g"))
     t = data.table
