@@ -116,7 +116,7 @@ def test_a_quoted_pattern_and_standard_input(images, tmp_path, monkeypatch):
 def test_an_unknown_model_name_lists_the_ready_models(images, tmp_path):
     proc = run_cli("predict", images / "a.ppm", "--model", "belgium", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert "belgium: neither a model file nor a ready model (the ready models: belgiumtsc)" in proc.stderr
+    assert "belgium: neither a model file nor a ready model (the ready models: belgiumtsc, gtsrb, gtsdb)" in proc.stderr
 
 
 def test_missing_and_incompatible_model(images, tmp_path):

@@ -25,12 +25,21 @@ def test_params_yaml_is_the_default_composition(tmp_path):
 
 
 def test_recipes_exist():
-    assert {p.stem for p in RECIPES} >= {"notebook", "best"}
+    assert {p.stem for p in RECIPES} >= {"notebook", "best", "small"}
+
+
+def _own(recipe) -> dict:
+    """A recipe's keys over those of the recipes it extends (its Hydra `defaults`: small extends best)."""
+    raw = yaml.safe_load(recipe.read_text())
+    own = {}
+    for parent in raw.pop("defaults", []):
+        own.update(_own(recipe.parent / f"{parent}.yaml"))
+    return own | flatten(raw)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_a_recipe_sets_exactly_its_params(tmp_path, recipe):
-    own = flatten(yaml.safe_load(recipe.read_text()))
+    own = _own(recipe)
     base = flatten(_base())
     assert own["recipe"] == recipe.stem  # the name dvc exp show / params diff display is the file's
     assert set(own) <= set(base), f"{recipe.name} sets keys the base config does not have: {set(own) - set(base)}"

@@ -329,3 +329,33 @@ def test_every_client_reads_the_413_of_a_body_over_the_limit(live_server, tmp_pa
             answers[name] = int(code), json.loads(body)
     for client, (status, body) in answers.items():
         assert status == 413 and "65536" in body["error"], (client, status, body)
+
+
+@pytest.fixture(scope="module")
+def german_frame(tmp_path_factory):
+    """A synthetic street frame with GTSDB's twin's signs (GTSRB's classes), as a JPEG file."""
+    from tsloc.scenes import synthetic
+    out = tmp_path_factory.mktemp("german")
+    root = synthetic.generate(out, frames=3, seed=4, width=680, height=400, fmt="gtsdb")
+    frame = out / "frame.jpg"
+    Image.open(root / "00001.ppm").save(frame, quality=92)
+    return frame
+
+
+def test_the_ready_german_pair_answers_with_nothing_trained(german_frame, tmp_path):
+    """`--model gtsdb` is a pair: GTSDB's detector and GTSRB's namer, both shipped in the package, through
+    `tsloc detect`, `tsloc.load` and the server's /v1/detect alike (ONNX Runtime, no pipeline output)."""
+    import tsloc
+    model = tsloc.load("gtsdb", device="cpu")
+    assert model.detector is not None and len(model.meta["class_names"]) == 43 and model.meta["class_names"][14] == "Stop"
+    assert model.detector.meta["card"]["valid"]["onnx_fp32"] > 0.9  # its card: the validation AP50 it was shipped with
+    found = model.detect(german_frame)
+    proc = run_cli("detect", german_frame, "--model", "gtsdb", cwd=tmp_path)  # no models/ here: the ready pair
+    assert proc.returncode == 0, proc.stderr
+    assert "gtsdb.detector.onnx" in proc.stderr and "gtsrb.int8.onnx" in proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["detections"] == found["detections"] and (record["width"], record["height"]) == (680, 400)
+    with TestClient(create_app(ServeConfig(model="gtsdb", device="cpu"))) as client:
+        served = client.post("/v1/detect", content=german_frame.read_bytes()).json()
+        assert client.get("/v1/model").json()["detector"]["backend"].startswith("onnxruntime")
+    assert [d["class"] for d in served["detections"]] == [d["class"] for d in found["detections"]]

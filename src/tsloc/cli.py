@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "line (or CSV row) per image, boxes in pixels of the upright image.")
     pred.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched recursively")
     pred.add_argument("--model", metavar="FILE", help=f"a model file: .pt (PyTorch) or .onnx (ONNX Runtime, fp32 or "
-                      f"int8), or a ready model: belgiumtsc (default: {MODEL}, the pipeline's, where it exists, else "
+                      f"int8), or a ready model: belgiumtsc, gtsrb (default: {MODEL}, the pipeline's, where it exists, else "
                       "the ready belgiumtsc; which one it is goes to stderr)")
     pred.add_argument("--min-probability", type=float, default=0.0, metavar="P",
                       help="under this probability the answer's class is null (not a known sign, or not sure "
@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"kept AP50 within detector_export.max_ap50_loss, else {DETECTOR_ONNX}, else {DETECTOR}; "
                           "which one goes to stderr)")
     det.add_argument("--model", metavar="FILE",
-                     help=f"the crop model that names each detection, .onnx or .pt, or a ready model (default: {ONNX} "
-                          f"if it exists, else {MODEL}, else the ready belgiumtsc)")
+                     help=f"the crop model that names each detection, .onnx or .pt, or a ready model; gtsdb: the ready "
+                          f"German pair, GTSDB's detector and GTSRB's namer, nothing trained (default: {ONNX} if it "
+                          f"exists, else {MODEL}, else the ready belgiumtsc)")
     det.add_argument("--min-score", type=float, metavar="S",
                      help="the detector's score a detection needs, 0 to 1 (default: detect.min_score in params.yaml, "
                           "else 0.3)")
@@ -110,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "with --detector), GET /v1/model, GET /healthz, the OpenAPI page at /docs and a "
                                      "page to try it at /. Requests that arrive together run as one batch.")
     srv.add_argument("--model", default="belgiumtsc", metavar="FILE",
-                     help="a model file (.onnx or .pt) or a ready model: belgiumtsc (default: belgiumtsc)")
+                     help="a model file (.onnx or .pt) or a ready model: belgiumtsc, gtsrb, or the German pair gtsdb "
+                          "(its detector serves /v1/detect too) (default: belgiumtsc)")
     srv.add_argument("--detector", metavar="FILE", help="a detector file (.onnx or .pt) to serve /v1/detect too")
     srv.add_argument("--host", default="127.0.0.1", help="the address to bind (default: 127.0.0.1, this machine only)")
     srv.add_argument("--port", type=int, default=8000, help="the port (default: 8000)")
@@ -240,18 +242,19 @@ def detect(args) -> int:
     from .serving.backend import default_detector, load_backend, load_detector, pick_device
     from .serving.detect import detect_files
     from .serving.find import Finder
-    from .serving.ready import default_model, resolve
+    from .serving.ready import default_model, ready_detector, resolve
     point, track = _detect_params(args.params)
     video = _video_args(args)
     min_score = point.min_score if args.min_score is None else args.min_score
     min_probability = point.min_probability if args.min_probability is None else args.min_probability
     _probability(min_score, "--min-score")
     _probability(min_probability)
-    files = (args.detector or default_detector(),
+    files = (args.detector or ready_detector(args.model) or default_detector(),
              resolve(args.model) if args.model else default_model(first_existing(ONNX, MODEL))[0])
     if args.detector is None and not Path(files[0]).is_file():
         raise ModelFileError(f"{files[0]}: no detector here; train one with `dvc repro detector_train` (the "
-                             "Quickstart's `dvc repro` does), or give one with --detector (no ready detector ships yet)")
+                             "Quickstart's `dvc repro` does), give one with --detector, or use the ready German "
+                             "pair: --model gtsdb")
     device = pick_device(args.device, files)
     detector, namer = load_detector(files[0], device), load_backend(files[1], device)
     if args.detector is None or args.model is None:

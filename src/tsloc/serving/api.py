@@ -3,6 +3,7 @@ with the same records as `tsloc predict` (and `detect(frames)` with `tsloc detec
 
     import tsloc
     model = tsloc.load("belgiumtsc")                  # a ready model, or a .onnx / .pt file
+    tsloc.load("gtsdb").detect("frame.jpg")           # a ready pair: GTSDB's detector, GTSRB's namer
     model.predict("sign.jpg")                         # one record
     model.predict([path, pil_image, array])           # a list of records, in order
 
@@ -17,7 +18,7 @@ from ..describe import summary
 from ..errors import DataError
 from .backend import load_backend, load_detector, pick_device
 from .predict import MAX_BATCH, prepare, record
-from .ready import resolve
+from .ready import ready_detector, resolve
 
 
 class Model:
@@ -26,6 +27,7 @@ class Model:
 
     def __init__(self, model: str | Path, *, detector: str | Path | None = None, device: str = "auto",
                  top_k: int = 5, min_probability: float = 0.0):
+        detector = detector or ready_detector(model)  # a ready pair's name (gtsdb) brings its detector
         files = [resolve(model)] + ([Path(detector)] if detector else [])
         device = pick_device(device, files)
         self.file, self.top_k, self.min_probability = files[0], top_k, min_probability

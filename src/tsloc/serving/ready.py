@@ -19,25 +19,42 @@ from ..describe import dataset_name
 from ..errors import ModelFileError
 from ..io import atomic_path
 from ..onnxfile import read_meta, set_meta
-from ..paths import EXPORT_REPORT, INGEST_REPORT, INT8, MODEL_CARD
+from ..paths import (DETECTOR_EXPORT_REPORT, DETECTOR_INT8, DETECTOR_ONNX, EXPORT_REPORT, INGEST_REPORT, INT8,
+                     MODEL_CARD, SCENES_REPORT)
 
 FOLDER = Path(__file__).parent / "models"
-READY = {"belgiumtsc": "belgiumtsc.int8.onnx"}
+READY = {"belgiumtsc": "belgiumtsc.int8.onnx", "gtsrb": "gtsrb.int8.onnx"}  # crop models
+# Ready pairs for street frames: the name, its detector's file and the ready crop model that names its finds.
+PAIRS = {"gtsdb": ("gtsdb.detector.onnx", "gtsrb")}
 OFFICIAL = {"belgiumtsc": "e3f2108c"}  # the official release's Training list digest (reports/ingest.json)
+SOURCES = {"gtsrb": "the official training set as ../shared/data/gtsrb holds it (WebP q90), its test tracks carved"}
+
+
+def _packaged(name: str, file: str) -> Path:
+    path = FOLDER / file
+    if not path.is_file():
+        raise ModelFileError(f"{path}: the ready model {name!r} is missing from this install (reinstall tsloc)")
+    return path
 
 
 def resolve(model: str | Path) -> Path:
-    """A ready model's name to its file; anything else is a path. A bare word that is neither (no
-    suffix, no such file: `--model belgium`) is one message naming the ready models."""
+    """A ready model's name to its file (a pair's name: its crop model); anything else is a path. A
+    bare word that is neither (no suffix, no such file: `--model belgium`) is one message naming the
+    ready models."""
+    if str(model) in PAIRS:
+        model = PAIRS[str(model)][1]
     if str(model) in READY:
-        path = FOLDER / READY[str(model)]
-        if not path.is_file():
-            raise ModelFileError(f"{path}: the ready model {model!r} is missing from this install (reinstall tsloc)")
-        return path
+        return _packaged(str(model), READY[str(model)])
     path = Path(model)
     if not path.suffix and path.parent == Path(".") and not path.exists():
-        raise ModelFileError(f"{model}: neither a model file nor a ready model (the ready models: {', '.join(READY)})")
+        raise ModelFileError(f"{model}: neither a model file nor a ready model (the ready models: "
+                             f"{', '.join([*READY, *PAIRS])})")
     return path
+
+
+def ready_detector(model: str | Path | None) -> Path | None:
+    """The detector of a ready pair's name (`--model gtsdb`), else None."""
+    return _packaged(str(model), PAIRS[str(model)][0]) if str(model) in PAIRS else None
 
 
 def default_model(pipeline: Path, ready: str = "belgiumtsc") -> tuple[Path, str]:
@@ -50,7 +67,12 @@ def default_model(pipeline: Path, ready: str = "belgiumtsc") -> tuple[Path, str]
 
 def bundle(name: str, run: Path, command: str) -> Path:
     """The int8 file of the pipeline run in `run` (a working tree after `dvc repro`) as the ready
-    model `name`, with its card; refuses a run that was not on the official data."""
+    model `name`, with its card; refuses a run that was not on the official data. A pair's name
+    (`gtsdb`): its crop model as the ready crop model it names, and the run's detector beside it."""
+    if name in PAIRS:
+        out = bundle(PAIRS[name][1], run, command)
+        _bundle_detector(name, run, command)
+        return out
     ingest = json.loads((run / INGEST_REPORT).read_text())
     digest = ingest["Training"]["fingerprint"]["digest"]
     if name in OFFICIAL and not digest.startswith(OFFICIAL[name]):
@@ -59,7 +81,8 @@ def bundle(name: str, run: Path, command: str) -> Path:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=run, capture_output=True, text=True).stdout.strip()
     meta = read_meta(run / INT8)
     meta["card"] = {
-        "data": {"name": f"{dataset_name(ingest['format'])} ({'official release' if name in OFFICIAL else 'own data'})",
+        "data": {"name": f"{dataset_name(ingest['format'])} "
+                         f"({SOURCES.get(name) or ('official release' if name in OFFICIAL else 'own data')})",
                  "format": ingest["format"], "classes": ingest["classes"], "training_digest": digest},
         "test": {k: test[k] for k in ("images", "accuracy", "balanced_accuracy", "macro_f1", "mean_iou")},
         "command": command,
@@ -78,9 +101,26 @@ def bundle(name: str, run: Path, command: str) -> Path:
     return out
 
 
+def _bundle_detector(name: str, run: Path, command: str) -> Path:
+    """The run's detector as `tsloc detect` picks it (int8 where it kept AP50, else fp32 ONNX), with a card:
+    its validation AP50 and the scene test figures of the run (reports/detector_export.json, scenes_evaluate)."""
+    export = json.loads((run / DETECTOR_EXPORT_REPORT).read_text())
+    scenes = json.loads((run / SCENES_REPORT).read_text())
+    source = run / DETECTOR_INT8 if export["onnx_int8"].get("kept") else run / DETECTOR_ONNX
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=run, capture_output=True, text=True).stdout.strip()
+    meta = read_meta(source)
+    meta["card"] = {"valid": {k: export[k]["ap50"] for k in ("pytorch", "onnx_fp32", "onnx_int8")},
+                    "test": scenes["test"], "command": command, "commit": commit}
+    out = FOLDER / PAIRS[name][0]
+    with atomic_path(out) as tmp:
+        shutil.copyfile(source, tmp)
+        set_meta(tmp, meta)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tsloc.serving.ready", description=bundle.__doc__.split("\n")[0])
-    parser.add_argument("name", choices=sorted(READY))
+    parser.add_argument("name", choices=sorted([*READY, *PAIRS]))
     parser.add_argument("--run", type=Path, required=True, metavar="DIR", help="the working tree of the run")
     parser.add_argument("--command", required=True, help="the command that made the run (recorded in the card)")
     args = parser.parse_args(argv)
