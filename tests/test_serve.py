@@ -349,6 +349,9 @@ def test_the_ready_german_pair_answers_with_nothing_trained(german_frame, tmp_pa
     model = tsloc.load("gtsdb", device="cpu")
     assert model.detector is not None and len(model.meta["class_names"]) == 43 and model.meta["class_names"][14] == "Stop"
     assert model.detector.meta["card"]["valid"]["onnx_fp32"] > 0.9  # its card: the validation AP50 it was shipped with
+    from tsloc.quantize import saturating_weights
+    from tsloc.serving.ready import ready_detector
+    assert saturating_weights(model.file) == saturating_weights(ready_detector("gtsdb")) == []  # 7-bit: any x86 alike
     found = model.detect(german_frame)
     proc = run_cli("detect", german_frame, "--model", "gtsdb", cwd=tmp_path)  # no models/ here: the ready pair
     assert proc.returncode == 0, proc.stderr
