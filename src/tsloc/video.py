@@ -121,7 +121,7 @@ class VideoWriter:
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         try:
-            self.container = av.open(str(tmp), "w", format=_format(self.path))
+            self.container = av.open(str(tmp), "w")  # the muxer from the name: the temporary one keeps the suffix
         except (av.error.FFmpegError, ValueError) as exc:
             self._atomic.__exit__(type(exc), exc, exc.__traceback__)
             raise DataError(f"{self.path}: FFmpeg cannot write this kind of file ({exc}); name it .mp4") from exc
@@ -157,8 +157,3 @@ class VideoWriter:
         self.container.close()
         return self._atomic.__exit__(kind, exc, tb)
 
-
-def _format(path: Path) -> str | None:
-    """The muxer for a suffix FFmpeg guesses from the name (the temporary name's suffix is kept: .mp4)."""
-    return {".mkv": "matroska", ".mov": "mov", ".avi": "avi", ".webm": "webm", ".mp4": "mp4", ".m4v": "mp4"}.get(
-        path.suffix.lower())

@@ -30,19 +30,18 @@ VISIBLE = 0.5         # a sign is in the truth of a frame while this share of it
 def _signs(rng: np.random.Generator, count: int, seconds: float, speed: float, focal: float) -> pd.DataFrame:
     """Each sign's class, size, place beside the road and distance at time 0, spread over the drive so that
     each comes into view (MIN_SIDE px) at its own time, two on one side at least 0.8 s apart."""
-    rows, last = [], {-1: -1.0, 1: -1.0}
-    for k in range(count * 20):
+    rows = []
+    for _ in range(count * 20):
         if len(rows) == count:
             break
         side = 1 if rng.random() < 0.75 else -1  # most signs stand on the right
         t = rng.uniform(0, max(0.1, seconds - 2.0))
-        if abs(t - last[side]) < 0.8 or any(abs(t - r["appears"]) < 0.8 and r["side"] == side for r in rows):
+        if any(abs(t - r["appears"]) < 0.8 and r["side"] == side for r in rows):
             continue
         size = rng.uniform(0.6, 0.9)
         rows.append({"track_id": len(rows), "class_id": int(rng.integers(0, NUM_CLASSES)), "side": side,
                      "size": size, "x": side * rng.uniform(2.2, 3.8), "y": rng.uniform(1.9, 2.6),
                      "appears": t, "z": focal * size / MIN_SIDE + speed * t, "tint": rng.uniform(0.8, 1.15, 3)})
-        last[side] = t
     return pd.DataFrame(rows)
 
 

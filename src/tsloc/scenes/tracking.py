@@ -13,6 +13,9 @@ from pycocotools import mask as coco_mask
 
 IOU = 0.5
 BOX = ["left", "top", "right", "bottom"]
+MOT_METRICS = {"idf1": "idf1", "num_switches": "id_switches", "mota": "mota", "motp": "motp_iou",  # motmetrics': ours
+               "precision": "box_precision", "recall": "box_recall", "num_unique_objects": "signs",
+               "mostly_tracked": "mostly_tracked", "num_fragmentations": "fragmentations"}
 
 
 def _iou(truth: np.ndarray, found: np.ndarray) -> np.ndarray:
@@ -36,15 +39,10 @@ def score_tracks(truth: pd.DataFrame, found: pd.DataFrame, frames: list[int]) ->
         iou = _iou(t[BOX].to_numpy(), f[BOX].to_numpy())
         distances = np.where(iou >= IOU, 1 - iou, np.nan)  # motmetrics: NaN is "cannot match"
         acc.update(t["track_id"].astype(int).tolist(), f["track_id"].astype(int).tolist(), distances, frameid=frame)
-    names = ["idf1", "idp", "idr", "num_switches", "mota", "motp", "precision", "recall", "num_unique_objects",
-             "mostly_tracked", "num_fragmentations"]
-    summary = mm.metrics.create().compute(acc, metrics=names, name="drive").iloc[0]
-    out = {k: float(summary[k]) for k in names}
-    out["motp"] = 1 - out["motp"] if np.isfinite(out["motp"]) else 0.0  # motmetrics' MOTP is a mean distance: as IoU
-    return {"idf1": out["idf1"], "id_switches": int(out["num_switches"]), "mota": out["mota"],
-            "motp_iou": out["motp"], "box_precision": out["precision"], "box_recall": out["recall"],
-            "signs": int(out["num_unique_objects"]), "mostly_tracked": int(out["mostly_tracked"]),
-            "fragmentations": int(out["num_fragmentations"])}
+    summary = mm.metrics.create().compute(acc, metrics=list(MOT_METRICS), name="drive").iloc[0]
+    out = {ours: float(summary[theirs]) for theirs, ours in MOT_METRICS.items()}
+    out["motp_iou"] = 1 - out["motp_iou"] if np.isfinite(out["motp_iou"]) else 0.0  # motmetrics': a mean distance
+    return out | {k: int(out[k]) for k in ("id_switches", "signs", "mostly_tracked", "fragmentations")}
 
 
 def score_inventory(truth: pd.DataFrame, rows: list[dict]) -> dict:
@@ -56,7 +54,7 @@ def score_inventory(truth: pd.DataFrame, rows: list[dict]) -> dict:
     duplicates = misses = 0
     for r in rows:
         t = by_frame.get(r["best_frame"], truth.iloc[:0])
-        iou = _iou(t[BOX].to_numpy(), np.array([[r[k] for k in BOX]], np.float64))[:, 0] if len(t) else np.zeros(0)
+        iou = _iou(t[BOX].to_numpy(), np.array([[r[k] for k in BOX]], np.float64))[:, 0]
         if not len(iou) or iou.max() < IOU:
             misses += 1  # boxes nothing true: background
             continue

@@ -18,9 +18,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import queue
 import sys
-import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,14 +46,8 @@ def _decode(path: Path):
 
 
 def frames(files: list[tuple[Path, Path]]):
-    """(path, draw name, frame or DataError) in order, decoded AHEAD frames ahead in a thread."""
-    with ThreadPoolExecutor(1) as pool:
-        pending = [pool.submit(_decode, f) for f, _ in files[:AHEAD + 1]]
-        for k, (path, name) in enumerate(files):
-            frame = pending.pop(0).result()
-            if k + AHEAD + 1 < len(files):
-                pending.append(pool.submit(_decode, files[k + AHEAD + 1][0]))
-            yield path, name, frame
+    """(path, draw name, frame or DataError) in order, decoded AHEAD frames ahead in a thread (`ahead`)."""
+    return ahead((path, name, _decode(path)) for path, name in files)
 
 
 def record(path: Path | None, frame: np.ndarray, found: list[dict], names: list[str], min_probability: float) -> dict:
@@ -128,37 +121,15 @@ def detect_files(finder, paths: list[str], *, min_score: float, min_probability:
 
 
 def ahead(items, count: int = AHEAD):
-    """The items of an iterator produced in a thread, up to `count` ahead of the one in use (a video's
-    frames decoded while the previous one is searched); its error is raised here, in its place."""
-    slots, stop, end = queue.Queue(count), threading.Event(), object()
-
-    def produce():
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        slots.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            slots.put(end)
-        except BaseException as exc:  # noqa: BLE001: handed to the consumer
-            slots.put(exc)
-
-    worker = threading.Thread(target=produce, daemon=True)
-    worker.start()
-    try:
-        while (item := slots.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
+    """The items of an iterator, produced in one worker thread up to `count` ahead of the one in use (the
+    next frames decoded while this one is searched: an image file's or a video's); an error is raised
+    here, in its place."""
+    items, end = iter(items), object()
+    with ThreadPoolExecutor(1) as pool:
+        pending = deque(pool.submit(next, items, end) for _ in range(count + 1))
+        while (item := pending.popleft().result()) is not end:
+            pending.append(pool.submit(next, items, end))
             yield item
-    finally:
-        stop.set()
-        with contextlib.suppress(queue.Empty):  # unblock a producer waiting on a full queue
-            slots.get_nowait()
-        worker.join()
 
 
 def detect_video(finder, path: str | Path, *, min_score: float, min_probability: float, every: int = 1,

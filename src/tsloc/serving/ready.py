@@ -78,7 +78,7 @@ def bundle(name: str, run: Path, command: str) -> Path:
     if name in OFFICIAL and not digest.startswith(OFFICIAL[name]):
         raise ModelFileError(f"{run / INGEST_REPORT}: not the official {name} release (Training digest {digest[:12]})")
     test = json.loads((run / EXPORT_REPORT).read_text())["test"]["onnx_int8"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=run, capture_output=True, text=True).stdout.strip()
+    commit = _commit(run)
     meta = read_meta(run / INT8)
     meta["card"] = {
         "data": {"name": f"{dataset_name(ingest['format'])} "
@@ -88,11 +88,7 @@ def bundle(name: str, run: Path, command: str) -> Path:
         "command": command,
         "commit": commit,
     }
-    FOLDER.mkdir(exist_ok=True)
-    out = FOLDER / READY[name]
-    with atomic_path(out) as tmp:
-        shutil.copyfile(run / INT8, tmp)
-        set_meta(tmp, meta)
+    out = _install(run / INT8, READY[name], meta)
     card = (run / MODEL_CARD).read_text()
     with atomic_path(out.with_suffix("").with_suffix(".md")) as tmp:
         Path(tmp).write_text(
@@ -107,11 +103,20 @@ def _bundle_detector(name: str, run: Path, command: str) -> Path:
     export = json.loads((run / DETECTOR_EXPORT_REPORT).read_text())
     scenes = json.loads((run / SCENES_REPORT).read_text())
     source = run / DETECTOR_INT8 if export["onnx_int8"].get("kept") else run / DETECTOR_ONNX
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=run, capture_output=True, text=True).stdout.strip()
     meta = read_meta(source)
     meta["card"] = {"valid": {k: export[k]["ap50"] for k in ("pytorch", "onnx_fp32", "onnx_int8")},
-                    "test": scenes["test"], "command": command, "commit": commit}
-    out = FOLDER / PAIRS[name][0]
+                    "test": scenes["test"], "command": command, "commit": _commit(run)}
+    return _install(source, PAIRS[name][0], meta)
+
+
+def _commit(run: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=run, capture_output=True, text=True).stdout.strip()
+
+
+def _install(source: Path, file: str, meta: dict) -> Path:
+    """`source` copied into the package's models/ as `file`, its metadata (with the card) replaced."""
+    FOLDER.mkdir(exist_ok=True)
+    out = FOLDER / file
     with atomic_path(out) as tmp:
         shutil.copyfile(source, tmp)
         set_meta(tmp, meta)
