@@ -14,7 +14,9 @@ from tsloc.serving.backend import load_backend
 from tsloc.errors import DataError
 from tsloc.scenes import model as det
 from tsloc.serving.find import Finder
-from tsloc.scenes.evaluation import evaluate, recall_at, score_scenes
+from tsloc.pipeline.scenes_evaluate import score_scenes
+from tsloc.scenes.evaluation import evaluate
+from tsloc.scenes.operating_point import Matcher, choose, sweep
 from tsloc.serving.namer import crop_windows, match_classes
 from tsloc.scenes.windows import cut_window, window_plan
 
@@ -33,8 +35,9 @@ def test_average_precision_against_a_hand_computed_case():
              {"frame": "b", "box": [14, 10, 54, 50], "score": 0.7, "class_id": 0}]
     result = evaluate(_truth(), found)
     assert result["ap50"] == pytest.approx((34 + 33 * 2 / 3) / 101, abs=1e-6)
-    assert recall_at(_truth(), found) == pytest.approx(2 / 3)
-    assert recall_at(_truth(), found[:1]) == pytest.approx(1 / 3)
+    rows = [{**d, "probability": 1.0, "scene_class_id": 0} for d in found]
+    assert Matcher(_truth(), rows).figures(0.0, 0.0)["recall"] == pytest.approx(2 / 3)
+    assert Matcher(_truth(), rows[:1]).figures(0.0, 0.0)["recall"] == pytest.approx(1 / 3)
     # Per class: class 0 has two signs, both found (AP 1 over 0.5 once the false alarm is named class 1);
     # class 1's one sign is missed and the false alarm is its only detection (AP 0).
     named = [found[0], {**found[1], "class_id": 1}, found[2]]
@@ -70,6 +73,68 @@ def test_naming_ap_ranks_every_detection_and_the_operating_point_only_moves_reca
     assert wrong["map50"] < 1.0 and wrong["find_ap50"] == pytest.approx(1.0)
     unscored = score_scenes(_truth(), rows, category, 0.3, 0.5, scored=False)[0]
     assert unscored["map50"] is None and set(unscored["ap50_category"].values()) == {None}
+
+
+def _row(frame, box, score, probability=0.9, class_id=0):
+    return {"frame": frame, "detector_box": box, "box": box, "score": score, "probability": probability,
+            "scene_class_id": class_id}
+
+
+def test_each_reported_detection_is_a_sign_or_a_false_positive_of_a_kind():
+    """Frame a: its class-0 sign found twice (the second a duplicate), its class-1 sign boxed loosely
+    (IoU 0.325) and named; something where no sign is; frame b's sign named class 1 (a wrong class);
+    c has no sign and one weak find (under the threshold: not kept)."""
+    rows = [_row("a", [10, 10, 50, 50], 0.9), _row("a", [12, 10, 52, 50], 0.8), _row("a", [100, 20, 113, 60], 0.7, class_id=1),
+            _row("a", [160, 60, 190, 95], 0.6), _row("b", [10, 10, 50, 50], 0.95, probability=0.97, class_id=1),
+            _row("c", [10, 10, 50, 50], 0.2)]
+    m = Matcher(_truth(), rows)
+    assert m.kinds(0.3, 0.5).tolist() == ["sign", "duplicate", "loose box", "background", "wrong class", ""]
+    f = m.figures(0.3, 0.5)
+    assert (f["kept"], f["missed"], f["duplicate"], f["loose box"], f["background"]) == (5, 1, 1, 1, 1)
+    assert f["precision"] == pytest.approx(2 / 5) and f["recall"] == pytest.approx(2 / 3)
+    assert f["named_precision"] == pytest.approx(1 / 5) and f["named_recall"] == pytest.approx(1 / 3)
+    # the duplicate's higher twin is what matched: raising its own threshold past 0.8 leaves the first alone
+    assert m.kinds(0.85, 0.5).tolist() == ["sign", "", "", "", "wrong class", ""]
+    # a probability floor drops what the namer is unsure of, whatever the detector's score
+    assert m.kinds(0.0, 0.95).tolist() == ["", "", "", "", "wrong class", ""]
+
+
+def test_the_operating_point_meets_both_targets_with_the_best_f1_else_the_best_f1_of_all():
+    """Two true signs and their finds at 0.9 and 0.6 with a false alarm at 0.7: threshold 0.65 keeps one
+    sign (P 1/2, R 1/2), 0.75 one (P 1, R 1/2), 0.55 all (P 2/3, R 1): the best F1 is 0.8 at
+    0.55 and below; with targets met by none it is still there, `met` false; targets of 0.5 each: the
+    rows tied at the best F1 that meet them give the middle of the tied range."""
+    truth = _truth()[lambda t: t["frame"] == "a"]
+    rows = [_row("a", [10, 10, 50, 50], 0.9), _row("a", [160, 60, 190, 95], 0.7), _row("a", [100, 20, 140, 60], 0.6)]
+    table = sweep(Matcher(truth, rows), scores=[0.55, 0.65, 0.75], probabilities=[0.0])
+    assert table["precision"].tolist() == pytest.approx([2 / 3, 1 / 2, 1.0])
+    point = choose(table, 0.95, 0.95)
+    assert (point["min_score"], point["met"]) == (0.55, False) and point["f1"] == pytest.approx(0.8)
+    assert choose(table, 0.9, 0.5)["min_score"] == 0.75 and choose(table, 0.9, 0.5)["met"]
+    tied = sweep(Matcher(truth, rows[:1]), scores=[0.1, 0.3, 0.5, 0.7, 0.8, 0.95], probabilities=[0.0])
+    assert choose(tied, 0.5, 0.5)["min_score"] == 0.5  # P 1, R 1/2 at 0.1 .. 0.8 (and nothing at 0.95)
+
+
+def test_detect_takes_the_operating_point_from_the_detector_else_beside_it_else_the_fallback(tmp_path):
+    from tsloc.errors import ModelFileError
+    from tsloc.serving.find import FALLBACK, operating_point
+
+    class Detector:
+        meta = {}
+    file = tmp_path / "detector.onnx"
+    assert operating_point(Detector(), file) == {**FALLBACK, "chosen": "the fallback (no point chosen for this detector)"}
+    (tmp_path / "operating_point.json").write_text(json.dumps({"min_score": 0.45, "min_probability": 0.2}))
+    assert operating_point(Detector(), file) == {"min_score": 0.45, "min_probability": 0.2,
+                                                 "chosen": str(tmp_path / "operating_point.json")}
+    assert operating_point(Detector(), file, 0.7)["min_score"] == 0.7  # a number given wins; the other stays chosen
+    assert operating_point(Detector(), file, 0.7)["min_probability"] == 0.2
+    assert operating_point(Detector(), file, 0.7, 0.1)["chosen"] == "given"
+    shipped = Detector()
+    shipped.meta = {"operating_point": {"min_score": 0.6, "min_probability": 0.4}}  # a ready pair's: in its metadata
+    assert operating_point(shipped, file)["min_score"] == 0.6
+    (tmp_path / "operating_point.json").write_text("{}")
+    with pytest.raises(ModelFileError, match="operating_point.json: not an operating point"):
+        operating_point(Detector(), file)
 
 
 def test_classes_match_by_id_else_by_name_and_unknown_ones_are_named():

@@ -59,6 +59,8 @@ def test_repository_params_are_the_defaults():
     ("train: {ema_decay: 1.0}", "train.ema_decay must be in [0, 1), got 1.0"),
     ("train: {processes: 3}", "train.processes must divide train.batch_size"),
     ("train: {device: gpu}", "train.device must be auto, cpu, cuda or cuda:N"),
+    ("detect: {min_score: often}", "'detect.min_score' must be auto or a number, got 'often'"),
+    ("detect: {min_probability: 1.5}", "detect.min_probability must be in [0, 1], got 1.5"),
     ("split: {folds: 1}", "split.folds must be 0 (off) or at least 2"),
     ("split: {folds: 3, fold: 3}", "got folds=3, fold=3"),
     ("split: {folds: 3, strategy: notebook}", "strategy='notebook'"),

@@ -350,7 +350,7 @@ def test_plots_page_draws_every_plot_offline_in_chromium(repo, tmp_path):
     plots = yaml.safe_load((dst / "dvc.yaml").read_text())["plots"]
     vega = [next(iter(p)) for p in plots if isinstance(p, dict)]
     pngs = [p for p in plots if isinstance(p, str)]
-    assert len(vega) == 9 and len(pngs) == 8
+    assert len(vega) == 10 and len(pngs) == 9
     _run([BIN / "dvc", "plots", "show", "-o", str(tmp_path / "show")], dst, env)
     shot = os.environ.get("TSLOC_SCREENSHOT")  # TSLOC_SCREENSHOT=$PWD/docs/plots_page.png refreshes the README's
     page = check_page(tmp_path / "show" / "index.html", tmp_path / "profile", Path(shot) if shot else None)

@@ -255,7 +255,7 @@ def test_detect_endpoint_answers_detects_record(model_file, tmp_path):
                          detect_min_probability=0.0)
     with TestClient(create_app(config)) as client:
         answer = client.post("/v1/detect", files={"file": ("f.png", frame, "image/png")})
-        assert client.get("/v1/model").json()["detector"]["min_score"] == 0.0
+        assert client.get("/v1/model").json()["detector"]["operating_point"]["min_score"] == 0.0
     assert answer.status_code == 200 and answer.json() == expected | {"path": "f.png"}
     assert (answer.json()["width"], answer.json()["height"]) == (120, 80) and answer.json()["detections"]
 

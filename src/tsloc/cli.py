@@ -89,11 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                           f"German pair, GTSDB's detector and GTSRB's namer, nothing trained (default: {ONNX} if it "
                           f"exists, else {MODEL}, else the ready belgiumtsc)")
     det.add_argument("--min-score", type=float, metavar="S",
-                     help="the detector's score a detection needs, 0 to 1 (default: detect.min_score in params.yaml, "
-                          "else 0.3)")
+                     help="the detector's score a detection needs, 0 to 1 (default: detect.min_score in params.yaml; "
+                          "auto: the point chosen on validation for the detector, said on stderr)")
     det.add_argument("--min-probability", type=float, metavar="P",
                      help="the crop model's probability a named detection needs, 0 to 1 (default: "
-                          "detect.min_probability in params.yaml, else 0.5)")
+                          "detect.min_probability in params.yaml; auto: as --min-score)")
     det.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
                      help="jsonl: one JSON object per frame; csv: a row per detection (default: jsonl)")
     det.add_argument("--draw", metavar="DIR", help="also write each frame with its boxes and names to DIR (a video: "
@@ -209,8 +209,8 @@ def predict(args) -> int:
         draw_dir=args.draw, batch_size=args.batch_size))
 
 
-def _probability(value: float, flag: str = "--min-probability") -> float:
-    if not 0 <= value <= 1:
+def _probability(value: float | None, flag: str = "--min-probability") -> float | None:
+    if value is not None and not 0 <= value <= 1:
         raise UsageError(f"{flag} must be from 0 to 1, not {value}")
     return value
 
@@ -241,14 +241,12 @@ def _detect_params(params: str):
 def detect(args) -> int:
     from .serving.backend import default_detector, load_backend, load_detector, pick_device
     from .serving.detect import detect_files
-    from .serving.find import Finder
+    from .serving.find import Finder, operating_point
     from .serving.ready import default_model, ready_detector, resolve
-    point, track = _detect_params(args.params)
+    params, track = _detect_params(args.params)
     video = _video_args(args)
-    min_score = point.min_score if args.min_score is None else args.min_score
-    min_probability = point.min_probability if args.min_probability is None else args.min_probability
-    _probability(min_score, "--min-score")
-    _probability(min_probability)
+    _probability(args.min_score, "--min-score")
+    _probability(args.min_probability)
     files = (args.detector or ready_detector(args.model) or default_detector(),
              resolve(args.model) if args.model else default_model(first_existing(ONNX, MODEL))[0])
     if args.detector is None and not Path(files[0]).is_file():
@@ -260,6 +258,12 @@ def detect(args) -> int:
     if args.detector is None or args.model is None:
         print(f"tsloc detect: detector {files[0]} ({detector.name}), namer {files[1]} ({namer.name})", file=sys.stderr)
     finder = Finder(detector, namer)
+    point = operating_point(detector, files[0], params.min_score if args.min_score is None else args.min_score,
+                            params.min_probability if args.min_probability is None else args.min_probability)
+    min_score, min_probability = point["min_score"], point["min_probability"]
+    if point["chosen"] != "given":
+        print(f"tsloc detect: operating point min score {min_score:g}, min probability {min_probability:g} "
+              f"(chosen on validation: {point['chosen']})", file=sys.stderr)
     if video:
         from .serving.detect import VIDEO_CSV_FIELDS, RecordWriter, detect_video
         track = track if args.track or args.inventory else None

@@ -37,6 +37,7 @@ def ranged(default, *, ge=None, gt=None, le=None, lt=None, note: str = ""):
     return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt, "note": note})
 
 
+AUTO = "auto"  # a number field's value that leaves it to the pipeline (DetectParams)
 SEED = {"ge": 0, "note": "NumPy and PyTorch take non-negative seeds"}
 FORMATS = Literal["belgiumtsc", "gtsrb", "manifest"]
 
@@ -181,9 +182,13 @@ class DetectorExportParams:
 
 @dataclass(frozen=True)
 class DetectParams:
-    """The operating point of finding and naming (the scenes_evaluate stage; `tsloc detect`'s defaults)."""
-    min_score: float = ranged(0.3, ge=0, le=1)        # the detector's score a detection needs
-    min_probability: float = ranged(0.5, ge=0, le=1)  # the crop model's probability a named detection needs
+    """The operating point of finding and naming (the scenes_evaluate stage; `tsloc detect`'s defaults):
+    each threshold "auto" (chosen on the validation frames for the targets: tsloc.scenes.operating_point)
+    or a number."""
+    min_score: float | str = ranged(AUTO, ge=0, le=1)        # the detector's score a detection needs
+    min_probability: float | str = ranged(AUTO, ge=0, le=1)  # the crop model's probability a named detection needs
+    target_precision: float = ranged(0.95, gt=0, le=1)       # "auto" meets both where it can, the best F1 of them
+    target_recall: float = ranged(0.95, gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -285,6 +290,10 @@ def _build(cls, raw, where: str):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ParamsError(f"params.yaml: '{key}' must be a number, got {value!r}")
             value = float(value)
+        elif default == AUTO and float in typing.get_args(hints[name]):  # a number or "auto"
+            if value != AUTO and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ParamsError(f"params.yaml: '{key}' must be auto or a number, got {value!r}")
+            value = value if value == AUTO else float(value)
         elif value is not None and not isinstance(value, str):
             raise ParamsError(f"params.yaml: '{key}' must be a string, got {value!r}")
         if choices and value not in choices:

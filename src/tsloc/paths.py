@@ -59,6 +59,8 @@ SCENES_METRICS = Path("metrics/scenes.json")
 SCENES_REPORT = Path("reports/scenes_evaluate.json")
 SCENES_PLOTS = Path("plots/scenes")          # precision-recall curves (csv, for dvc plots)
 SCENES_GALLERY = Path("plots/scenes_gallery.png")
+SCENES_FALSE_POSITIVES = Path("plots/scenes_false_positives.png")
+OPERATING_POINT = Path("models/operating_point.json")  # chosen on validation; `tsloc detect` reads it beside the detector
 SCENES_DETECTIONS = SCENES / "detections_test.csv"
 
 # the drive: a video with true tracks (the synthetic drive), tracked and made into an inventory

@@ -1,5 +1,5 @@
 """Stage `drive_evaluate`: `tsloc detect --track --inventory` on the drive's video (the pipeline's ONNX
-detector and namer, as `tsloc detect` picks them), scored against its true tracks (tsloc.scenes.tracking):
+detector and namer, and the operating point, as `tsloc detect` picks them), scored against its true tracks (tsloc.scenes.tracking):
 IDF1, identity switches and MOTA; the inventory's precision, recall and class accuracy (a sign counted
 once, with its class); frames per second end to end (decoding, finding, naming, tracking). A timeline
 of the true signs and the inventory's rows for `dvc plots`."""
@@ -20,7 +20,7 @@ from ..paths import (DRIVE_CLASSES, DRIVE_INVENTORY, DRIVE_METRICS, DRIVE_REPORT
 from ..scenes.tracking import score_inventory, score_tracks
 from ..serving.backend import default_detector, load_backend, load_detector
 from ..serving.detect import detect_video
-from ..serving.find import Finder
+from ..serving.find import Finder, operating_point
 from ..serving.namer import match_classes
 from . import record_keys, tracked_params
 
@@ -45,8 +45,9 @@ def run(params_file: str = "params.yaml") -> dict:
                       "probability": d["probability"]} for d in rec["detections"])
 
     started = time.perf_counter()
-    rows = detect_video(finder, DRIVE_VIDEO, min_score=p.detect.min_score,
-                        min_probability=p.detect.min_probability, every=p.drive.every, track=TrackParams(**p.track.as_dict()),
+    point = operating_point(finder.detector, detector_file, p.detect.min_score, p.detect.min_probability)
+    rows = detect_video(finder, DRIVE_VIDEO, min_score=point["min_score"],
+                        min_probability=point["min_probability"], every=p.drive.every, track=TrackParams(**p.track.as_dict()),
                         inventory=DRIVE_INVENTORY, emit=keep, progress=True)
     seconds = time.perf_counter() - started
     for r in rows:
@@ -58,7 +59,8 @@ def run(params_file: str = "params.yaml") -> dict:
     if not (mapping >= 0).any():
         inventory.update(class_accuracy=None, right_class_recall=None)
     speed = len(frames) / seconds
-    report = {"frames": len(frames), "every": p.drive.every, "tracking": tracking, "inventory": inventory,
+    report = {"frames": len(frames), "every": p.drive.every, "operating_point": point, "tracking": tracking,
+              "inventory": inventory,
               "frames_per_second": speed, "detector": str(detector_file), "namer": str(ONNX)}
     write_json(DRIVE_REPORT, report)
     write_json(DRIVE_METRICS, {"tracking": {k: tracking[k] for k in ("idf1", "id_switches", "mota")},

@@ -1,7 +1,7 @@
 """Detection metrics through pycocotools (COCO's evaluation, as torchvision's detection references):
 average precision at IoU 0.5 and over 0.5:0.95, for finding signs whatever their class, per class
-(finding and naming) and per category; recall at an operating point; precision-recall curves;
-and `score_scenes`, all of them for the finder's detections on test frames.
+(finding and naming) and per category; precision-recall curves (the scenes_evaluate stage scores the
+finder's detections on the test frames with them, tsloc.pipeline.scenes_evaluate.score_scenes).
 
 Boxes here are in pixels of the frame, (left, top, right, bottom), right and bottom exclusive;
 COCO's are (x, y, width, height) with the same edges, so width = right - left.
@@ -75,53 +75,3 @@ def evaluate(truth, detections, category=lambda class_id: 1) -> dict:
     mean_curve = np.nan_to_num(np.nanmean(curve, axis=1)) if curve.size else np.zeros(0)
     return {"ap": float(max(ev.stats[0], 0)), "ap50": float(max(ev.stats[1], 0)), "ap50_per_category": per,
             "pr": (ev.params.recThrs.tolist(), mean_curve.tolist())}
-
-
-def recall_at(truth, detections, iou: float = 0.5) -> float:
-    """The share of true boxes found by at least one of `detections` (already thresholded) with IoU >= `iou`."""
-    import torch
-    from torchvision.ops import box_iou
-    signs = truth[truth["class_id"] != NO_SIGN]
-    if not len(signs):
-        return 0.0
-    found = 0
-    by_frame: dict = {}
-    for d in detections:
-        by_frame.setdefault(d["frame"], []).append(d["box"])
-    for frame, rows in signs.groupby("frame"):
-        boxes = by_frame.get(frame)
-        if not boxes:
-            continue
-        iou_m = box_iou(torch.tensor(rows[["left", "top", "right", "bottom"]].to_numpy(np.float32)), torch.tensor(boxes))
-        found += int((iou_m.max(1).values >= iou).sum())
-    return found / len(signs)
-
-
-def score_scenes(truth, rows, category: dict, min_score: float, min_probability: float,
-                 scored: bool = True) -> tuple[dict, dict, list]:
-    """The scene figures of `rows`, the finder's detections on the frames of `truth` (each with
-    frame, detector_box, score, box, probability, scene_class_id; -1: a class the scenes lack):
-    AP for finding (the detector's boxes and scores), mean AP over the classes and AP per category
-    of `category` (scene class id -> name) for finding and naming (the crop model's box and class,
-    ranked by score x probability). Every AP ranks every detection, as COCO does: a threshold
-    before AP only drops true signs a weak namer is unsure of (GTSDB, docs/scenes.md). Recall and
-    precision are at the operating point (`min_score`, `min_probability`: what `tsloc detect`
-    keeps). Returns the figures (naming's None unless `scored`), the two precision-recall curves,
-    and the kept detections."""
-    cat_ids = {c: i for i, c in enumerate(sorted(set(category.values())), 1)}
-    found = [{"frame": r["frame"], "box": r["detector_box"], "score": r["score"]} for r in rows]
-    named = [{"frame": r["frame"], "box": r["box"], "score": r["score"] * r["probability"],
-              "class_id": r["scene_class_id"]} for r in rows]
-    finding = evaluate(truth, found)                                                   # whatever the class
-    naming = evaluate(truth, named, category=lambda c: c + 1 if c >= 0 else None)      # per class
-    by_category = evaluate(truth, named, category=lambda c: cat_ids[category[c]] if c >= 0 else None)
-    kept = [{"frame": r["frame"], "box": r["box"], "score": r["score"]} for r in rows
-            if r["score"] >= min_score and r["probability"] >= min_probability]
-    signs = int((truth["class_id"] != NO_SIGN).sum())
-    recall = recall_at(truth, kept)
-    figures = {"find_ap50": finding["ap50"], "find_ap": finding["ap"],
-               "map50": naming["ap50"] if scored else None, "map": naming["ap"] if scored else None,
-               "ap50_category": {c: by_category["ap50_per_category"].get(i, 0.0) if scored else None
-                                 for c, i in cat_ids.items()},
-               "recall": recall, "precision": recall * signs / len(kept) if kept else 0.0}
-    return figures, {"find": finding["pr"], "named": naming["pr"]}, kept

@@ -34,10 +34,12 @@ class Model:
         self.backend = load_backend(files[0], device)
         self.meta = self.backend.meta
         self.detector = load_detector(files[1], device) if detector else None
-        self.finder = None
+        self.detector_file = files[1] if detector else None
+        self.finder = self.point = None
         if self.detector is not None:
-            from .find import Finder
+            from .find import Finder, operating_point
             self.finder = Finder(self.detector, self.backend)
+            self.point = operating_point(self.detector, files[1])  # detect's defaults: chosen on validation
 
     def __repr__(self) -> str:
         detector = f", detector={self.detector.name!r}" if self.detector is not None else ""
@@ -89,15 +91,18 @@ class Model:
                        self.min_probability if floor is None else floor)
                 for path, size, p, b, k, floor in zip(paths or [None] * n, sizes, probs, boxes, ks, floors)]
 
-    def detect(self, frame, *, min_score: float = 0.3, min_probability: float = 0.5) -> dict:
-        """`tsloc detect`'s record for one frame (a path, bytes, a PIL image or an array)."""
+    def detect(self, frame, *, min_score: float | None = None, min_probability: float | None = None) -> dict:
+        """`tsloc detect`'s record for one frame (a path, bytes, a PIL image or an array); the thresholds
+        default to the detector's operating point (`.point`: chosen on validation, as `tsloc detect`'s)."""
         if self.finder is None:
             raise ValueError("no detector: tsloc.load(model, detector=FILE)")
         from ..data.images import load_image
         from .detect import record as frame_record
         pixels = np.array(load_image(frame, "frame"))
         return frame_record(Path(frame) if isinstance(frame, (str, Path)) else None, pixels,
-                            self.finder(pixels, min_score), self.meta["class_names"], min_probability)
+                            self.finder(pixels, self.point["min_score"] if min_score is None else min_score),
+                            self.meta["class_names"],
+                            self.point["min_probability"] if min_probability is None else min_probability)
 
 
 def load(model: str | Path = "belgiumtsc", **options) -> Model:

@@ -3,11 +3,39 @@
 with ONNX files for both models, neither is loaded."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelFileError
+from ..params import AUTO
 from .namer import margin_of, name
+
+POINT_FILE = "operating_point.json"  # beside the pipeline's detector (models/): scenes_evaluate chose it
+FALLBACK = {"min_score": 0.3, "min_probability": 0.5}  # for a detector no validation chose a point for
+
+
+def operating_point(detector, detector_file, min_score: float | str = AUTO,
+                    min_probability: float | str = AUTO) -> dict:
+    """The thresholds a reported detection needs: each a number given (a flag, params.yaml) or "auto":
+    the point chosen on validation frames for this detector (tsloc.scenes.operating_point), from its
+    file's metadata (a ready pair) or operating_point.json beside it (the pipeline's), else FALLBACK.
+    With `chosen`: where "auto" came from."""
+    path = Path(detector_file).with_name(POINT_FILE)
+    chosen, source = getattr(detector, "meta", {}).get("operating_point"), f"{detector_file}'s metadata"
+    if chosen is None and path.is_file():
+        try:
+            chosen, source = json.loads(path.read_text()), str(path)
+            float(chosen["min_score"]), float(chosen["min_probability"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelFileError(f"{path}: not an operating point (min_score, min_probability): {exc}") from None
+    if chosen is None:
+        chosen, source = FALLBACK, "the fallback (no point chosen for this detector)"
+    return {"min_score": float(chosen["min_score"] if min_score == AUTO else min_score),
+            "min_probability": float(chosen["min_probability"] if min_probability == AUTO else min_probability),
+            "chosen": source if AUTO in (min_score, min_probability) else "given"}
 
 
 @dataclass

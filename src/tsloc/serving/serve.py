@@ -63,8 +63,8 @@ class ServeConfig:
     max_bytes: int = 20 * 1024 * 1024
     top_k: int = 5
     min_probability: float = 0.0
-    min_score: float = 0.3                 # a detection's detector score, as detect.min_score
-    detect_min_probability: float = 0.5    # a detection's naming probability, as detect.min_probability
+    min_score: float | str = "auto"                # a detection's detector score, as detect.min_score (auto: the
+    detect_min_probability: float | str = "auto"   # detector's point chosen on validation); its naming probability
 
 
 class BadRequest(Exception):
@@ -273,6 +273,10 @@ def create_app(config: ServeConfig):
     model = Model(config.model, detector=config.detector, device=config.device, top_k=config.top_k,
                   min_probability=config.min_probability)
     size = model.meta["image_size"]
+    point = None
+    if model.detector is not None:
+        from .find import operating_point
+        point = operating_point(model.detector, model.detector_file, config.min_score, config.detect_min_probability)
 
     def run(entries):  # (item, top_k, min_probability) each: the options are the request's own
         items = [e[0] for e in entries]
@@ -327,8 +331,7 @@ def create_app(config: ServeConfig):
         if model.detector is not None:
             meta = model.detector.meta
             detector = {k: meta.get(k) for k in ("strides", "score_thresh", "topk", "nms_thresh", "max_detections")}
-            detector |= {"backend": model.detector.name, "min_score": config.min_score,
-                         "min_probability": config.detect_min_probability}
+            detector |= {"backend": model.detector.name, "operating_point": point}
         return {"model": model.info | {"file": model.file.name, "backend": model.backend.name,
                                        "box_format": ANSWER_BOXES},
                 "detector": detector,
@@ -362,8 +365,8 @@ def create_app(config: ServeConfig):
             if exc.status == 413:
                 await drain(request)
             return _error(exc.status, str(exc))
-        found = await batcher.call(model.finder, frame, config.min_score)
-        rec = frame_record(None, frame, found, model.meta["class_names"], config.detect_min_probability)
+        found = await batcher.call(model.finder, frame, point["min_score"])
+        rec = frame_record(None, frame, found, model.meta["class_names"], point["min_probability"])
         return rec | {"path": None if name == RAW_BODY else name}
 
     return app
