@@ -152,6 +152,8 @@ def test_declared_code_deps_match_the_modules_loaded(repo):
     ("scenes/decode.py", {"detector_export", "drive_evaluate"}),  # the ONNX detector's decoding: not the PyTorch path
     ("scenes/drive.py", {"drive_ingest"}),               # the synthetic drive: not its scoring
     ("serving/inventory.py", {"drive_evaluate"}),
+    ("scenes/operating_point.py", {"scenes_evaluate"}),  # choosing the operating point: not training the detector
+    ("serving/geo.py", {"drive_evaluate"}),
     ("paths.py", {"ingest", "split", "features", "train", "evaluate", "export", "visualize", "scenes_ingest",
                   "scenes_split", "detector_train", "detector_export", "scenes_evaluate", "drive_ingest",
                   "drive_evaluate"}),

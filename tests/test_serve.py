@@ -346,16 +346,21 @@ def test_the_ready_german_pair_answers_with_nothing_trained(german_frame, tmp_pa
     """`--model gtsdb` is a pair: GTSDB's detector and GTSRB's namer, both shipped in the package, through
     `tsloc detect`, `tsloc.load` and the server's /v1/detect alike (ONNX Runtime, no pipeline output)."""
     import tsloc
+    from tsloc.serving.ready import ready_detector
     model = tsloc.load("gtsdb", device="cpu")
     assert model.detector is not None and len(model.meta["class_names"]) == 43 and model.meta["class_names"][14] == "Stop"
     assert model.detector.meta["card"]["valid"]["onnx_fp32"] > 0.9  # its card: the validation AP50 it was shipped with
+    shipped = model.detector.meta["operating_point"]  # detect's defaults: chosen on GTSDB's validation frames
+    assert shipped["chosen_on"]["subset"] == "valid" and shipped["valid"]["precision"] >= shipped["targets"]["precision"]
+    assert model.point == {"min_score": shipped["min_score"], "min_probability": shipped["min_probability"],
+                           "chosen": f"{ready_detector('gtsdb')}'s metadata"}
     from tsloc.quantize import saturating_weights
-    from tsloc.serving.ready import ready_detector
     assert saturating_weights(model.file) == saturating_weights(ready_detector("gtsdb")) == []  # 7-bit: any x86 alike
     found = model.detect(german_frame)
     proc = run_cli("detect", german_frame, "--model", "gtsdb", cwd=tmp_path)  # no models/ here: the ready pair
     assert proc.returncode == 0, proc.stderr
     assert "gtsdb.detector.onnx" in proc.stderr and "gtsrb.int8.onnx" in proc.stderr
+    assert f"min score {shipped['min_score']:g}, min probability {shipped['min_probability']:g}" in proc.stderr
     record = json.loads(proc.stdout)
     assert record["detections"] == found["detections"] and (record["width"], record["height"]) == (680, 400)
     with TestClient(create_app(ServeConfig(model="gtsdb", device="cpu"))) as client:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from tsloc.scenes import drive
 from tsloc.scenes.tracking import score_inventory, score_tracks
 from tsloc.serving.detect import ahead, detect_video
 from tsloc.serving.find import Finder
+from tsloc.serving.geo import read_gpx
 from tsloc.serving.inventory import Inventory
 from tsloc.video import Frame, VideoWriter, probe, read_video
 
@@ -143,7 +145,8 @@ def test_true_detections_make_one_inventory_row_per_sign_with_its_class(small_dr
     oracle = Oracle(truth, every)
     records = []
     rows = detect_video(Finder(oracle.detector, oracle.namer), video, min_score=0.3, min_probability=0.5, every=every,
-                        track=TrackParams(), inventory=tmp_path / "signs.csv", emit=records.append)
+                        track=TrackParams(), inventory=tmp_path / "signs.csv", emit=records.append,
+                        gpx=read_gpx(video.with_name("drive.gpx")))
     assert [r["frame"] for r in records] == list(range(0, 80, every))
     unconfirmed = [d for r in records for d in r["detections"] if d["track_id"] is None]
     assert len(unconfirmed) <= 2 * 3  # a track is confirmed on its second view (track.min_frames); leaving the frame,
@@ -161,6 +164,12 @@ def test_true_detections_make_one_inventory_row_per_sign_with_its_class(small_dr
     for r in written:
         assert (tmp_path / r["crop"]).is_file() and float(r["confidence"]) == 1.0
         assert float(r["first_time"]) <= float(r["best_time"]) <= float(r["last_time"])
+        # placed where the camera was at the best view: 14 m/s due north of the drive's start
+        north = (float(r["lat"]) - drive.START[0]) * drive.METRES_PER_DEGREE
+        assert north == pytest.approx(14 * float(r["best_time"]), abs=0.05) and float(r["lon"]) == drive.START[1]
+    features = json.loads((tmp_path / "signs.geojson").read_text())["features"]
+    assert [f["properties"]["track_id"] for f in features] == [r["track_id"] for r in rows]
+    assert [f["geometry"]["coordinates"] for f in features] == [[r["lon"], r["lat"]] for r in rows]
 
 
 def _frame(index, fps=10):
@@ -214,6 +223,39 @@ def test_inventory_metrics_count_duplicates_background_and_wrong_classes():
     assert (got["duplicates"], got["background"]) == (1, 1)
 
 
+def _gpx_text(points: str) -> str:
+    return (f'<?xml version="1.0"?><gpx version="1.1" creator="t" xmlns="http://www.topografix.com/GPX/1/1">'
+            f'<trk><trkseg>{points}</trkseg></trk></gpx>')
+
+
+def test_a_gpx_track_places_by_time_and_bad_ones_are_one_line_naming_the_file(tmp_path):
+    """Linear between points, the video's time 0 at the track's first point plus the offset, nothing
+    outside the track; a file missing, not GPX, without track points, untimed or going back in time:
+    a DataError naming it and saying what is wrong."""
+    point = '<trkpt lat="{}" lon="{}"><time>2026-06-01T10:00:{:02d}Z</time></trkpt>'
+    good = tmp_path / "good.gpx"
+    good.write_text(_gpx_text(point.format(50.0, 8.0, 0) + point.format(50.001, 8.002, 10)))
+    track = read_gpx(good)
+    assert track.at(5.0) == pytest.approx((50.0005, 8.001)) and track.at(10.5) is None and track.at(-0.1) is None
+    assert read_gpx(good, offset=4.0).at(1.0) == pytest.approx((50.0005, 8.001))
+    untimed = '<trkpt lat="50" lon="8"></trkpt>'
+    for name, text, message in (
+            ("missing.gpx", None, "GPX file not found"),
+            ("text.gpx", "just text", "not a GPX file"),
+            ("binary.gpx", b"\xff\xfe\x00garbage", "not a GPX file"),
+            ("empty.gpx", _gpx_text(""), "no track points"),
+            ("untimed.gpx", _gpx_text(point.format(50, 8, 0) + untimed + untimed), "2 of 3 track points have no time "
+                                                                                  "(the first: point 2)"),
+            ("back.gpx", _gpx_text(point.format(50, 8, 5) + point.format(50, 8, 3)), "track point 2's time")):
+        path = tmp_path / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        elif text is not None:
+            path.write_text(text)
+        with pytest.raises(DataError, match=re.escape(f"{path}: {message}")):
+            read_gpx(path)
+
+
 def test_detect_on_a_video_as_a_user_runs_it(small_drive, tmp_path):
     """`tsloc detect drive.mp4` with a (random) detector and the stub namer: a JSON line per frame with its
     index and time, track ids with --track (its thresholds from params.yaml), the inventory CSV and its crops,
@@ -228,7 +270,7 @@ def test_detect_on_a_video_as_a_user_runs_it(small_drive, tmp_path):
     args = ["detect", video, "--detector", tmp_path / "d.pt", "--model", tmp_path / "m.pt", "--device", "cpu",
             "--min-score", "0", "--min-probability", "0"]
     proc = run_cli(*args, "--inventory", tmp_path / "out" / "signs.csv", "--draw", tmp_path / "out" / "boxes.mp4",
-                   "--every", "4", cwd=tmp_path)
+                   "--every", "4", "--gpx", video.with_name("drive.gpx"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["frame"] for r in records] == list(range(0, 80, 4))
@@ -237,6 +279,8 @@ def test_detect_on_a_video_as_a_user_runs_it(small_drive, tmp_path):
     assert probe(tmp_path / "out" / "boxes.mp4")[:4] == (640, 384, 5, 20)
     rows = list(csv.DictReader(open(tmp_path / "out" / "signs.csv")))
     assert rows and all(r["class"] == "class 3" and (tmp_path / "out" / r["crop"]).is_file() for r in rows)
+    placed = json.loads((tmp_path / "out" / "signs.geojson").read_text())["features"]  # every row: all within the track
+    assert [f["geometry"]["coordinates"] for f in placed] == [[float(r["lon"]), float(r["lat"])] for r in rows]
     proc = run_cli(*args, "--format", "csv", "--track", "--every", "20", cwd=tmp_path)
     header = proc.stdout.splitlines()[0]
     assert header == "path,frame,time,width,height,left,top,right,bottom,score,class_id,class,probability,track_id"
@@ -255,11 +299,17 @@ def test_detect_refuses_bad_video_input_in_one_line_and_writes_nothing(small_dri
                    tmp_path / "o.mp4", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") <= 2 and "cut.mp4: not a video FFmpeg can read" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4", "d.pt", "m.pt"]
+    (tmp_path / "cut.gpx").write_text(_gpx_text('<trkpt lat="50" lon="8"></trkpt>'))
+    proc = run_cli("detect", video, *models, "--inventory", tmp_path / "signs.csv", "--gpx", tmp_path / "cut.gpx",
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cut.gpx: 1 of 1 track points have no time" in proc.stderr
+    (tmp_path / "cut.gpx").unlink()
     for paths, extra, message in (([tmp_path / "m.pt"], ["--track"], "--track: for a video"),
                                   ([video, video], [], "give one video at a time"),
                                   ([video], ["--draw", tmp_path / "frames"], "--draw with a video writes a video"),
                                   ([video], ["--every", "0"], "--every must be at least 1"),
-                                  ([video], ["--inventory", tmp_path / "signs.txt"], "--inventory writes a CSV file")):
+                                  ([video], ["--inventory", tmp_path / "signs.txt"], "--inventory writes a CSV file"),
+                                  ([video], ["--gpx", video.with_name("drive.gpx")], "--gpx places the inventory's signs")):
         proc = run_cli("detect", *paths, *models, *extra, cwd=tmp_path)
         assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4", "d.pt", "m.pt"]

@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     vid.add_argument("--inventory", metavar="CSV", help="write one row per physical sign to CSV (class by the vote of "
                      "its views, first and last time, best view), its crop into a folder beside it (implies --track)")
     vid.add_argument("--every", type=int, default=1, metavar="N", help="search every Nth frame only (default: 1)")
+    vid.add_argument("--gpx", metavar="FILE", help="the camera's GPX track: each inventory row gets the place of its "
+                     "best view (lat, lon), and the rows are also written as GeoJSON beside the CSV (needs --inventory)")
+    vid.add_argument("--gpx-offset", type=float, default=0.0, metavar="S",
+                     help="the track's time at the video's first frame, in seconds after its first point (default: 0)")
 
     srv = sub.add_parser("serve", help="the model behind an HTTP API, with a page to try it (FastAPI, uvicorn)",
                          description="Serve the model: POST /v1/predict (an image), POST /v1/detect (a street frame, "
@@ -245,6 +249,10 @@ def detect(args) -> int:
     from .serving.ready import default_model, ready_detector, resolve
     params, track = _detect_params(args.params)
     video = _video_args(args)
+    gpx = None
+    if args.gpx:  # read first: a bad track is told before any model loads
+        from .serving.geo import read_gpx
+        gpx = read_gpx(args.gpx, args.gpx_offset)
     _probability(args.min_score, "--min-score")
     _probability(args.min_probability)
     files = (args.detector or ready_detector(args.model) or default_detector(),
@@ -263,12 +271,12 @@ def detect(args) -> int:
     min_score, min_probability = point["min_score"], point["min_probability"]
     if point["chosen"] != "given":
         print(f"tsloc detect: operating point min score {min_score:g}, min probability {min_probability:g} "
-              f"(chosen on validation: {point['chosen']})", file=sys.stderr)
+              f"(auto: {point['chosen']})", file=sys.stderr)
     if video:
         from .serving.detect import VIDEO_CSV_FIELDS, RecordWriter, detect_video
         track = track if args.track or args.inventory else None
         detect_video(finder, video, min_score=min_score, min_probability=min_probability, every=args.every,
-                     track=track, inventory=args.inventory, draw_to=args.draw,
+                     track=track, inventory=args.inventory, draw_to=args.draw, gpx=gpx,
                      emit=RecordWriter(sys.stdout, args.format, VIDEO_CSV_FIELDS), progress=sys.stderr.isatty())
         return 0
     return _over_files("detect", lambda: detect_files(finder, args.paths, min_score=min_score,
@@ -287,7 +295,7 @@ def _video_args(args) -> str | None:
         raise UsageError(f"--every must be at least 1, not {args.every}")
     if not videos:
         used = [flag for flag, on in (("--track", args.track), ("--inventory", args.inventory),
-                                      ("--every", args.every != 1)) if on]
+                                      ("--every", args.every != 1), ("--gpx", args.gpx)) if on]
         if used:
             raise UsageError(f"{', '.join(used)}: for a video (.mp4, .mkv, .mov, ...), not frames")
         return None
@@ -295,6 +303,8 @@ def _video_args(args) -> str | None:
         raise UsageError(f"--draw with a video writes a video: name it .mp4 (or .mkv, .mov), not {args.draw!r}")
     if args.inventory and Path(args.inventory).suffix.lower() != ".csv":
         raise UsageError(f"--inventory writes a CSV file: name it .csv, not {args.inventory!r}")
+    if args.gpx and not args.inventory:
+        raise UsageError("--gpx places the inventory's signs: give --inventory signs.csv too")
     return videos[0]
 
 

@@ -69,6 +69,7 @@ DRIVE_RAW = DRIVE / "raw"                   # the video, its true tracks and cla
 DRIVE_VIDEO = DRIVE_RAW / "drive.mp4"
 DRIVE_TRUTH = DRIVE_RAW / "tracks.csv"      # frame, time, track_id, class_id, left, top, right, bottom
 DRIVE_CLASSES = DRIVE_RAW / "classes.csv"
+DRIVE_GPX = DRIVE_RAW / "drive.gpx"         # the camera's track, a point a second
 DRIVE_INVENTORY = DRIVE / "inventory.csv"   # one row per sign found; its crops in DRIVE / "inventory"
 DRIVE_TRACKS = DRIVE / "tracks_found.csv"   # every tracked detection of every searched frame
 DRIVE_METRICS = Path("metrics/drive.json")

@@ -1,8 +1,9 @@
-"""Stage `drive_evaluate`: `tsloc detect --track --inventory` on the drive's video (the pipeline's ONNX
-detector and namer, and the operating point, as `tsloc detect` picks them), scored against its true tracks (tsloc.scenes.tracking):
-IDF1, identity switches and MOTA; the inventory's precision, recall and class accuracy (a sign counted
-once, with its class); frames per second end to end (decoding, finding, naming, tracking). A timeline
-of the true signs and the inventory's rows for `dvc plots`."""
+"""Stage `drive_evaluate`: `tsloc detect --track --inventory --gpx` on the drive's video (the pipeline's
+ONNX detector and namer, and the operating point, as `tsloc detect` picks them), scored against its
+true tracks (tsloc.scenes.tracking): IDF1, identity switches and MOTA; the inventory's precision,
+recall and class accuracy (a sign counted once, with its class), its rows placed on the drive's GPX
+track (inventory.geojson beside the CSV); frames per second end to end (decoding, finding, naming,
+tracking). A timeline of the true signs and the inventory's rows for `dvc plots`."""
 from __future__ import annotations
 
 import sys
@@ -15,12 +16,13 @@ import pandas as pd
 from ..errors import DataError
 from ..io import write_csv, write_figure, write_json
 from ..params import TrackParams
-from ..paths import (DRIVE_CLASSES, DRIVE_INVENTORY, DRIVE_METRICS, DRIVE_REPORT, DRIVE_TIMELINE, DRIVE_TRACKS,
-                     DRIVE_TRUTH, DRIVE_VIDEO, ONNX)
+from ..paths import (DRIVE_CLASSES, DRIVE_GPX, DRIVE_INVENTORY, DRIVE_METRICS, DRIVE_REPORT, DRIVE_TIMELINE,
+                     DRIVE_TRACKS, DRIVE_TRUTH, DRIVE_VIDEO, ONNX)
 from ..scenes.tracking import score_inventory, score_tracks
 from ..serving.backend import default_detector, load_backend, load_detector
 from ..serving.detect import detect_video
 from ..serving.find import Finder, operating_point
+from ..serving.geo import read_gpx
 from ..serving.namer import match_classes
 from . import record_keys, tracked_params
 
@@ -48,7 +50,7 @@ def run(params_file: str = "params.yaml") -> dict:
     point = operating_point(finder.detector, detector_file, p.detect.min_score, p.detect.min_probability)
     rows = detect_video(finder, DRIVE_VIDEO, min_score=point["min_score"],
                         min_probability=point["min_probability"], every=p.drive.every, track=TrackParams(**p.track.as_dict()),
-                        inventory=DRIVE_INVENTORY, emit=keep, progress=True)
+                        inventory=DRIVE_INVENTORY, gpx=read_gpx(DRIVE_GPX), emit=keep, progress=True)
     seconds = time.perf_counter() - started
     for r in rows:
         r["class_id"] = int(mapping[r["class_id"]])
@@ -59,6 +61,7 @@ def run(params_file: str = "params.yaml") -> dict:
     if not (mapping >= 0).any():
         inventory.update(class_accuracy=None, right_class_recall=None)
     speed = len(frames) / seconds
+    inventory["placed"] = sum(r["lat"] is not None for r in rows)  # on the GPX track
     report = {"frames": len(frames), "every": p.drive.every, "operating_point": point, "tracking": tracking,
               "inventory": inventory,
               "frames_per_second": speed, "detector": str(detector_file), "namer": str(ONNX)}

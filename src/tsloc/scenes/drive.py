@@ -1,13 +1,15 @@
 """A synthetic dashcam drive, the video default that needs no data: a camera moving down a street
 at a steady speed toward signs on poles beside it (the synthetic scenes' signs and classes), each
 growing from 16 px as it comes into view to 70-130 px as it leaves the frame over 1 to 3 seconds;
-with the true tracks (one id per physical sign, its box in every frame it is seen in).
+with the true tracks (one id per physical sign, its box in every frame it is seen in) and the
+camera's GPX track (a point a second, heading north from START).
 
 A pinhole camera: a sign of side S metres, X metres beside the road and Y above it, d metres ahead,
 is f·S/d pixels wide at f·X/d from the frame's centre. Deterministic in the seed.
 """
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from tqdm import tqdm
 
 from ..data.synthetic import NUM_CLASSES, draw_sign
 from ..io import write_csv
-from ..paths import DRIVE_CLASSES, DRIVE_TRUTH, DRIVE_VIDEO
+from ..paths import DRIVE_CLASSES, DRIVE_GPX, DRIVE_TRUTH, DRIVE_VIDEO
 from ..video import VideoWriter
 from .synthetic import MIN_SIDE, scene_classes, street_background
 
@@ -25,6 +27,8 @@ TRACK_COLUMNS = ["frame", "time", "track_id", "class_id", "left", "top", "right"
 CAMERA_HEIGHT = 1.4   # metres above the road
 HORIZON = 0.42        # the vanishing point's height, a share of the frame's
 VISIBLE = 0.5         # a sign is in the truth of a frame while this share of its box is inside it
+START = (52.2650, 10.5210, datetime(2026, 6, 1, 10, 0, tzinfo=timezone.utc))  # the track's first point and time
+METRES_PER_DEGREE = 111_320.0  # of latitude
 
 
 def _signs(rng: np.random.Generator, count: int, seconds: float, speed: float, focal: float) -> pd.DataFrame:
@@ -109,5 +113,20 @@ def generate(out: Path, seconds: float = 10.0, fps: int = 15, signs: int = 8, se
             rows += [{"frame": i, "time": round(t, 4), "track_id": tid, "class_id": c, "left": b[0], "top": b[1],
                       "right": b[2], "bottom": b[3]} for tid, c, b in truth]
     write_csv(out / DRIVE_TRUTH.name, pd.DataFrame(rows, columns=TRACK_COLUMNS))
+    _gpx(out / DRIVE_GPX.name, seconds, speed)
     write_csv(out / DRIVE_CLASSES.name, scene_classes())
     return out / DRIVE_VIDEO.name, out / DRIVE_TRUTH.name
+
+
+def _gpx(path: Path, seconds: float, speed: float) -> None:
+    """The camera's track as GPX 1.1: due north from START at `speed`, a point a second (one past the end)."""
+    import gpxpy.gpx
+    gpx = gpxpy.gpx.GPX()
+    segment = gpxpy.gpx.GPXTrackSegment()
+    lat, lon, start = START
+    for t in range(int(np.ceil(seconds)) + 1):
+        segment.points.append(gpxpy.gpx.GPXTrackPoint(round(lat + speed * t / METRES_PER_DEGREE, 7), lon,
+                                                      time=start + timedelta(seconds=t)))
+    gpx.tracks.append(gpxpy.gpx.GPXTrack(name="synthetic drive"))
+    gpx.tracks[0].segments.append(segment)
+    path.write_text(gpx.to_xml(version="1.1"))

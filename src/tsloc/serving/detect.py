@@ -134,10 +134,11 @@ def ahead(items, count: int = AHEAD):
 
 def detect_video(finder, path: str | Path, *, min_score: float, min_probability: float, every: int = 1,
                  track: TrackParams | None = None, inventory: str | Path | None = None, draw_to: str | Path | None = None,
-                 emit=None, progress: bool = False) -> list[dict]:
+                 gpx=None, emit=None, progress: bool = False) -> list[dict]:
     """Find and name the signs of every `every`-th frame of a video; `emit(record)` per frame (record: as
     `record`'s, with "frame" and "time", and a "track_id" per detection when tracked). Tracked, returns the
-    inventory's rows (and writes them to `inventory`, a CSV, with the crops beside it); `draw_to`: the
+    inventory's rows (and writes them to `inventory`, a CSV, with the crops beside it; placed on the
+    camera's GPX track `gpx` and also as GeoJSON, tsloc.serving.geo, where given); `draw_to`: the
     video with boxes and names. The files appear whole or not at all: a video that turns out damaged
     leaves none of them."""
     from tqdm import tqdm
@@ -147,7 +148,7 @@ def detect_video(finder, path: str | Path, *, min_score: float, min_probability:
     tracker = SignTracker(track, rate) if track else None
     with contextlib.ExitStack() as stack:
         video = stack.enter_context(VideoWriter(draw_to, rate)) if draw_to else None
-        signs = stack.enter_context(Inventory(names, inventory, track)) if track else None
+        signs = stack.enter_context(Inventory(names, inventory, track, gpx)) if track else None
         total = -(-info.frames // every) if info.frames else None
         for frame in tqdm(ahead(read_video(path, every)), total=total, desc=Path(path).name, unit="frame",
                           disable=not progress, leave=False):

@@ -20,6 +20,7 @@ from PIL import Image
 from ..errors import DataError
 from ..io import atomic_path
 from ..params import TrackParams
+from .geo import write_geojson
 from .namer import crop_windows
 
 INVENTORY_FIELDS = ["track_id", "class_id", "class", "confidence", "views", "first_frame", "last_frame", "first_time",
@@ -69,10 +70,12 @@ class _Track:
 
 class Inventory:
     """Collects tracked detections frame by frame; `close()` returns the rows and writes `csv_path`
-    and its crops (`<csv stem>/track_N.jpg`), both whole or not at all (inside a `with` block)."""
+    and its crops (`<csv stem>/track_N.jpg`), all whole or not at all (inside a `with` block). Given
+    the camera's GPX track (`gpx`, tsloc.serving.geo), each row has the place of its best view (lat,
+    lon) and the placed rows are also written as GeoJSON (`<csv stem>.geojson`)."""
 
-    def __init__(self, names: list[str], csv_path: str | Path | None, settings: TrackParams):
-        self.names, self.settings = names, settings
+    def __init__(self, names: list[str], csv_path: str | Path | None, settings: TrackParams, gpx=None):
+        self.names, self.settings, self.gpx = names, settings, gpx
         self.csv_path = Path(csv_path) if csv_path else None
         self.tracks: dict[int, _Track] = {}
         self.rows: list[dict] = []
@@ -119,6 +122,8 @@ class Inventory:
                "last_time": round(t.last_time, 3), "best_frame": view["frame"], "best_time": round(view["time"], 3),
                **dict(zip(("left", "top", "right", "bottom"), (round(v, 1) for v in view["box"]))),
                "score": round(view["score"], 4), "probability": round(view["probability"], 4), "crop": ""}
+        if self.gpx:
+            row["lat"], row["lon"] = self.gpx.at(view["time"]) or (None, None)
         if crop is not None:
             name = f"track_{track_id:05d}.jpg"
             Image.fromarray(crop).save(self.crop_dir / name, quality=92)
@@ -134,13 +139,18 @@ class Inventory:
             return False
         if kind is not None:
             return self._crops.__exit__(kind, exc, tb)  # the crops written so far are removed
-        self._crops.__exit__(None, None, None)  # the crops in place, then the table that names them
+        self._crops.__exit__(None, None, None)  # the crops in place, then the map and the table that names them
+        placed = self.csv_path.with_suffix(".geojson")
         try:
+            if self.gpx:
+                write_geojson(placed, self.rows)
             with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, INVENTORY_FIELDS)
+                writer = csv.DictWriter(f, INVENTORY_FIELDS + (["lat", "lon"] if self.gpx else []))
                 writer.writeheader()
                 writer.writerows(self.rows)
         except BaseException:
             shutil.rmtree(self.csv_path.with_suffix(""), ignore_errors=True)
+            if self.gpx:
+                placed.unlink(missing_ok=True)
             raise
         return False

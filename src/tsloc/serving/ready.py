@@ -20,7 +20,7 @@ from ..errors import ModelFileError
 from ..io import atomic_path
 from ..onnxfile import read_meta, set_meta
 from ..paths import (DETECTOR_EXPORT_REPORT, DETECTOR_INT8, DETECTOR_ONNX, EXPORT_REPORT, INGEST_REPORT, INT8,
-                     MODEL_CARD, SCENES_REPORT)
+                     MODEL_CARD, OPERATING_POINT, SCENES_REPORT)
 
 FOLDER = Path(__file__).parent / "models"
 READY = {"belgiumtsc": "belgiumtsc.int8.onnx", "gtsrb": "gtsrb.int8.onnx"}  # crop models
@@ -98,14 +98,16 @@ def bundle(name: str, run: Path, command: str) -> Path:
 
 
 def _bundle_detector(name: str, run: Path, command: str) -> Path:
-    """The run's detector as `tsloc detect` picks it (int8 where it kept AP50, else fp32 ONNX), with a card:
-    its validation AP50 and the scene test figures of the run (reports/detector_export.json, scenes_evaluate)."""
+    """The run's detector as `tsloc detect` picks it (int8 where it kept AP50, else fp32 ONNX), with a card
+    (its validation AP50 and the scene test figures of the run: reports/detector_export.json,
+    scenes_evaluate) and the run's operating point, chosen on validation (models/operating_point.json)."""
     export = json.loads((run / DETECTOR_EXPORT_REPORT).read_text())
     scenes = json.loads((run / SCENES_REPORT).read_text())
     source = run / DETECTOR_INT8 if export["onnx_int8"].get("kept") else run / DETECTOR_ONNX
     meta = read_meta(source)
     meta["card"] = {"valid": {k: export[k]["ap50"] for k in ("pytorch", "onnx_fp32", "onnx_int8")},
                     "test": scenes["test"], "command": command, "commit": _commit(run)}
+    meta["operating_point"] = json.loads((run / OPERATING_POINT).read_text())  # tsloc detect's defaults for the pair
     return _install(source, PAIRS[name][0], meta)
 
 
