@@ -1,6 +1,6 @@
 """A dashcam video end to end, side by side in one process: `tsloc detect` on the video (PyAV decoding
 a frame ahead, finding, naming; with and without tracking and the inventory) against the same frames
-as JPEG files, with the pipeline's ONNX models as `tsloc detect` picks them.
+as JPEG files, with the pipeline's ONNX models and operating point as `tsloc detect` picks them.
 
     dvc repro detector_export export && python benchmarks/video.py [--video FILE] [--seconds 4] [--rounds 3]
 
@@ -32,7 +32,7 @@ from tsloc.params import TrackParams
 from tsloc.scenes import drive
 from tsloc.serving.backend import default_detector, load_backend, load_detector
 from tsloc.serving.detect import RecordWriter, detect_files, detect_video
-from tsloc.serving.find import Finder
+from tsloc.serving.find import Finder, operating_point
 from tsloc.paths import ONNX
 from tsloc.video import probe, read_video
 
@@ -46,6 +46,9 @@ def main() -> None:
     ap.add_argument("--video", help="a video file (default: a synthetic 1360 x 800 drive)")
     ap.add_argument("--seconds", type=float, default=4.0, help="the synthetic drive's length (default: 4)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--min-score", default="auto", type=lambda v: v if v == "auto" else float(v),
+                    help="the operating point, as tsloc detect's (default: auto, the point chosen on validation)")
+    ap.add_argument("--min-probability", default="auto", type=lambda v: v if v == "auto" else float(v))
     ap.add_argument("--long", type=int, default=5, help="(d): the long drive's length, in drives (default: 5)")
     args = ap.parse_args()
     scratch = Path(tempfile.mkdtemp())
@@ -59,7 +62,9 @@ def main() -> None:
         Image.fromarray(f.image).save(frames_dir / f"{f.index:06d}.jpg", quality=92)
     info = probe(video)
     finder = Finder(load_detector(default_detector()), load_backend(ONNX))
-    point = {"min_score": 0.3, "min_probability": 0.5}
+    point = operating_point(finder.detector, default_detector(), args.min_score, args.min_probability)
+    print(f"operating point: min score {point['min_score']:g}, min probability {point['min_probability']:g} "
+          f"({point.pop('chosen')})")
     print(f"{video.name}: {info.frames} frames of {info.width} x {info.height} at {float(info.fps):g}/s; detector "
           f"{finder.detector.name}, namer {finder.namer.name}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}")

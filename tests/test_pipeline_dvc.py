@@ -193,6 +193,11 @@ def test_scene_params_rerun_only_the_scene_stages(repo):
         return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "detect.min_score=0.5"], dst, env)) == {"scenes_evaluate",
                                                                                              "drive_evaluate"}
+    # a number fixes the threshold; the probability is still chosen on validation, and the drive uses both
+    point = json.loads((dst / "models" / "operating_point.json").read_text())
+    assert point["min_score"] == 0.5 and point["chosen_on"]["subset"] == "valid"
+    drove = json.loads((dst / "reports" / "drive_evaluate.json").read_text())["operating_point"]
+    assert drove == {"min_score": 0.5, "min_probability": point["min_probability"], "chosen": "models/operating_point.json"}
     # each `exp run` composes params.yaml afresh: detect.min_score given again, or scenes_evaluate reruns
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "detect.min_score=0.5", "-S", "detector_export.calibration_frames=4"],
                     dst, env)) == {"detector_export", "drive_evaluate"}
@@ -202,7 +207,7 @@ def test_scene_params_rerun_only_the_scene_stages(repo):
         {"scenes_ingest", "scenes_split", "detector_train", "detector_export", "scenes_evaluate", "drive_evaluate"}
     assert json.loads((dst / "reports" / "scenes_ingest.json").read_text())["Training"]["frames"] == 30
     assert set(json.loads((dst / "metrics" / "scenes.json").read_text())["test"]) == \
-        {"find_ap50", "map50", "map", "recall", "frames_per_second"}
+        {"find_ap50", "find_ap", "map50", "map", "precision", "recall", "frames_per_second"}
     assert (dst / "metrics" / "evaluate.json").read_text() == before
 
 
