@@ -61,10 +61,11 @@ def main() -> None:
     for f in read_video(video):
         Image.fromarray(f.image).save(frames_dir / f"{f.index:06d}.jpg", quality=92)
     info = probe(video)
-    finder = Finder(load_detector(default_detector()), load_backend(ONNX))
-    point = operating_point(finder.detector, default_detector(), args.min_score, args.min_probability)
-    print(f"operating point: min score {point['min_score']:g}, min probability {point['min_probability']:g} "
-          f"({point.pop('chosen')})")
+    detector = load_detector(default_detector())
+    point = operating_point(detector, default_detector(), args.min_score, args.min_probability)
+    finder = Finder(detector, load_backend(ONNX), box=point.pop("box"))
+    print(f"operating point: min score {point['min_score']:g}, min probability {point['min_probability']:g}, "
+          f"the {finder.box}'s boxes ({point.pop('chosen')})")
     print(f"{video.name}: {info.frames} frames of {info.width} x {info.height} at {float(info.fps):g}/s; detector "
           f"{finder.detector.name}, namer {finder.namer.name}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}")

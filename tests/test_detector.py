@@ -16,7 +16,7 @@ from tsloc.scenes import model as det
 from tsloc.serving.find import Finder
 from tsloc.pipeline.scenes_evaluate import score_scenes
 from tsloc.scenes.evaluation import evaluate
-from tsloc.scenes.operating_point import Matcher, choose, sweep
+from tsloc.scenes.operating_point import Matcher, choose, choose_box, sweep
 from tsloc.serving.namer import crop_windows, match_classes
 from tsloc.scenes.windows import cut_window, window_plan
 
@@ -122,9 +122,11 @@ def test_detect_takes_the_operating_point_from_the_detector_else_beside_it_else_
     class Detector:
         meta = {}
     file = tmp_path / "detector.onnx"
-    assert operating_point(Detector(), file) == {**FALLBACK, "chosen": "the fallback (no point chosen for this detector)"}
-    (tmp_path / "operating_point.json").write_text(json.dumps({"min_score": 0.45, "min_probability": 0.2}))
-    assert operating_point(Detector(), file) == {"min_score": 0.45, "min_probability": 0.2,
+    assert operating_point(Detector(), file) == {**FALLBACK, "box": "namer",
+                                                 "chosen": "the fallback (no point chosen for this detector)"}
+    (tmp_path / "operating_point.json").write_text(json.dumps({"min_score": 0.45, "min_probability": 0.2,
+                                                               "box": "detector"}))
+    assert operating_point(Detector(), file) == {"min_score": 0.45, "min_probability": 0.2, "box": "detector",
                                                  "chosen": str(tmp_path / "operating_point.json")}
     assert operating_point(Detector(), file, 0.7)["min_score"] == 0.7  # a number given wins; the other stays chosen
     assert operating_point(Detector(), file, 0.7)["min_probability"] == 0.2
@@ -160,6 +162,21 @@ def test_a_detection_is_named_and_its_box_refined_by_the_crop_model(tmp_path):
     l, t, r, b = STUB_BOX  # of the crop window (46, 16, 94, 64): 48 x 48 px, the margin of 10%
     assert found[0]["box"] == pytest.approx([46 + l * 48, 16 + t * 48, 46 + r * 48, 16 + b * 48], abs=0.05)
     assert found[0]["detector_box"] == [50.0, 20.0, 90.0, 60.0]
+    kept = Finder(one, namer, box="detector")(np.zeros((100, 200, 3), np.uint8))  # the detector's box reported
+    assert kept[0]["box"] == kept[0]["detector_box"] == [50.0, 20.0, 90.0, 60.0] and kept[0]["class_id"] == 3
+
+
+def test_the_box_reported_is_the_one_with_the_higher_coco_ap_on_validation():
+    """Two true signs: the detector's boxes on them exactly, the namer's shifted (IoU 0.68 and 0.82):
+    the detector's win on naming AP and on finding AP; the other way round the namer's."""
+    rows = [{**_row("a", [10, 10, 50, 50], 0.9), "box": [14, 10, 54, 50], "detector_box": [10, 10, 50, 50]},
+            {**_row("a", [100, 20, 140, 60], 0.8, class_id=1), "box": [100, 26, 140, 66], "detector_box": [100, 20, 140, 60]}]
+    truth = _truth()[lambda t: t["frame"] == "a"]
+    box, ap = choose_box(truth, rows, scored=True)
+    assert box == "detector" and ap["detector"] == pytest.approx(1.0) and ap["namer"] < 0.7
+    assert choose_box(truth, rows, scored=False)[0] == "detector"
+    swapped = [{**r, "box": r["detector_box"], "detector_box": r["box"]} for r in rows]
+    assert choose_box(truth, swapped, scored=True)[0] == "namer"
 
 
 def test_a_detection_the_crop_model_does_not_recognise_is_dropped(tmp_path):

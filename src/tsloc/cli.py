@@ -265,13 +265,13 @@ def detect(args) -> int:
     detector, namer = load_detector(files[0], device), load_backend(files[1], device)
     if args.detector is None or args.model is None:
         print(f"tsloc detect: detector {files[0]} ({detector.name}), namer {files[1]} ({namer.name})", file=sys.stderr)
-    finder = Finder(detector, namer)
     point = operating_point(detector, files[0], params.min_score if args.min_score is None else args.min_score,
                             params.min_probability if args.min_probability is None else args.min_probability)
+    finder = Finder(detector, namer, box=point["box"])
     min_score, min_probability = point["min_score"], point["min_probability"]
     if point["chosen"] != "given":
-        print(f"tsloc detect: operating point min score {min_score:g}, min probability {min_probability:g} "
-              f"(auto: {point['chosen']})", file=sys.stderr)
+        print(f"tsloc detect: operating point min score {min_score:g}, min probability {min_probability:g}, "
+              f"the {point['box']}'s boxes (auto: {point['chosen']})", file=sys.stderr)
     if video:
         from .serving.detect import VIDEO_CSV_FIELDS, RecordWriter, detect_video
         track = track if args.track or args.inventory else None

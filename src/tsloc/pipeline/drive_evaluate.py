@@ -32,7 +32,9 @@ def run(params_file: str = "params.yaml") -> dict:
     truth = pd.read_csv(DRIVE_TRUTH)
     classes = pd.read_csv(DRIVE_CLASSES, keep_default_na=False)
     detector_file = default_detector()
-    finder = Finder(load_detector(detector_file), load_backend(ONNX))
+    detector = load_detector(detector_file)
+    point = operating_point(detector, detector_file, p.detect.min_score, p.detect.min_probability)
+    finder = Finder(detector, load_backend(ONNX), box=point["box"])
     try:
         mapping = match_classes(classes, finder.namer.meta["class_names"])  # the namer's ids as the drive's
     except DataError as exc:  # a crop model of other signs (GTSRB's twin): tracking and counting still scored
@@ -47,7 +49,6 @@ def run(params_file: str = "params.yaml") -> dict:
                       "probability": d["probability"]} for d in rec["detections"])
 
     started = time.perf_counter()
-    point = operating_point(finder.detector, detector_file, p.detect.min_score, p.detect.min_probability)
     rows = detect_video(finder, DRIVE_VIDEO, min_score=point["min_score"],
                         min_probability=point["min_probability"], every=p.drive.every, track=TrackParams(**p.track.as_dict()),
                         inventory=DRIVE_INVENTORY, gpx=read_gpx(DRIVE_GPX), emit=keep, progress=True)

@@ -1,13 +1,13 @@
 """Stage `scenes_evaluate`: find and name the signs of the validation and test frames (the detector,
 then the crop model); choose the operating point on validation (tsloc.scenes.operating_point: the
-thresholds that meet `detect.target_precision` and `detect.target_recall`, unless `detect.*` gives
-numbers), written to models/operating_point.json where `tsloc detect` finds it beside the detector;
-score the test frames with COCO's evaluation (tsloc.scenes.evaluation): AP at IoU 0.5 for finding
-signs whatever their class, mean AP over the classes (finding and naming), COCO's AP at 0.5:0.95,
-AP per category (each AP over every detection, ranked by its score, as COCO scores), precision and
-recall at the operating point and its errors by kind, frames per second; the precision-recall
-curves and the validation sweep for `dvc plots`, a gallery of the worst test frames and one of the
-test false positives.
+box to report, the namer's or the detector's, and the thresholds that meet `detect.target_precision`
+and `detect.target_recall`, unless `detect.*` gives numbers), written to models/operating_point.json
+where `tsloc detect` finds it beside the detector; score the test frames with COCO's evaluation
+(tsloc.scenes.evaluation): AP at IoU 0.5 for finding signs whatever their class, mean AP over the
+classes (finding and naming), COCO's AP at 0.5:0.95, AP per category (each AP over every detection,
+ranked by its score, as COCO scores), precision and recall at the operating point and its errors by
+kind, frames per second; the precision-recall curves and the validation sweep for `dvc plots`, a
+gallery of the worst test frames and one of the test false positives.
 
 A crop model that does not know the scene classes (trained on another data set than the scenes:
 GTSRB crops beside the synthetic scenes) cannot be scored on naming: one line says which classes,
@@ -31,7 +31,7 @@ from ..params import AUTO
 from ..paths import (DETECTOR, MODEL, OPERATING_POINT, SCENE_CLASSES, SCENE_SPLIT, SCENES_DETECTIONS,
                      SCENES_FALSE_POSITIVES, SCENES_GALLERY, SCENES_METRICS, SCENES_PLOTS, SCENES_REPORT)
 from ..scenes.evaluation import evaluate
-from ..scenes.operating_point import FALSE_POSITIVES, PROBABILITIES, SCORES, Matcher, choose, sweep
+from ..scenes.operating_point import FALSE_POSITIVES, PROBABILITIES, SCORES, Matcher, choose, choose_box, sweep
 from ..serving.backend import load_backend, load_detector
 from ..serving.find import Finder
 from ..serving.namer import match_classes
@@ -53,12 +53,11 @@ def run(params_file: str = "params.yaml") -> dict:
     except DataError as exc:  # e.g. a GTSRB crop model beside the synthetic scenes: finding is still scored
         print(f"tsloc scenes_evaluate: naming not scored: {exc}", file=sys.stderr)
         mapping = np.full(len(namer.meta["class_names"]), -1)
-    finder = Finder(detector, namer)
-    point = _choose(p.detect, split, finder, mapping)
-    test, paths = subset_frames(split, "test")
-    rows, seconds = _find(finder, paths, mapping)
-    category = dict(zip(classes["class_id"], classes["category"]))
     scored = bool((mapping >= 0).any())  # naming is scored when the crop model knows the scene classes
+    point = _choose(p.detect, split, Finder(detector, namer), mapping, scored)
+    test, paths = subset_frames(split, "test")
+    rows, seconds = _find(Finder(detector, namer, box=point["box"]), paths, mapping)
+    category = dict(zip(classes["class_id"], classes["category"]))
     figures, curves, kept = score_scenes(test, rows, category, point["min_score"], point["min_probability"], scored)
     signs = test[test["class_id"] != NO_SIGN]
     report = {"test": {"frames": len(paths), "signs": int(len(signs)), **figures,
@@ -126,18 +125,23 @@ def _find(finder, paths: list[str], mapping: np.ndarray) -> tuple[list[dict], fl
     return rows, seconds
 
 
-def _choose(d, split: pd.DataFrame, finder, mapping) -> dict:
-    """The operating point, chosen on the validation frames (each "auto" threshold swept, a number kept),
-    written to models/operating_point.json with its validation figures; its sweep for `dvc plots`."""
+def _choose(d, split: pd.DataFrame, finder, mapping, scored: bool) -> dict:
+    """The operating point, chosen on the validation frames (the box to report; each "auto" threshold
+    swept, a number kept), written to models/operating_point.json with its validation figures; its
+    sweep for `dvc plots`."""
     valid, paths = subset_frames(split, "valid")
     if not paths:
         raise DataError(f"{SCENE_SPLIT}: no validation frames to choose the operating point on (give detect.min_score "
                         "and detect.min_probability as numbers)")
     rows, _ = _find(finder, paths, mapping)
+    box, box_ap = choose_box(valid, rows, scored)
+    if box == "detector":
+        rows = [{**r, "box": r["detector_box"]} for r in rows]
     table = sweep(Matcher(valid, rows), SCORES if d.min_score == AUTO else [d.min_score],
                   PROBABILITIES if d.min_probability == AUTO else [d.min_probability])
     best = choose(table, d.target_precision, d.target_recall)
-    point = {"min_score": best["min_score"], "min_probability": best["min_probability"],
+    point = {"min_score": best["min_score"], "min_probability": best["min_probability"], "box": box,
+             "box_ap": box_ap,  # COCO AP 0.5:0.95 on validation, naming's where scored, with each box
              "chosen_on": {"subset": "valid", "frames": len(paths), "signs": int((valid["class_id"] != NO_SIGN).sum())},
              "targets": {"precision": d.target_precision, "recall": d.target_recall}, "met": best["met"],
              "valid": {k: best[k] for k in ("precision", "recall", "named_precision", "named_recall", "kept", "missed",

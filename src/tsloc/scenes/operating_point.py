@@ -1,6 +1,8 @@
 """The operating point: the detector's score and the namer's probability a detection needs to be
 reported (`tsloc detect`, the server, the inventory), chosen on the validation frames for the
-precision and recall asked (`detect.target_precision`, `detect.target_recall`), not a constant.
+precision and recall asked (`detect.target_precision`, `detect.target_recall`), not a constant;
+and which box is reported, the namer's refined one or the detector's, the one with the higher
+COCO AP (IoU 0.5:0.95) there.
 
 What a reported detection is: matched one-to-one to a true sign as COCO matches (highest score
 first, each to the free true box it overlaps most at IoU >= 0.5), a "sign" (named right) or a
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.frames import BOX, NO_SIGN
+from .evaluation import evaluate
 
 FALSE_POSITIVES = ("duplicate", "loose box", "background")
 FOUND = ("sign", "wrong class")                       # matched to a true sign
@@ -105,3 +108,16 @@ def choose(table: pd.DataFrame, target_precision: float, target_recall: float) -
     tied = pool[np.isclose(best, best.max())].sort_values(["min_score", "min_probability"])
     row = tied.iloc[[(len(tied) - 1) // 2]]
     return {**row.to_dict("records")[0], "f1": float(f1[row.index[0]]), "met": bool(met.any())}
+
+
+def choose_box(truth: pd.DataFrame, rows: list[dict], scored: bool) -> tuple[str, dict]:
+    """"namer" or "detector": the box of `rows` (the finder's, with the namer's box as "box") with the
+    higher COCO AP over IoU 0.5:0.95 on `truth`'s frames, of naming where it is `scored`, else of
+    finding; a tie keeps the namer's. With each one's AP."""
+    ap = {}
+    for name, key in (("namer", "box"), ("detector", "detector_box")):
+        found = [{"frame": r["frame"], "box": r[key], "score": r["score"] * (r["probability"] if scored else 1.0),
+                  "class_id": r["scene_class_id"]} for r in rows]
+        ap[name] = evaluate(truth, found, category=(lambda c: c + 1 if c >= 0 else None) if scored else lambda c: 1)["ap"]
+    return max(ap, key=ap.get), ap
+

@@ -38,8 +38,8 @@ class Model:
         self.finder = self.point = None
         if self.detector is not None:
             from .find import Finder, operating_point
-            self.finder = Finder(self.detector, self.backend)
             self.point = operating_point(self.detector, files[1])  # detect's defaults: chosen on validation
+            self.finder = Finder(self.detector, self.backend, box=self.point["box"])
 
     def __repr__(self) -> str:
         detector = f", detector={self.detector.name!r}" if self.detector is not None else ""

@@ -21,8 +21,9 @@ def operating_point(detector, detector_file, min_score: float | str = AUTO,
                     min_probability: float | str = AUTO) -> dict:
     """The thresholds a reported detection needs: each a number given (a flag, params.yaml) or "auto":
     the point chosen on validation frames for this detector (tsloc.scenes.operating_point), from its
-    file's metadata (a ready pair) or operating_point.json beside it (the pipeline's), else FALLBACK.
-    With `chosen`: where "auto" came from."""
+    file's metadata (a ready pair) or operating_point.json beside it (the pipeline's), else FALLBACK;
+    with the box to report (`box`, chosen there too; else the namer's) and where "auto" came from
+    (`chosen`)."""
     path = Path(detector_file).with_name(POINT_FILE)
     chosen, source = getattr(detector, "meta", {}).get("operating_point"), f"{detector_file}'s metadata"
     if chosen is None and path.is_file():
@@ -35,7 +36,7 @@ def operating_point(detector, detector_file, min_score: float | str = AUTO,
         chosen, source = FALLBACK, "the fallback (no point chosen for this detector)"
     return {"min_score": float(chosen["min_score"] if min_score == AUTO else min_score),
             "min_probability": float(chosen["min_probability"] if min_probability == AUTO else min_probability),
-            "chosen": source if AUTO in (min_score, min_probability) else "given"}
+            "box": chosen.get("box", "namer"), "chosen": source if AUTO in (min_score, min_probability) else "given"}
 
 
 @dataclass
@@ -44,13 +45,15 @@ class Finder:
     (a crop model backend: tsloc.serving.backend.load_backend)."""
     detector: object
     namer: object
+    box: str = "namer"  # the box reported: the namer's refined one, or the detector's (chosen on validation)
 
     def __post_init__(self):
         self.margin = margin_of(self.namer.meta)
 
     def __call__(self, frame: np.ndarray, min_score: float = 0.0) -> list[dict]:
         """Every detection of `frame` (uint8 H x W x 3) scoring at least `min_score`: the detector's
-        box and score, and the namer's class id (its own ids), probability and refined box, in pixels."""
+        box and score, the namer's class id (its own ids) and probability, and the box reported (`box`:
+        the namer's refined box, or the detector's), in pixels."""
         boxes, scores = self.detector(frame, min_score)
         keep = scores >= min_score  # also for a detector that leaves its threshold as it is
         boxes, scores = boxes[keep], scores[keep]
@@ -60,7 +63,7 @@ class Finder:
         out = []
         for box, score, p, ref in zip(boxes, scores, probs, refined):
             c = int(np.argmax(p))
-            valid = ref[2] > ref[0] and ref[3] > ref[1]
+            valid = self.box == "namer" and ref[2] > ref[0] and ref[3] > ref[1]
             out.append({"detector_box": [float(v) for v in box], "score": float(score), "class_id": c,
                         "probability": float(p[c]), "box": [float(v) for v in (ref if valid else box)]})
         return out
