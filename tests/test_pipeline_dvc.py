@@ -197,7 +197,8 @@ def test_scene_params_rerun_only_the_scene_stages(repo):
     point = json.loads((dst / "models" / "operating_point.json").read_text())
     assert point["min_score"] == 0.5 and point["chosen_on"]["subset"] == "valid"
     drove = json.loads((dst / "reports" / "drive_evaluate.json").read_text())["operating_point"]
-    assert drove == {"min_score": 0.5, "min_probability": point["min_probability"], "chosen": "models/operating_point.json"}
+    assert drove == {"min_score": 0.5, "min_probability": point["min_probability"], "box": point["box"],
+                     "chosen": "models/operating_point.json"}
     # each `exp run` composes params.yaml afresh: detect.min_score given again, or scenes_evaluate reruns
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "detect.min_score=0.5", "-S", "detector_export.calibration_frames=4"],
                     dst, env)) == {"detector_export", "drive_evaluate"}
