@@ -34,7 +34,7 @@ from ..scenes.evaluation import evaluate
 from ..scenes.operating_point import FALSE_POSITIVES, PROBABILITIES, SCORES, Matcher, choose, choose_box, sweep
 from ..serving.backend import load_backend, load_detector
 from ..serving.find import Finder
-from ..serving.namer import match_classes
+from ..serving.namer import crop_windows, match_classes
 from . import record_keys, tracked_params
 
 GALLERY = 6           # test frames in the gallery, the worst first
@@ -102,7 +102,7 @@ def score_scenes(truth, rows, category: dict, min_score: float, min_probability:
     point = Matcher(truth, rows)
     kinds = point.kinds(min_score, min_probability)
     kept = [{**r, "kind": k} for r, k in zip(rows, kinds) if k]
-    at = point.figures(min_score, min_probability)
+    at = point.figures(min_score, min_probability, kinds)
     figures = {"find_ap50": finding["ap50"], "find_ap": finding["ap"],
                "map50": naming["ap50"] if scored else None, "map": naming["ap"] if scored else None,
                "ap50_category": {c: by_category["ap50_per_category"].get(i, 0.0) if scored else None
@@ -183,13 +183,12 @@ def _false_positives(kept, names) -> None:
     surroundings and titled with its kind: background or a sign the data set does not box is told
     apart here, by a look."""
     wrong = sorted((r for r in kept if r["kind"] in FALSE_POSITIVES), key=lambda r: -r["score"])[:FALSE_POSITIVE_CROPS]
+    frames = {f: decode_frame(f) for f in dict.fromkeys(r["frame"] for r in wrong)}
     items = []
     for r in wrong:
-        frame = decode_frame(r["frame"])
+        frame = frames[r["frame"]]
         left, top, right, bottom = r["box"]
-        pad = max(right - left, bottom - top)
-        x0, y0 = int(max(0, left - pad)), int(max(0, top - pad))
-        x1, y1 = int(min(frame.shape[1], right + pad)), int(min(frame.shape[0], bottom + pad))
+        x0, y0, x1, y1 = crop_windows(np.array([r["box"]]), frame.shape[1], frame.shape[0], 1.0)[0]  # a box a side
         name = names[r["scene_class_id"]][:22] if r["scene_class_id"] >= 0 else "?"
         items.append({"image": frame[y0:y1, x0:x1], "boxes": [((left - x0, top - y0, right - x0, bottom - y0), "red", "--")],
                       "title": f"{r['kind']}: {name}\nscore {r['score']:.2f}, p {r['probability']:.2f}"})

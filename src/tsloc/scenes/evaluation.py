@@ -12,6 +12,7 @@ import contextlib
 import io
 
 import numpy as np
+from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
@@ -49,6 +50,16 @@ def _coco(truth, detections, category) -> tuple[COCO, COCO | None]:
         gt.createIndex()
         dt = gt.loadRes(dets) if dets else None
     return gt, dt
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of `a` (rows) with every box of `b` (columns), (left, top, right, bottom) in
+    pixels, by pycocotools (which reads C-ordered arrays only: a pandas column block is not one)."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    xywh = lambda x: np.ascontiguousarray(np.c_[x[:, :2], x[:, 2:] - x[:, :2]], np.float64)  # noqa: E731
+    return np.asarray(coco_mask.iou(xywh(np.asarray(a, np.float64)), xywh(np.asarray(b, np.float64)),
+                                    np.zeros(len(b), np.uint8))).reshape(len(a), len(b))
 
 
 def evaluate(truth, detections, category=lambda class_id: 1) -> dict:

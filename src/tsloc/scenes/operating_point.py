@@ -18,22 +18,13 @@ import numpy as np
 import pandas as pd
 
 from ..data.frames import BOX, NO_SIGN
-from .evaluation import evaluate
+from .evaluation import box_iou, evaluate
 
 FALSE_POSITIVES = ("duplicate", "loose box", "background")
 FOUND = ("sign", "wrong class")                       # matched to a true sign
 SCORES = np.round(np.arange(0.05, 0.951, 0.05), 2)    # the detector's thresholds tried
 PROBABILITIES = np.round(np.arange(0.0, 0.951, 0.05), 2)  # the namer's
 MATCH_IOU, LOOSE_IOU = 0.5, 0.1
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of `a` (N, 4) with every box of `b` (M, 4), (left, top, right, bottom)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
 
 
 class Matcher:
@@ -54,7 +45,7 @@ class Matcher:
             idx = np.array(sorted(idx, key=lambda i: -self.score[i]))
             part = truth_of.get(frame, signs.iloc[:0])
             boxes = np.array([rows[i]["box"] for i in idx], dtype=float).reshape(-1, 4)
-            iou = _iou(boxes, part[BOX].to_numpy(float).reshape(-1, 4))
+            iou = box_iou(boxes, part[BOX].to_numpy(float).reshape(-1, 4))
             right = np.array([rows[i]["scene_class_id"] for i in idx])[:, None] == part["class_id"].to_numpy()[None, :]
             self.frames.append((idx, iou, right))
 
@@ -79,10 +70,10 @@ class Matcher:
                     out[idx[k]] = "background"
         return out
 
-    def figures(self, min_score: float, min_probability: float) -> dict:
+    def figures(self, min_score: float, min_probability: float, kinds: np.ndarray | None = None) -> dict:
         """Precision and recall of finding (a true sign boxed, whatever its name) and of naming (boxed
-        and named right), the detections kept and each kind's count."""
-        kinds = self.kinds(min_score, min_probability)
+        and named right), the detections kept and each kind's count (`kinds`: this point's, if at hand)."""
+        kinds = self.kinds(min_score, min_probability) if kinds is None else kinds
         count = {k: int((kinds == k).sum()) for k in (*FOUND, *FALSE_POSITIVES)}
         kept, found = int((kinds != "").sum()), count["sign"] + count["wrong class"]
         share = lambda n, d: n / d if d else 0.0

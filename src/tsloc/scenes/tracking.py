@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from pycocotools import mask as coco_mask
+
+from ..data.frames import BOX
+from .evaluation import box_iou
 
 IOU = 0.5
-BOX = ["left", "top", "right", "bottom"]
 MOT_METRICS = {"idf1": "idf1", "num_switches": "id_switches", "mota": "mota", "motp": "motp_iou",  # motmetrics': ours
                "precision": "box_precision", "recall": "box_recall", "num_unique_objects": "signs",
                "mostly_tracked": "mostly_tracked", "num_fragmentations": "fragmentations"}
-
-
-def _iou(truth: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """IoU of every true box (rows) with every found box (columns), boxes (left, top, right, bottom)."""
-    if not len(truth) or not len(found):
-        return np.zeros((len(truth), len(found)))
-    xywh = lambda b: np.ascontiguousarray(np.c_[b[:, :2], b[:, 2:] - b[:, :2]], np.float64)  # noqa: E731 (C order)
-    return np.asarray(coco_mask.iou(xywh(found), xywh(truth), np.zeros(len(truth), np.uint8))).T
 
 
 def score_tracks(truth: pd.DataFrame, found: pd.DataFrame, frames: list[int]) -> dict:
@@ -36,7 +29,7 @@ def score_tracks(truth: pd.DataFrame, found: pd.DataFrame, frames: list[int]) ->
     empty = truth.iloc[:0]
     for frame in frames:
         t, f = by_truth.get(frame, empty), by_found.get(frame, empty)
-        iou = _iou(t[BOX].to_numpy(), f[BOX].to_numpy())
+        iou = box_iou(t[BOX].to_numpy(), f[BOX].to_numpy())
         distances = np.where(iou >= IOU, 1 - iou, np.nan)  # motmetrics: NaN is "cannot match"
         acc.update(t["track_id"].astype(int).tolist(), f["track_id"].astype(int).tolist(), distances, frameid=frame)
     summary = mm.metrics.create().compute(acc, metrics=list(MOT_METRICS), name="drive").iloc[0]
@@ -54,7 +47,7 @@ def score_inventory(truth: pd.DataFrame, rows: list[dict]) -> dict:
     duplicates = misses = 0
     for r in rows:
         t = by_frame.get(r["best_frame"], truth.iloc[:0])
-        iou = _iou(t[BOX].to_numpy(), np.array([[r[k] for k in BOX]], np.float64))[:, 0]
+        iou = box_iou(t[BOX].to_numpy(), np.array([[r[k] for k in BOX]], np.float64))[:, 0]
         if not len(iou) or iou.max() < IOU:
             misses += 1  # boxes nothing true: background
             continue
