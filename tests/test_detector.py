@@ -210,6 +210,48 @@ def test_every_sign_gets_a_window_that_holds_it():
             assert len(inside) >= 1 and (inside >= 0).all() and (inside <= 320).all()
 
 
+def test_hard_negative_windows_replace_a_share_of_the_background_ones():
+    """The same number of windows with hard negatives as without (the schedule's steps stay); the
+    share asked of the background windows holds a mined false find; none asked, or none mined: the
+    plan of a run without them, window for window."""
+    boxes = [np.array([[10, 10, 40, 40]], np.float32)] * 9 + [np.zeros((0, 4), np.float32)]
+    sizes = [(800, 480)] * 10
+    negatives = [np.zeros((0, 4), np.float32)] * 9 + [np.array([[700, 400, 760, 440]], np.float32)]
+    plain = window_plan(boxes, sizes, 320, 0.5, 0.1, np.random.default_rng(3))
+    assert window_plan(boxes, sizes, 320, 0.5, 0.1, np.random.default_rng(3), None, 0.5) == plain
+    assert window_plan(boxes, sizes, 320, 0.5, 0.1, np.random.default_rng(3), [np.zeros((0, 4))] * 10, 0.5) == plain
+    hard = window_plan(boxes, sizes, 320, 0.5, 0.1, np.random.default_rng(3), negatives, 0.5)
+    assert len(hard) == len(plain) == 18
+    holding = [w for w in hard if w[0] == 9 and len(cut_window(np.zeros((480, 800, 3), np.uint8), negatives[9], w[1], w[2],
+                                                                w[3], 320)[1]) == 1]
+    assert len(holding) >= 4  # 9 background windows, half of them (5, rounded) around the mined box
+    assert len(window_plan(boxes, sizes, 320, 0.5, 0.1, np.random.default_rng(3), negatives, 1.0)) == 18
+
+
+class _FixedFinds(torch.nn.Module):
+    """Stands in for FCOS in eval mode: the same finds on every frame, above its score threshold."""
+    score_thresh = 0.05
+
+    def forward(self, images):
+        boxes = torch.tensor([[10, 10, 50, 50], [12, 10, 52, 50], [100, 20, 140, 60], [150, 60, 190, 95]], dtype=torch.float32)
+        scores = torch.tensor([0.9, 0.3, 0.15, 0.6])
+        keep = scores >= self.score_thresh
+        return [{"boxes": boxes[keep], "scores": scores[keep]} for _ in images]
+
+
+def test_hard_negatives_are_confident_finds_where_no_sign_is():
+    from tsloc.scenes.loop import mine_negatives
+    model = _FixedFinds()
+    frames = [np.zeros((100, 200, 3), np.uint8)] * 2
+    truth = [np.array([[10, 10, 50, 50]], np.float32), np.zeros((0, 4), np.float32)]
+    found = mine_negatives(model, frames, truth, "cpu", min_score=0.2, per_frame=5)
+    # frame 0: the sign and its near copy are not negatives, 0.15 is below the score; frame 1 has no sign
+    assert found[0].tolist() == [[150, 60, 190, 95]]
+    assert found[1].tolist() == [[10, 10, 50, 50], [150, 60, 190, 95], [12, 10, 52, 50]]
+    assert mine_negatives(model, frames, truth, "cpu", min_score=0.2, per_frame=1)[1].tolist() == [[10, 10, 50, 50]]
+    assert model.training and model.score_thresh == 0.05  # left as training found it
+
+
 def test_cut_window_clips_drops_and_flips():
     frame = np.zeros((100, 200, 3), np.uint8)
     frame[10:30, 10:30] = 255
@@ -442,11 +484,27 @@ def test_the_detector_learns_to_find_synthetic_signs(tmp_path):
     signs = data[data["class_id"] >= 0]
     boxes = [signs.loc[signs["frame"] == p, ["left", "top", "right", "bottom"]].to_numpy(np.float32) for p in paths]
     frames = decode_frames(paths)
-    model = det.build_detector("imagenet")
+    model = det.build_detector("imagenet", seed=0)
     before = evaluate_on(model, data, FrameFiles(paths), "cpu", None)["ap50"]
     rows = []
     sizes = [(f.shape[1], f.shape[0]) for f in frames]
-    fit_detector(model, frames, boxes, sizes, DetectorParams(window=160, epochs=4, batch_size=8, lr=0.002),
-                 device=torch.device("cpu"), log=lambda e, row: rows.append(row))
+    d = DetectorParams(window=160, epochs=4, batch_size=8, lr=0.002)
+    fit_detector(model, frames, boxes, sizes, d, device=torch.device("cpu"), log=lambda e, row: rows.append(row))
     after = evaluate_on(model, data, FrameFiles(paths), "cpu", None)["ap50"]
     assert rows[-1]["loss"] < rows[0]["loss"] and after > max(0.3, before + 0.2), (before, after, rows)
+    assert rows[1]["hard_negatives"] == 0 and rows[2]["hard_negatives"] == rows[3]["hard_negatives"]  # mined before epoch 3
+
+    # Stopped during epoch 4, after the negatives were mined: the resumed run ends where this one did
+    from tsloc.resume import Resume
+
+    def stop_at_4(epoch, row):
+        if epoch == 4:
+            raise KeyboardInterrupt
+    resume = Resume(tmp_path / "detector.pt", "key")
+    again = det.build_detector("imagenet", seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        fit_detector(again, frames, boxes, sizes, d, device=torch.device("cpu"), log=stop_at_4, resume=resume)
+    again = det.build_detector("imagenet", seed=0)
+    last = fit_detector(again, frames, boxes, sizes, d, device=torch.device("cpu"), resume=Resume(resume.path, "key"))
+    assert last == rows[-1]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

@@ -1,7 +1,8 @@
 """The detector's loop in torchvision's detection references' shape: `fit_detector` trains on windows
 (tsloc.scenes.windows; the model returns its losses in training mode; AdamW, a one-epoch linear
 warm-up, then a cosine to zero; the state after every epoch kept for a run that is interrupted,
-tsloc.resume), `evaluate` runs it on whole frames and scores them with COCO's evaluation."""
+tsloc.resume; halfway, the hard negatives mined once from the training frames), `evaluate` runs it on
+whole frames and scores them with COCO's evaluation."""
 from __future__ import annotations
 
 import math
@@ -14,9 +15,31 @@ from tqdm import tqdm
 
 from ..resume import Resume
 from ..schedule import warmup_cosine
-from .evaluation import evaluate as coco_evaluate
+from .evaluation import box_iou, evaluate as coco_evaluate
 from .model import TorchDetector
+from .operating_point import LOOSE_IOU
 from .windows import cut_window, photometric, window_plan
+
+MINE_SCORE = 0.2    # a false find this confident is a hard negative
+MINE_PER_FRAME = 5  # the most confident of them in each frame
+
+
+def mine_negatives(model, frames: Sequence, boxes: list[np.ndarray], device, min_score: float = MINE_SCORE,
+                   per_frame: int = MINE_PER_FRAME) -> list[np.ndarray]:
+    """Hard negatives: per training frame, the detector's finds scoring `min_score` or more that
+    overlap no true box (IoU under 0.1: what scenes_evaluate counts as background, not a loose box),
+    the `per_frame` most confident. The model is left in training mode."""
+    detector = TorchDetector(model, {}, device)
+    found_all = []
+    for i in tqdm(range(len(frames)), desc="hard negatives", unit="frame", leave=False):
+        found, scores = detector(frames[i], min_score)
+        found = found[np.argsort(-scores, kind="stable")]
+        if len(found) and len(boxes[i]):
+            found = found[box_iou(found, boxes[i]).max(1) < LOOSE_IOU]
+        found_all.append(found[:per_frame].astype(np.float32))
+    model.score_thresh = detector.score_thresh
+    model.train()
+    return found_all
 
 
 def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[tuple[int, int]], d, *, device,
@@ -25,7 +48,6 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
     that decodes each when a window needs it; their `boxes` in pixels, their `sizes` (width, height)) as
     the detector.* params `d` say. `log(epoch, row)` gets each epoch's mean losses. Returns the last
     epoch's row."""
-    rng_seed = np.random.SeedSequence(d.seed)
     torch.manual_seed(d.seed)
     model.to(device, memory_format=torch.channels_last).train()  # 1.2x faster convolutions on the CPU (oneDNN)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -33,7 +55,8 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
     steps_per_epoch = math.ceil(len(window_plan(boxes, sizes, d.window, d.background_share, d.scale_jitter,
                                                 np.random.default_rng(0))) / d.batch_size)
     schedule = warmup_cosine(optimizer, steps_per_epoch * d.epochs, steps_per_epoch)  # one epoch's warm-up
-    start, row = 1, {}
+    start, row, negatives = 1, {}, None
+    mine_at = d.epochs // 2 + 1 if d.hard_negatives and d.epochs > 1 else None  # mined before this epoch
     state = resume.load() if resume else None
     if state:
         model.load_state_dict(state["model"])
@@ -41,11 +64,16 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
         schedule.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start, row = state["epoch"] + 1, state["row"]
+        negatives = [b.numpy() for b in state["negatives"]] if state.get("negatives") is not None else None
         tqdm.write(f"{resume.path}: continuing after epoch {state['epoch']} of {d.epochs}", file=sys.stderr)
     for epoch in tqdm(range(start, d.epochs + 1), desc="detector epochs", unit="epoch", initial=start - 1,
                       total=d.epochs):
-        rng = np.random.default_rng(rng_seed.spawn(epoch)[-1])  # each epoch's windows: the same after a resume
-        plan = window_plan(boxes, sizes, d.window, d.background_share, d.scale_jitter, rng)
+        # each epoch's windows from its own seed, the same after a resume: the child that spawn()'s counter
+        # used to give epoch k in an uninterrupted run (k(k+1)/2 - 1), so earlier runs keep their windows
+        rng = np.random.default_rng(np.random.SeedSequence(d.seed, spawn_key=(epoch * (epoch + 1) // 2 - 1,)))
+        if epoch == mine_at:
+            negatives = mine_negatives(model, frames, boxes, device)
+        plan = window_plan(boxes, sizes, d.window, d.background_share, d.scale_jitter, rng, negatives, d.hard_negatives)
         sums, n = {}, 0
         for start_i in tqdm(range(0, len(plan), d.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False):
             images, targets = [], []
@@ -62,12 +90,14 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(images)
             n += len(images)
-        row = {k: v / max(n, 1) for k, v in sums.items()} | {"loss": sum(sums.values()) / max(n, 1), "windows": n}
+        row = {k: v / max(n, 1) for k, v in sums.items()} | {"loss": sum(sums.values()) / max(n, 1), "windows": n,
+                                                               "hard_negatives": sum(map(len, negatives or []))}
         if log:
             log(epoch, row)
         if resume:
             resume.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "row": row})
+                         "scheduler": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "row": row,
+                         "negatives": None if negatives is None else [torch.from_numpy(b) for b in negatives]})
     return row
 
 

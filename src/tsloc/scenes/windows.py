@@ -1,6 +1,7 @@
 """Training windows cut from whole frames: one around each sign (the sign anywhere inside, the
 frame scaled by up to 1 +- `scale_jitter` first) and a share taken anywhere (mostly background,
-and the frames without signs). The detector trains on these, not on whole frames: a 1360 x 800
+and the frames without signs), some of these, later in training, around the detector's own false
+finds (hard negatives: signs of classes the data set does not box, backs of signs). The detector trains on these, not on whole frames: a 1360 x 800
 frame is 80% road and sky, and 10 times the pixels of a 320-px window."""
 from __future__ import annotations
 
@@ -13,26 +14,43 @@ from .model import frame_tensor
 MIN_VISIBLE = 0.5  # a sign cut by the window's edge counts when at least this share of it is inside
 
 
+def _around(box, size: tuple[int, int], window: int, scale: float, rng: np.random.Generator) -> tuple[int, int]:
+    """A window's (left, top) in the frame scaled by `scale` that holds `box` (a random place of those
+    that do; the nearest when it is larger than the window)."""
+    w, h = size
+    l, t, r, b = (np.asarray(box) * scale).tolist()
+    sw, sh = int(round(w * scale)), int(round(h * scale))
+    lo_x, hi_x = max(0, int(np.ceil(r)) - window), min(int(l), max(0, sw - window))
+    lo_y, hi_y = max(0, int(np.ceil(b)) - window), min(int(t), max(0, sh - window))
+    x = int(rng.integers(lo_x, hi_x + 1)) if hi_x >= lo_x else int(max(0, min(l, sw - window)))
+    y = int(rng.integers(lo_y, hi_y + 1)) if hi_y >= lo_y else int(max(0, min(t, sh - window)))
+    return x, y
+
+
 def window_plan(boxes_per_frame: list[np.ndarray], sizes: list[tuple[int, int]], window: int, background_share: float,
-                scale_jitter: float, rng: np.random.Generator) -> list[tuple[int, float, int, int]]:
+                scale_jitter: float, rng: np.random.Generator, negatives: list[np.ndarray] | None = None,
+                hard_share: float = 0.0) -> list[tuple[int, float, int, int]]:
     """One epoch's windows as (frame index, scale, left, top) in pixels of the scaled frame: one per
-    sign, plus `background_share` of the total at random places of random frames; shuffled."""
+    sign, plus `background_share` of the total at random places of random frames; shuffled. Given
+    `negatives` (per frame, boxes the detector found where no sign is: tsloc.scenes.loop.mine_negatives),
+    `hard_share` of those background windows each holds one of them instead, drawn at random: as many
+    windows as without them, so the schedule's steps stay what they were."""
     plan = []
+    jitter = lambda: float(rng.uniform(1 - scale_jitter, 1 + scale_jitter))  # noqa: E731
     for i, boxes in enumerate(boxes_per_frame):
-        w, h = sizes[i]
         for box in boxes:
-            s = float(rng.uniform(1 - scale_jitter, 1 + scale_jitter))
-            l, t, r, b = (np.asarray(box) * s).tolist()
-            sw, sh = int(round(w * s)), int(round(h * s))
-            lo_x, hi_x = max(0, int(np.ceil(r)) - window), min(int(l), max(0, sw - window))
-            lo_y, hi_y = max(0, int(np.ceil(b)) - window), min(int(t), max(0, sh - window))
-            x = int(rng.integers(lo_x, hi_x + 1)) if hi_x >= lo_x else int(max(0, min(l, sw - window)))
-            y = int(rng.integers(lo_y, hi_y + 1)) if hi_y >= lo_y else int(max(0, min(t, sh - window)))
-            plan.append((i, s, x, y))
+            s = jitter()
+            plan.append((i, s, *_around(box, sizes[i], window, s, rng)))
     extra = int(round(len(plan) * background_share / (1 - background_share))) if plan else len(sizes)
-    for _ in range(extra):
+    pool = [(i, box) for i, found in enumerate(negatives or []) for box in found]
+    hard = int(round(extra * hard_share)) if pool else 0
+    for k in rng.integers(0, len(pool), hard) if hard else []:
+        i, box = pool[int(k)]
+        s = jitter()
+        plan.append((i, s, *_around(box, sizes[i], window, s, rng)))
+    for _ in range(extra - hard):
         i = int(rng.integers(0, len(sizes)))
-        s = float(rng.uniform(1 - scale_jitter, 1 + scale_jitter))
+        s = jitter()
         sw, sh = int(round(sizes[i][0] * s)), int(round(sizes[i][1] * s))
         plan.append((i, s, int(rng.integers(0, max(1, sw - window + 1))), int(rng.integers(0, max(1, sh - window + 1)))))
     order = rng.permutation(len(plan))
