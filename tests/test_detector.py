@@ -228,6 +228,25 @@ def test_hard_negative_windows_replace_a_share_of_the_background_ones():
     assert len(window_plan(boxes, sizes, 320, 0.5, 0.1, np.random.default_rng(3), negatives, 1.0)) == 18
 
 
+def test_windows_are_the_same_whoever_cuts_them():
+    """The training batches cut by threads (`detector.workers`) are those the loop cuts itself, draw for
+    draw: mirrored, lit and boxed alike, in order."""
+    from tsloc.params import DetectorParams
+    from tsloc.scenes.loop import batches
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (120, 200, 3), dtype=np.uint8) for _ in range(3)]
+    boxes = [np.array([[10, 10, 40, 40]], np.float32), np.array([[150, 60, 190, 100]], np.float32), np.zeros((0, 4), np.float32)]
+    plan = window_plan(boxes, [(200, 120)] * 3, 64, 0.5, 0.2, np.random.default_rng(1))
+    cut = {w: list(batches(plan, frames, boxes, DetectorParams(window=64, batch_size=3, workers=w), np.random.default_rng(2)))
+           for w in (0, 3)}
+    assert [len(b) for b in cut[0]] == [3, 1] and len(plan) == 4
+    for one, many in zip(cut[0], cut[3]):
+        for (image, b), (image2, b2) in zip(one, many):
+            assert torch.equal(image, image2) and torch.equal(b, b2)
+    flat = [w for b in cut[0] for w in b]
+    assert not torch.equal(flat[0][0], flat[1][0]) and all(0 <= w[0].min() and w[0].max() <= 1 for w in flat)
+
+
 class _FixedFinds(torch.nn.Module):
     """Stands in for FCOS in eval mode: the same finds on every frame, above its score threshold."""
     score_thresh = 0.05

@@ -15,7 +15,8 @@ from tsloc.errors import DataError
 from tsloc.params import TrackParams
 from tsloc.scenes import drive
 from tsloc.scenes.tracking import score_inventory, score_tracks
-from tsloc.serving.detect import ahead, detect_video
+from tsloc.data.frames import ahead
+from tsloc.serving.detect import detect_video
 from tsloc.serving.find import Finder
 from tsloc.serving.geo import read_gpx
 from tsloc.serving.inventory import Inventory

@@ -162,6 +162,7 @@ class DetectorParams:
     flip: bool = True                              # mirror half the windows
     epochs: int = ranged(6, ge=1)
     batch_size: int = ranged(8, ge=1)
+    workers: int = ranged(2, ge=0)                 # threads cutting the next batch's windows during a step (0: none)
     lr: float = ranged(0.001, gt=0)                # AdamW, cosine after a one-epoch warm-up
     weight_decay: float = ranged(0.0001, ge=0)
     frozen_blocks: int = ranged(4, ge=0, le=14)    # MobileNetV2's first blocks that do not train

@@ -9,7 +9,9 @@ category` (GTSDB's categories: prohibitory, danger, mandatory, other).
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ COLUMNS = ["frame", "side", "width", "height", "class_id", "left", "top", "right
 BOX = ["left", "top", "right", "bottom"]
 CATEGORIES = ("prohibitory", "danger", "mandatory", "other")
 NO_SIGN = -1  # the class_id of a frame's row when the frame has no sign
+AHEAD = 2     # frames decoded ahead of the one in use (`ahead`)
 
 
 @dataclass
@@ -93,6 +96,18 @@ def decode_frame(path) -> np.ndarray:
 def decode_frames(paths: list[str]) -> list[np.ndarray]:
     """Every frame decoded once, in threads, and held (a 1360 x 800 frame is 3.3 MB decoded)."""
     return map_threads(decode_frame, paths, desc="decode frames")
+
+
+def ahead(items, count: int = AHEAD):
+    """The items of an iterator, produced in one worker thread up to `count` ahead of the one in use (the
+    next frames decoded while this one is searched: image files, a video's, FrameFiles'); an error is
+    raised here, in its place. Memory holds `count` + 1 items."""
+    items, end = iter(items), object()
+    with ThreadPoolExecutor(1) as pool:
+        pending = deque(pool.submit(next, items, end) for _ in range(count + 1))
+        while (item := pending.popleft().result()) is not end:
+            pending.append(pool.submit(next, items, end))
+            yield item
 
 
 class FrameFiles(Sequence):

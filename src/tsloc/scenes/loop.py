@@ -13,12 +13,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from concurrent.futures import ThreadPoolExecutor
+
+from ..data.frames import ahead
 from ..resume import Resume
 from ..schedule import warmup_cosine
 from .evaluation import box_iou, evaluate as coco_evaluate
 from .model import TorchDetector
 from .operating_point import LOOSE_IOU
-from .windows import cut_window, photometric, window_plan
+from .windows import LIGHT, cut_window, photometric, window_plan
 
 MINE_SCORE = 0.2    # a false find this confident is a hard negative
 MINE_PER_FRAME = 5  # the most confident of them in each frame
@@ -31,8 +34,8 @@ def mine_negatives(model, frames: Sequence, boxes: list[np.ndarray], device, min
     the `per_frame` most confident. The model is left in training mode."""
     detector = TorchDetector(model, {}, device)
     found_all = []
-    for i in tqdm(range(len(frames)), desc="hard negatives", unit="frame", leave=False):
-        found, scores = detector(frames[i], min_score)
+    for i, frame in enumerate(tqdm(ahead(frames), total=len(frames), desc="hard negatives", unit="frame", leave=False)):
+        found, scores = detector(frame, min_score)
         found = found[np.argsort(-scores, kind="stable")]
         if len(found) and len(boxes[i]):
             found = found[box_iou(found, boxes[i]).max(1) < LOOSE_IOU]
@@ -40,6 +43,24 @@ def mine_negatives(model, frames: Sequence, boxes: list[np.ndarray], device, min
     model.score_thresh = detector.score_thresh
     model.train()
     return found_all
+
+
+def batches(plan: list, frames: Sequence, boxes: list[np.ndarray], d, rng: np.random.Generator):
+    """The epoch's windows in batches of `d.batch_size`: (images, boxes) each cut, mirrored and lit.
+    Every random draw is made here first, in the order a loop over the windows would make them, so
+    the windows are the same whether `d.workers` threads cut them (decoding and resampling release
+    the GIL) or the caller does (0)."""
+    draws = [(bool(d.flip and rng.random() < 0.5), *rng.uniform(1 - LIGHT, 1 + LIGHT, 2)) for _ in plan]
+
+    def cut(k: int):
+        i, scale, left, top = plan[k]
+        flip, brightness, contrast = draws[k]
+        image, b = cut_window(frames[i], boxes[i], scale, left, top, d.window, flip)
+        return photometric(image, brightness, contrast), b
+    with ThreadPoolExecutor(max(1, d.workers)) as pool:
+        for s in range(0, len(plan), d.batch_size):
+            ks = range(s, min(s + d.batch_size, len(plan)))
+            yield list(pool.map(cut, ks)) if d.workers else [cut(k) for k in ks]
 
 
 def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[tuple[int, int]], d, *, device,
@@ -75,21 +96,22 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
             negatives = mine_negatives(model, frames, boxes, device)
         plan = window_plan(boxes, sizes, d.window, d.background_share, d.scale_jitter, rng, negatives, d.hard_negatives)
         sums, n = {}, 0
-        for start_i in tqdm(range(0, len(plan), d.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False):
-            images, targets = [], []
-            for i, scale, left, top in plan[start_i:start_i + d.batch_size]:
-                image, b = cut_window(frames[i], boxes[i], scale, left, top, d.window, d.flip and rng.random() < 0.5)
-                images.append(photometric(image, rng).to(device))
-                targets.append({"boxes": b.to(device), "labels": torch.zeros(len(b), dtype=torch.int64, device=device)})
+        cut = batches(plan, frames, boxes, d, rng)
+        for batch in tqdm(ahead(cut, 1) if d.workers else cut, total=math.ceil(len(plan) / d.batch_size),
+                          desc=f"epoch {epoch}", unit="batch", leave=False):  # the next batch cut during this step
+            images = [image.to(device) for image, _ in batch]
+            targets = [{"boxes": b.to(device), "labels": torch.zeros(len(b), dtype=torch.int64, device=device)}
+                       for _, b in batch]
             losses = model(images, targets)
             loss = sum(losses.values())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(images)
+            for k, v in losses.items():  # summed where they are, in float64: no wait for the device in a step
+                sums[k] = sums.get(k, 0.0) + v.detach().double() * len(images)
             n += len(images)
+        sums = {k: float(v) for k, v in sums.items()}
         row = {k: v / max(n, 1) for k, v in sums.items()} | {"loss": sum(sums.values()) / max(n, 1), "windows": n,
                                                                "hard_negatives": sum(map(len, negatives or []))}
         if log:
@@ -102,12 +124,12 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
 
 
 def evaluate(model, table, frames, device, progress: str | None = "validation frames") -> dict:
-    """The detector on whole frames (tsloc.data.frames.FrameFiles: decoded one at a time), scored
+    """The detector on whole frames (tsloc.data.frames.FrameFiles: decoded a frame ahead in a thread), scored
     against `table`'s boxes with COCO's evaluation (tsloc.scenes.evaluation.evaluate: ap50, ap, ...)."""
     detector = TorchDetector(model, {}, device)
     detections = []
-    for path, frame in tqdm(zip(frames.paths, frames), total=len(frames), desc=progress, unit="frame", leave=False,
-                            disable=progress is None):
+    for path, frame in tqdm(ahead(zip(frames.paths, frames)), total=len(frames), desc=progress, unit="frame",
+                            leave=False, disable=progress is None):
         boxes, scores = detector(frame)
         detections += [{"frame": path, "box": b.tolist(), "score": float(s)} for b, s in zip(boxes, scores)]
     return coco_evaluate(table, detections)

@@ -90,8 +90,10 @@ def cut_window(frame, boxes: np.ndarray, scale: float, left: int, top: int, wind
     return out, b
 
 
-def photometric(image: torch.Tensor, rng: np.random.Generator, strength: float = 0.3) -> torch.Tensor:
-    """Brightness and contrast in 1 +- `strength`, as light changes between frames."""
-    brightness, contrast = rng.uniform(1 - strength, 1 + strength, 2)
+LIGHT = 0.3  # brightness and contrast in 1 +- this, as light changes between frames
+
+
+def photometric(image: torch.Tensor, brightness: float, contrast: float) -> torch.Tensor:
+    """The window's brightness and contrast scaled (drawn in 1 +- LIGHT by the training loop)."""
     mean = image.mean()
     return ((image - mean) * contrast + mean * brightness).clamp_(0, 1)

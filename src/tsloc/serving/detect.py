@@ -19,13 +19,12 @@ import contextlib
 import csv
 import json
 import sys
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..data.frames import ahead
 from ..data.images import open_rgb
 from ..errors import DataError
 from ..params import TrackParams
@@ -33,7 +32,6 @@ from ..video import VideoWriter, probe, read_video
 from .inventory import Inventory, SignTracker
 from .predict import DrawNames, NoImages, collect
 
-AHEAD = 2  # frames decoded ahead of the one being searched
 CSV_FIELDS = ["path", "width", "height", "left", "top", "right", "bottom", "score", "class_id", "class", "probability"]
 VIDEO_CSV_FIELDS = CSV_FIELDS[:1] + ["frame", "time"] + CSV_FIELDS[1:] + ["track_id"]
 
@@ -46,7 +44,7 @@ def _decode(path: Path):
 
 
 def frames(files: list[tuple[Path, Path]]):
-    """(path, draw name, frame or DataError) in order, decoded AHEAD frames ahead in a thread (`ahead`)."""
+    """(path, draw name, frame or DataError) in order, decoded a few frames ahead in a thread (`ahead`)."""
     return ahead((path, name, _decode(path)) for path, name in files)
 
 
@@ -118,18 +116,6 @@ def detect_files(finder, paths: list[str], *, min_score: float, min_probability:
         if drawn:
             draw(frame, rec, drawn(name))
     return failed
-
-
-def ahead(items, count: int = AHEAD):
-    """The items of an iterator, produced in one worker thread up to `count` ahead of the one in use (the
-    next frames decoded while this one is searched: an image file's or a video's); an error is raised
-    here, in its place."""
-    items, end = iter(items), object()
-    with ThreadPoolExecutor(1) as pool:
-        pending = deque(pool.submit(next, items, end) for _ in range(count + 1))
-        while (item := pending.popleft().result()) is not end:
-            pending.append(pool.submit(next, items, end))
-            yield item
 
 
 def detect_video(finder, path: str | Path, *, min_score: float, min_probability: float, every: int = 1,
