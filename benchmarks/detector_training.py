@@ -42,8 +42,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="epochs measured (default: 2)")
     ap.add_argument("--recipe-epochs", type=int, default=12, help="epochs the training runs (the best recipe: 12)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--workers", type=int, nargs="+", default=[DetectorParams().workers],
-                    help="threads cutting windows, one training per value (default: detector.workers's default)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0],
+                    help="threads cutting windows, one training per value (default: 0, auto's count on the CPU)")
     args = ap.parse_args()
     table = read("auto", Path(args.scenes)).table
     paths = list(dict.fromkeys(table["frame"]))

@@ -232,13 +232,14 @@ def test_windows_are_the_same_whoever_cuts_them():
     """The training batches cut by threads (`detector.workers`) are those the loop cuts itself, draw for
     draw: mirrored, lit and boxed alike, in order."""
     from tsloc.params import DetectorParams
-    from tsloc.scenes.loop import batches
+    from tsloc.scenes.loop import batches, window_threads
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (120, 200, 3), dtype=np.uint8) for _ in range(3)]
     boxes = [np.array([[10, 10, 40, 40]], np.float32), np.array([[150, 60, 190, 100]], np.float32), np.zeros((0, 4), np.float32)]
     plan = window_plan(boxes, [(200, 120)] * 3, 64, 0.5, 0.2, np.random.default_rng(1))
-    cut = {w: list(batches(plan, frames, boxes, DetectorParams(window=64, batch_size=3, workers=w), np.random.default_rng(2)))
-           for w in (0, 3)}
+    d = DetectorParams(window=64, batch_size=3)
+    cut = {w: list(batches(plan, frames, boxes, d, np.random.default_rng(2), w)) for w in (0, 3)}
+    assert window_threads("auto", "cpu") == 0 and window_threads(3, "cpu") == 3 and window_threads("auto", "cuda") >= 1
     assert [len(b) for b in cut[0]] == [3, 1] and len(plan) == 4
     for one, many in zip(cut[0], cut[3]):
         for (image, b), (image2, b2) in zip(one, many):

@@ -162,7 +162,7 @@ class DetectorParams:
     flip: bool = True                              # mirror half the windows
     epochs: int = ranged(6, ge=1)
     batch_size: int = ranged(8, ge=1)
-    workers: int = ranged(2, ge=0)                 # threads cutting the next batch's windows during a step (0: none)
+    workers: int | str = ranged(AUTO, ge=0)        # threads cutting the next batch's windows during a step (0: none)
     lr: float = ranged(0.001, gt=0)                # AdamW, cosine after a one-epoch warm-up
     weight_decay: float = ranged(0.0001, ge=0)
     frozen_blocks: int = ranged(4, ge=0, le=14)    # MobileNetV2's first blocks that do not train
@@ -292,10 +292,12 @@ def _build(cls, raw, where: str):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ParamsError(f"params.yaml: '{key}' must be a number, got {value!r}")
             value = float(value)
-        elif default == AUTO and float in typing.get_args(hints[name]):  # a number or "auto"
-            if value != AUTO and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ParamsError(f"params.yaml: '{key}' must be auto or a number, got {value!r}")
-            value = value if value == AUTO else float(value)
+        elif default == AUTO and {int, float} & set(typing.get_args(hints[name])):  # a number or "auto"
+            whole = float not in typing.get_args(hints[name])
+            if value != AUTO and (isinstance(value, bool) or not isinstance(value, int if whole else (int, float))):
+                raise ParamsError(f"params.yaml: '{key}' must be auto or {'an integer' if whole else 'a number'}, "
+                                  f"got {value!r}")
+            value = value if value == AUTO or whole else float(value)
         elif value is not None and not isinstance(value, str):
             raise ParamsError(f"params.yaml: '{key}' must be a string, got {value!r}")
         if choices and value not in choices:

@@ -6,6 +6,7 @@ whole frames and scores them with COCO's evaluation."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from concurrent.futures import ThreadPoolExecutor
 
 from ..data.frames import ahead
+from ..params import AUTO
 from ..resume import Resume
 from ..schedule import warmup_cosine
 from .evaluation import box_iou, evaluate as coco_evaluate
@@ -35,7 +37,7 @@ def mine_negatives(model, frames: Sequence, boxes: list[np.ndarray], device, min
     detector = TorchDetector(model, {}, device)
     found_all = []
     for i, frame in enumerate(tqdm(ahead(frames), total=len(frames), desc="hard negatives", unit="frame", leave=False)):
-        found, scores = detector(frame, min_score)
+        found, scores = detector(np.array(frame), min_score)  # a PIL frame as a writable array
         found = found[np.argsort(-scores, kind="stable")]
         if len(found) and len(boxes[i]):
             found = found[box_iou(found, boxes[i]).max(1) < LOOSE_IOU]
@@ -45,11 +47,20 @@ def mine_negatives(model, frames: Sequence, boxes: list[np.ndarray], device, min
     return found_all
 
 
-def batches(plan: list, frames: Sequence, boxes: list[np.ndarray], d, rng: np.random.Generator):
+def window_threads(workers: int | str, device) -> int:
+    """`detector.workers`; auto: none on the CPU, where the step's own threads use every core (2 threads
+    cutting windows made training 0.92x as fast on 2 cores: benchmarks/detector_training.py), and the
+    cores but one, at most 8, beside a GPU, which would otherwise wait for the windows."""
+    if workers != AUTO:
+        return int(workers)
+    return min(8, max(1, (os.cpu_count() or 2) - 1)) if torch.device(device).type == "cuda" else 0
+
+
+def batches(plan: list, frames: Sequence, boxes: list[np.ndarray], d, rng: np.random.Generator, workers: int = 0):
     """The epoch's windows in batches of `d.batch_size`: (images, boxes) each cut, mirrored and lit.
     Every random draw is made here first, in the order a loop over the windows would make them, so
-    the windows are the same whether `d.workers` threads cut them (decoding and resampling release
-    the GIL) or the caller does (0)."""
+    the windows are the same whether `workers` threads cut them (decoding and resampling release the
+    GIL) or the caller does (0)."""
     draws = [(bool(d.flip and rng.random() < 0.5), *rng.uniform(1 - LIGHT, 1 + LIGHT, 2)) for _ in plan]
 
     def cut(k: int):
@@ -57,10 +68,10 @@ def batches(plan: list, frames: Sequence, boxes: list[np.ndarray], d, rng: np.ra
         flip, brightness, contrast = draws[k]
         image, b = cut_window(frames[i], boxes[i], scale, left, top, d.window, flip)
         return photometric(image, brightness, contrast), b
-    with ThreadPoolExecutor(max(1, d.workers)) as pool:
+    with ThreadPoolExecutor(max(1, workers)) as pool:
         for s in range(0, len(plan), d.batch_size):
             ks = range(s, min(s + d.batch_size, len(plan)))
-            yield list(pool.map(cut, ks)) if d.workers else [cut(k) for k in ks]
+            yield list(pool.map(cut, ks)) if workers else [cut(k) for k in ks]
 
 
 def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[tuple[int, int]], d, *, device,
@@ -76,7 +87,7 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
     steps_per_epoch = math.ceil(len(window_plan(boxes, sizes, d.window, d.background_share, d.scale_jitter,
                                                 np.random.default_rng(0))) / d.batch_size)
     schedule = warmup_cosine(optimizer, steps_per_epoch * d.epochs, steps_per_epoch)  # one epoch's warm-up
-    start, row, negatives = 1, {}, None
+    start, row, negatives, workers = 1, {}, None, window_threads(d.workers, device)
     mine_at = d.epochs // 2 + 1 if d.hard_negatives and d.epochs > 1 else None  # mined before this epoch
     state = resume.load() if resume else None
     if state:
@@ -96,8 +107,8 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
             negatives = mine_negatives(model, frames, boxes, device)
         plan = window_plan(boxes, sizes, d.window, d.background_share, d.scale_jitter, rng, negatives, d.hard_negatives)
         sums, n = {}, 0
-        cut = batches(plan, frames, boxes, d, rng)
-        for batch in tqdm(ahead(cut, 1) if d.workers else cut, total=math.ceil(len(plan) / d.batch_size),
+        cut = batches(plan, frames, boxes, d, rng, workers)
+        for batch in tqdm(ahead(cut, 1) if workers else cut, total=math.ceil(len(plan) / d.batch_size),
                           desc=f"epoch {epoch}", unit="batch", leave=False):  # the next batch cut during this step
             images = [image.to(device) for image, _ in batch]
             targets = [{"boxes": b.to(device), "labels": torch.zeros(len(b), dtype=torch.int64, device=device)}
