@@ -508,7 +508,7 @@ def test_the_detector_learns_to_find_synthetic_signs(tmp_path):
     before = evaluate_on(model, data, FrameFiles(paths), "cpu", None)["ap50"]
     rows = []
     sizes = [(f.shape[1], f.shape[0]) for f in frames]
-    d = DetectorParams(window=160, epochs=4, batch_size=8, lr=0.002)
+    d = DetectorParams(window=160, epochs=4, batch_size=8, lr=0.002, hard_negatives=0.5)
     fit_detector(model, frames, boxes, sizes, d, device=torch.device("cpu"), log=lambda e, row: rows.append(row))
     after = evaluate_on(model, data, FrameFiles(paths), "cpu", None)["ap50"]
     assert rows[-1]["loss"] < rows[0]["loss"] and after > max(0.3, before + 0.2), (before, after, rows)

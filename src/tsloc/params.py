@@ -157,7 +157,7 @@ class DetectorParams:
     weights: str = "imagenet"                      # the MobileNetV2 trunk's: imagenet | none | a state dict's file
     window: int = ranged(320, ge=64)               # training windows, square, in pixels
     background_share: float = ranged(0.3, ge=0, lt=1)  # of each epoch's windows, cut anywhere (the rest: one per sign)
-    hard_negatives: float = ranged(0.5, ge=0, le=1)  # of those, around the detector's false finds (mined halfway)
+    hard_negatives: float = ranged(0.0, ge=0, le=1)  # of those, around the detector's false finds (mined halfway)
     scale_jitter: float = ranged(0.2, ge=0, lt=1)  # each window's frame scaled by 1 +- this
     flip: bool = True                              # mirror half the windows
     epochs: int = ranged(6, ge=1)
