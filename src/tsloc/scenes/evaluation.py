@@ -18,6 +18,10 @@ from pycocotools.cocoeval import COCOeval, Params
 
 from ..data.frames import NO_SIGN
 
+# One reported box against the true ones (tsloc.scenes.operating_point's error kinds, the detector's
+# hard negatives): IoU >= MATCH_IOU finds a sign, LOOSE_IOU to MATCH_IOU boxes it badly, under it is background
+MATCH_IOU, LOOSE_IOU = 0.5, 0.1
+
 
 def _coco(truth, detections, category) -> tuple[COCO, COCO | None]:
     """COCO objects of `truth` (the scene table's rows of some frames) and `detections` (dicts with

@@ -20,9 +20,8 @@ from ..data.frames import ahead
 from ..params import AUTO
 from ..resume import Resume
 from ..schedule import warmup_cosine
-from .evaluation import box_iou, evaluate as coco_evaluate
+from .evaluation import LOOSE_IOU, box_iou, evaluate as coco_evaluate
 from .model import TorchDetector
-from .operating_point import LOOSE_IOU
 from .windows import LIGHT, cut_window, photometric, window_plan
 
 MINE_SCORE = 0.2    # a false find this confident is a hard negative

@@ -18,13 +18,12 @@ import numpy as np
 import pandas as pd
 
 from ..data.frames import BOX, NO_SIGN
-from .evaluation import box_iou, evaluate
+from .evaluation import LOOSE_IOU, MATCH_IOU, box_iou, evaluate
 
 FALSE_POSITIVES = ("duplicate", "loose box", "background")
 FOUND = ("sign", "wrong class")                       # matched to a true sign
 SCORES = np.round(np.arange(0.05, 0.951, 0.05), 2)    # the detector's thresholds tried
 PROBABILITIES = np.round(np.arange(0.0, 0.951, 0.05), 2)  # the namer's
-MATCH_IOU, LOOSE_IOU = 0.5, 0.1
 
 
 class Matcher:
