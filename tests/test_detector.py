@@ -514,8 +514,12 @@ def test_the_detector_learns_to_find_synthetic_signs(tmp_path):
     assert rows[-1]["loss"] < rows[0]["loss"] and after > max(0.3, before + 0.2), (before, after, rows)
     assert rows[1]["hard_negatives"] == 0 and rows[2]["hard_negatives"] == rows[3]["hard_negatives"]  # mined before epoch 3
 
-    # Stopped during epoch 4, after the negatives were mined: the resumed run ends where this one did
+    # Stopped during epoch 4, after the negatives were mined: the resumed run ends where this one did,
+    # its windows cut by two threads this time (the same windows: the same weights)
+    import dataclasses
+
     from tsloc.resume import Resume
+    d = dataclasses.replace(d, workers=2)
 
     def stop_at_4(epoch, row):
         if epoch == 4:
