@@ -63,7 +63,7 @@ def main() -> None:
     info = probe(video)
     detector = load_detector(default_detector())
     point = operating_point(detector, default_detector(), args.min_score, args.min_probability)
-    finder = Finder(detector, load_backend(ONNX), box=point.pop("box"))
+    finder = Finder(detector, load_backend(ONNX), box=point.pop("box"), vote_iou=point.pop("vote_iou"))
     print(f"operating point: min score {point['min_score']:g}, min probability {point['min_probability']:g}, "
           f"the {finder.box}'s boxes ({point.pop('chosen')})")
     print(f"{video.name}: {info.frames} frames of {info.width} x {info.height} at {float(info.fps):g}/s; detector "

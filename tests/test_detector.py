@@ -122,18 +122,18 @@ def test_detect_takes_the_operating_point_from_the_detector_else_beside_it_else_
     class Detector:
         meta = {}
     file = tmp_path / "detector.onnx"
-    assert operating_point(Detector(), file) == {**FALLBACK, "box": "namer",
+    assert operating_point(Detector(), file) == {**FALLBACK, "box": "namer", "vote_iou": 0.0,
                                                  "chosen": "the fallback (no point chosen for this detector)"}
     (tmp_path / "operating_point.json").write_text(json.dumps({"min_score": 0.45, "min_probability": 0.2,
-                                                               "box": "detector"}))
+                                                               "box": "detector", "vote_iou": 0.7}))
     assert operating_point(Detector(), file) == {"min_score": 0.45, "min_probability": 0.2, "box": "detector",
-                                                 "chosen": str(tmp_path / "operating_point.json")}
+                                                 "vote_iou": 0.7, "chosen": str(tmp_path / "operating_point.json")}
     assert operating_point(Detector(), file, 0.7)["min_score"] == 0.7  # a number given wins; the other stays chosen
     assert operating_point(Detector(), file, 0.7)["min_probability"] == 0.2
     assert operating_point(Detector(), file, 0.7, 0.1)["chosen"] == "given"
     shipped = Detector()
     shipped.meta = {"operating_point": {"min_score": 0.6, "min_probability": 0.4}}  # a ready pair's: in its metadata
-    assert operating_point(shipped, file)["min_score"] == 0.6
+    assert operating_point(shipped, file)["min_score"] == 0.6 and operating_point(shipped, file)["vote_iou"] == 0.0
     (tmp_path / "operating_point.json").write_text("{}")
     with pytest.raises(ModelFileError, match="operating_point.json: not an operating point"):
         operating_point(Detector(), file)
@@ -404,6 +404,25 @@ def test_decoding_the_heads_outputs_gives_torchvisions_detections():
     high, high_scores = decode(cells.numpy(), distances.numpy(), 150, 230, det.STRIDES, score_thresh=cut,
                                topk=model.topk_candidates, nms_thresh=model.nms_thresh, max_detections=50)
     assert np.array_equal(high, mine[my_scores > cut]) and np.array_equal(high_scores, my_scores[my_scores > cut])
+    # box voting: in both, the same detections and scores; only boxes move, alike
+    voted, voted_scores = det.TorchDetector(model, {})(frame, 0.0, 0.3)
+    my_voted, my_voted_scores = decode(cells.numpy(), distances.numpy(), 150, 230, det.STRIDES,
+                                       score_thresh=model.score_thresh, topk=model.topk_candidates,
+                                       nms_thresh=model.nms_thresh, max_detections=model.detections_per_img, vote_iou=0.3)
+    assert np.array_equal(voted_scores, scores) and np.array_equal(my_voted_scores, my_scores)
+    assert np.abs(my_voted - voted).max() < 1e-2  # (this random head's boxes barely overlap: the trained one moves them, slow)
+    assert model.nms_thresh == 0.5 and model.detections_per_img == 50  # left as they were
+
+
+def test_box_voting_by_hand():
+    """A kept box becomes the score-weighted mean of the candidates overlapping it at the IoU asked
+    (itself among them); one with none but itself stays."""
+    from tsloc.scenes.decode import vote
+    boxes = np.array([[0, 0, 10, 10], [2, 0, 12, 10], [50, 50, 60, 60]], np.float32)  # IoU of the first two: 8 / 12
+    scores = np.array([0.9, 0.3, 0.8], np.float32)
+    kept = boxes[[0, 2]]
+    assert np.allclose(vote(kept, boxes, scores, 0.6), [[0.5, 0, 10.5, 10], [50, 50, 60, 60]])
+    assert np.allclose(vote(kept, boxes, scores, 0.7), kept)
 
 
 @pytest.fixture(scope="module")
@@ -513,6 +532,20 @@ def test_the_detector_learns_to_find_synthetic_signs(tmp_path):
     after = evaluate_on(model, data, FrameFiles(paths), "cpu", None)["ap50"]
     assert rows[-1]["loss"] < rows[0]["loss"] and after > max(0.3, before + 0.2), (before, after, rows)
     assert rows[1]["hard_negatives"] == 0 and rows[2]["hard_negatives"] == rows[3]["hard_negatives"]  # mined before epoch 3
+
+    # box voting on a trained detector moves boxes, and the ONNX file's decoding votes alike
+    from tsloc.scenes.decode import decode
+    from tsloc.scenes.export import DetectorGraph
+    kept, _ = det.TorchDetector(model, {})(frames[0])
+    voted, _ = det.TorchDetector(model, {})(frames[0], 0.0, 0.6)
+    with torch.no_grad():
+        cells, distances = DetectorGraph(model.eval())(torch.from_numpy(frames[0]))
+    h, w = frames[0].shape[:2]
+    mine, _ = decode(cells.numpy(), distances.numpy(), h, w, det.STRIDES, score_thresh=model.score_thresh,
+                     topk=model.topk_candidates, nms_thresh=model.nms_thresh, max_detections=model.detections_per_img,
+                     vote_iou=0.6)
+    assert len(voted) == len(kept) == len(mine) and np.abs(mine - voted).max() < 0.05
+    assert np.abs(voted - kept).max(1).max() > 0.1, "no box moved"
 
     # Stopped during epoch 4, after the negatives were mined: the resumed run ends where this one did,
     # its windows cut by two threads this time (the same windows: the same weights)

@@ -353,7 +353,8 @@ def test_the_ready_german_pair_answers_with_nothing_trained(german_frame, tmp_pa
     shipped = model.detector.meta["operating_point"]  # detect's defaults: chosen on GTSDB's validation frames
     assert shipped["chosen_on"]["subset"] == "valid" and shipped["valid"]["precision"] >= shipped["targets"]["precision"]
     assert model.point == {"min_score": shipped["min_score"], "min_probability": shipped["min_probability"],
-                           "box": shipped["box"], "chosen": f"{ready_detector('gtsdb')}'s metadata"}
+                           "box": shipped["box"], "vote_iou": shipped.get("vote_iou", 0.0),
+                           "chosen": f"{ready_detector('gtsdb')}'s metadata"}
     assert shipped["box_ap"][shipped["box"]] == max(shipped["box_ap"].values())  # the tighter box on validation
     from tsloc.quantize import saturating_weights
     assert saturating_weights(model.file) == saturating_weights(ready_detector("gtsdb")) == []  # 7-bit: any x86 alike

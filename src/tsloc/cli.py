@@ -267,11 +267,12 @@ def detect(args) -> int:
         print(f"tsloc detect: detector {files[0]} ({detector.name}), namer {files[1]} ({namer.name})", file=sys.stderr)
     point = operating_point(detector, files[0], params.min_score if args.min_score is None else args.min_score,
                             params.min_probability if args.min_probability is None else args.min_probability)
-    finder = Finder(detector, namer, box=point["box"])
+    finder = Finder(detector, namer, box=point["box"], vote_iou=point["vote_iou"])
     min_score, min_probability = point["min_score"], point["min_probability"]
     if point["chosen"] != "given":
+        voted = f", voted over IoU {point['vote_iou']:g}" if point["vote_iou"] else ""
         print(f"tsloc detect: operating point min score {min_score:g}, min probability {min_probability:g}, "
-              f"the {point['box']}'s boxes (auto: {point['chosen']})", file=sys.stderr)
+              f"the {point['box']}'s boxes{voted} (auto: {point['chosen']})", file=sys.stderr)
     if video:
         from .serving.detect import VIDEO_CSV_FIELDS, RecordWriter, detect_video
         track = track if args.track or args.inventory else None

@@ -191,6 +191,7 @@ class DetectParams:
     min_probability: float | str = ranged(AUTO, ge=0, le=1)  # the crop model's probability a named detection needs
     target_precision: float = ranged(0.95, gt=0, le=1)       # "auto" meets both where it can, the best F1 of them
     target_recall: float = ranged(0.95, gt=0, le=1)
+    vote_iou: float = ranged(0.0, ge=0, le=1, note="0: off")   # the detector's kept boxes voted by the candidates over this IoU
 
 
 @dataclass(frozen=True)

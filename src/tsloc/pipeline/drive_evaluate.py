@@ -34,7 +34,7 @@ def run(params_file: str = "params.yaml") -> dict:
     detector_file = default_detector()
     detector = load_detector(detector_file)
     point = operating_point(detector, detector_file, p.detect.min_score, p.detect.min_probability)
-    finder = Finder(detector, load_backend(ONNX), box=point["box"])
+    finder = Finder(detector, load_backend(ONNX), box=point["box"], vote_iou=point["vote_iou"])
     try:
         mapping = match_classes(classes, finder.namer.meta["class_names"])  # the namer's ids as the drive's
     except DataError as exc:  # a crop model of other signs (GTSRB's twin): tracking and counting still scored

@@ -54,9 +54,9 @@ def run(params_file: str = "params.yaml") -> dict:
         print(f"tsloc scenes_evaluate: naming not scored: {exc}", file=sys.stderr)
         mapping = np.full(len(namer.meta["class_names"]), -1)
     scored = bool((mapping >= 0).any())  # naming is scored when the crop model knows the scene classes
-    point = _choose(p.detect, split, Finder(detector, namer), mapping, scored)
+    point = _choose(p.detect, split, Finder(detector, namer, vote_iou=p.detect.vote_iou), mapping, scored)
     test, paths = subset_frames(split, "test")
-    rows, seconds = _find(Finder(detector, namer, box=point["box"]), paths, mapping)
+    rows, seconds = _find(Finder(detector, namer, box=point["box"], vote_iou=point["vote_iou"]), paths, mapping)
     category = dict(zip(classes["class_id"], classes["category"]))
     figures, curves, kept = score_scenes(test, rows, category, point["min_score"], point["min_probability"], scored)
     signs = test[test["class_id"] != NO_SIGN]
@@ -142,7 +142,7 @@ def _choose(d, split: pd.DataFrame, finder, mapping, scored: bool) -> dict:
                   PROBABILITIES if d.min_probability == AUTO else [d.min_probability])
     best = choose(table, d.target_precision, d.target_recall)
     point = {"min_score": best["min_score"], "min_probability": best["min_probability"], "box": box,
-             "box_ap": box_ap,  # COCO AP 0.5:0.95 on validation, naming's where scored, with each box
+             "vote_iou": d.vote_iou, "box_ap": box_ap,  # COCO AP 0.5:0.95 on validation, naming's where scored, with each box
              "chosen_on": {"subset": "valid", "frames": len(paths), "signs": int((valid["class_id"] != NO_SIGN).sum())},
              "targets": {"precision": d.target_precision, "recall": d.target_recall}, "met": best["met"],
              "valid": {k: best[k] for k in ("precision", "recall", "named_precision", "named_recall", "kept", "missed",

@@ -4,7 +4,9 @@ same file serves any frame size and needs no torch to read (tsloc.serving.backen
 
 Per pyramid level: scores over `score_thresh`, the best `topk` of them, boxes decoded from each
 cell's centre (left, top, right, bottom distances in units of the level's stride) and clipped to
-the frame; then greedy non-maximum suppression over all levels, the best `max_detections` kept.
+the frame; then greedy non-maximum suppression over all levels, the best `max_detections` kept;
+and where asked (`vote_iou`), each kept box replaced by the score-weighted mean of the candidates that
+overlap it at least that much (box voting: the scores stay, the boxes tighten).
 """
 from __future__ import annotations
 
@@ -29,26 +31,43 @@ def cell_centres(height: int, width: int, strides: tuple[int, ...]) -> tuple[np.
     return np.concatenate(centres).astype(np.float32), np.concatenate(sizes).astype(np.float32), counts
 
 
+def overlap(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box with each of `boxes` (pixel edges); two empty boxes give NaN (0 / 0)."""
+    w = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
+    h = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+    inter = np.maximum(w, 0) * np.maximum(h, 0)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / (area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Greedy non-maximum suppression (torchvision.ops.nms's rule): indices kept, best score first."""
     order = np.argsort(-scores, kind="stable")
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = []
     while order.size:
         i, rest = order[0], order[1:]
         keep.append(i)
-        w = np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0])
-        h = np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1])
-        inter = np.maximum(w, 0) * np.maximum(h, 0)
-        with np.errstate(invalid="ignore", divide="ignore"):  # two empty boxes: 0 / 0, not suppressed (torchvision's rule)
-            order = rest[~(inter / (area[i] + area[rest] - inter) > iou)]
+        order = rest[~(overlap(boxes[i], boxes[rest]) > iou)]  # NaN (two empty boxes): not suppressed, as torchvision
     return np.asarray(keep, dtype=np.int64)
 
 
+def vote(kept: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Box voting: each kept box (K, 4) as the mean of the candidates `boxes` (N, 4) that overlap it at
+    IoU >= `iou` (itself among them), weighted by their `scores`. On GTSDB's validation frames it raised
+    finding's COCO AP 0.5:0.95 from 0.757 to 0.787 at 0.7 (docs/scenes.md)."""
+    out = kept.astype(np.float32).copy()
+    for k, box in enumerate(kept):
+        weights = np.where(overlap(box, boxes) >= iou, scores, 0.0)
+        if weights.sum() > 0:
+            out[k] = weights @ boxes / weights.sum()
+    return out
+
+
 def decode(scores: np.ndarray, regression: np.ndarray, height: int, width: int, strides, *, score_thresh: float,
-           topk: int, nms_thresh: float, max_detections: int) -> tuple[np.ndarray, np.ndarray]:
+           topk: int, nms_thresh: float, max_detections: int, vote_iou: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (N, 4: left, top, right, bottom, pixels) and scores (N,) of a `height` x `width` frame from
-    the head's scores (P,) and regression (P, 4)."""
+    the head's scores (P,) and regression (P, 4); `vote_iou` > 0: the kept boxes voted (`vote`)."""
     centres, sizes, counts = cell_centres(height, width, tuple(strides))
     if len(scores) != len(centres):
         raise ValueError(f"the detector gave {len(scores)} cells for a {width} x {height} frame, not {len(centres)}")
@@ -66,4 +85,6 @@ def decode(scores: np.ndarray, regression: np.ndarray, height: int, width: int, 
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
     keep = nms(boxes, scores[idx], nms_thresh)[:max_detections]
+    if vote_iou:
+        return vote(boxes[keep], boxes, scores[idx], vote_iou), scores[idx][keep]
     return boxes[keep], scores[idx][keep]

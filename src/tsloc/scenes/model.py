@@ -105,11 +105,25 @@ class TorchDetector:
         self.score_thresh = model.score_thresh
 
     @torch.no_grad()
-    def __call__(self, frame, min_score: float = 0.0):
-        """Detections scoring at least `min_score` (and the model's own threshold), as OnnxDetector."""
-        self.model.score_thresh = max(self.score_thresh, min_score)
-        found = self.model([frame_tensor(frame).to(self.device)])[0]
-        return found["boxes"].cpu().numpy(), found["scores"].cpu().numpy()
+    def __call__(self, frame, min_score: float = 0.0, vote_iou: float = 0.0):
+        """Detections scoring at least `min_score` (and the model's own threshold), as OnnxDetector;
+        `vote_iou` > 0: FCOS's candidates kept whole (no suppression inside it), then NMS by its rule and
+        box voting (tsloc.scenes.decode) as the ONNX file's decoding does."""
+        model = self.model
+        model.score_thresh = max(self.score_thresh, min_score)
+        if not vote_iou:
+            found = model([frame_tensor(frame).to(self.device)])[0]
+            return found["boxes"].cpu().numpy(), found["scores"].cpu().numpy()
+        from .decode import nms, vote
+        nms_thresh, most = model.nms_thresh, model.detections_per_img
+        model.nms_thresh, model.detections_per_img = 1.0, 10**9  # IoU never exceeds 1: every candidate stays
+        try:
+            found = model([frame_tensor(frame).to(self.device)])[0]
+        finally:
+            model.nms_thresh, model.detections_per_img = nms_thresh, most
+        boxes, scores = found["boxes"].cpu().numpy(), found["scores"].cpu().numpy()
+        keep = nms(boxes, scores, nms_thresh)[:most]
+        return vote(boxes[keep], boxes, scores, vote_iou), scores[keep]
 
 
 def save(path, model: FCOS, config: dict, **description) -> None:

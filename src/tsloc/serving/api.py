@@ -39,7 +39,7 @@ class Model:
         if self.detector is not None:
             from .find import Finder, operating_point
             self.point = operating_point(self.detector, files[1])  # detect's defaults: chosen on validation
-            self.finder = Finder(self.detector, self.backend, box=self.point["box"])
+            self.finder = Finder(self.detector, self.backend, box=self.point["box"], vote_iou=self.point["vote_iou"])
 
     def __repr__(self) -> str:
         detector = f", detector={self.detector.name!r}" if self.detector is not None else ""

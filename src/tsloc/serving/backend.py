@@ -104,11 +104,11 @@ class OnnxDetector:
         self.post = {"score_thresh": m["score_thresh"], "topk": m["topk"], "nms_thresh": m["nms_thresh"],
                      "max_detections": m["max_detections"]}
 
-    def __call__(self, frame: np.ndarray, min_score: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, frame: np.ndarray, min_score: float = 0.0, vote_iou: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Detections scoring at least `min_score` (and the file's own threshold): a higher one leaves
         fewer candidates for NMS, and the same detections over it (a box is only suppressed by a
-        better one)."""
+        better one); their boxes voted by the candidates over IoU `vote_iou` (0: not)."""
         h, w = frame.shape[:2]
         scores, distances = self.session.run(None, {"frame": np.ascontiguousarray(frame, dtype=np.uint8)})
-        post = self.post | {"score_thresh": max(self.post["score_thresh"], min_score)}
+        post = self.post | {"score_thresh": max(self.post["score_thresh"], min_score), "vote_iou": vote_iou}
         return self.decode(scores, distances, h, w, self.meta["strides"], **post)

@@ -22,8 +22,8 @@ def operating_point(detector, detector_file, min_score: float | str = AUTO,
     """The thresholds a reported detection needs: each a number given (a flag, params.yaml) or "auto":
     the point chosen on validation frames for this detector (tsloc.scenes.operating_point), from its
     file's metadata (a ready pair) or operating_point.json beside it (the pipeline's), else FALLBACK;
-    with the box to report (`box`, chosen there too; else the namer's) and where "auto" came from
-    (`chosen`)."""
+    with the box to report (`box`, chosen there too; else the namer's), the box voting's IoU
+    (`vote_iou`, 0: none) and where "auto" came from (`chosen`)."""
     path = Path(detector_file).with_name(POINT_FILE)
     chosen, source = getattr(detector, "meta", {}).get("operating_point"), f"{detector_file}'s metadata"
     if chosen is None and path.is_file():
@@ -36,7 +36,8 @@ def operating_point(detector, detector_file, min_score: float | str = AUTO,
         chosen, source = FALLBACK, "the fallback (no point chosen for this detector)"
     return {"min_score": float(chosen["min_score"] if min_score == AUTO else min_score),
             "min_probability": float(chosen["min_probability"] if min_probability == AUTO else min_probability),
-            "box": chosen.get("box", "namer"), "chosen": source if AUTO in (min_score, min_probability) else "given"}
+            "box": chosen.get("box", "namer"), "vote_iou": float(chosen.get("vote_iou", 0.0)),
+            "chosen": source if AUTO in (min_score, min_probability) else "given"}
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Finder:
     detector: object
     namer: object
     box: str = "namer"  # the box reported: the namer's refined one, or the detector's (chosen on validation)
+    vote_iou: float = 0.0  # the detector's boxes voted by its candidates over this IoU (0: not)
 
     def __post_init__(self):
         self.margin = margin_of(self.namer.meta)
@@ -54,7 +56,7 @@ class Finder:
         """Every detection of `frame` (uint8 H x W x 3) scoring at least `min_score`: the detector's
         box and score, the namer's class id (its own ids) and probability, and the box reported (`box`:
         the namer's refined box, or the detector's), in pixels."""
-        boxes, scores = self.detector(frame, min_score)
+        boxes, scores = self.detector(frame, min_score, self.vote_iou) if self.vote_iou else self.detector(frame, min_score)
         keep = scores >= min_score  # also for a detector that leaves its threshold as it is
         boxes, scores = boxes[keep], scores[keep]
         probs, refined = name(self.namer, frame, boxes, self.margin)
