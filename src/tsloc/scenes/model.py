@@ -23,6 +23,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..backbone import backbone_features, fuse_conv_bn
 from ..weights import IMAGENET_MEAN, IMAGENET_STD
+from .decode import nms, vote
 
 STRIDE_8 = 6                       # MobileNetV2's last block at stride 8 (32 channels)
 STRIDE_16 = range(7, 14)           # its blocks at stride 16: 64 channels up to block 10, 96 after
@@ -114,7 +115,6 @@ class TorchDetector:
         if not vote_iou:
             found = model([frame_tensor(frame).to(self.device)])[0]
             return found["boxes"].cpu().numpy(), found["scores"].cpu().numpy()
-        from .decode import nms, vote
         nms_thresh, most = model.nms_thresh, model.detections_per_img
         model.nms_thresh, model.detections_per_img = 1.0, 10**9  # IoU never exceeds 1: every candidate stays
         try:
