@@ -149,7 +149,7 @@ def test_declared_code_deps_match_the_modules_loaded(repo):
                      "scenes_evaluate"}),
     ("onnxfile.py", {"evaluate", "export", "detector_export", "scenes_evaluate", "drive_evaluate"}),
     ("scenes/split.py", {"scenes_split"}),                # the scene branch: apart from the crop branch
-    ("scenes/decode.py", {"detector_export", "drive_evaluate"}),  # the ONNX detector's decoding: not the PyTorch path
+    ("scenes/decode.py", {"detector_train", "detector_export", "scenes_evaluate", "drive_evaluate"}),  # the ONNX detector's decoding, and the box vote of both
     ("scenes/drive.py", {"drive_ingest"}),               # the synthetic drive: not its scoring
     ("serving/inventory.py", {"drive_evaluate"}),
     ("scenes/operating_point.py", {"scenes_evaluate"}),  # choosing the operating point: not training the detector
@@ -198,7 +198,7 @@ def test_scene_params_rerun_only_the_scene_stages(repo):
     assert point["min_score"] == 0.5 and point["chosen_on"]["subset"] == "valid"
     drove = json.loads((dst / "reports" / "drive_evaluate.json").read_text())["operating_point"]
     assert drove == {"min_score": 0.5, "min_probability": point["min_probability"], "box": point["box"],
-                     "chosen": "models/operating_point.json"}
+                     "vote_iou": point["vote_iou"], "chosen": "models/operating_point.json"}
     # each `exp run` composes params.yaml afresh: detect.min_score given again, or scenes_evaluate reruns
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "detect.min_score=0.5", "-S", "detector_export.calibration_frames=4"],
                     dst, env)) == {"detector_export", "drive_evaluate"}
