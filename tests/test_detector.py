@@ -154,7 +154,7 @@ def test_crop_windows_grow_by_the_margin_and_stay_in_the_frame():
 
 def test_a_detection_is_named_and_its_box_refined_by_the_crop_model(tmp_path):
     """A stub detector that finds one box, and the stub crop model (class 3; its box STUB_BOX of the crop)."""
-    def one(frame, min_score):
+    def one(frame, min_score, vote_iou=0.0):
         return np.array([[50.0, 20.0, 90.0, 60.0]]), np.array([0.8])
     namer = load_backend(stub_model(tmp_path / "m.pt"))
     found = Finder(one, namer)(np.zeros((100, 200, 3), np.uint8))
@@ -184,7 +184,7 @@ def test_a_detection_the_crop_model_does_not_recognise_is_dropped(tmp_path):
     leaves the detection out (the probability is the stub model's own, whatever it is)."""
     from tsloc.serving.detect import record
 
-    def two(frame, min_score):
+    def two(frame, min_score, vote_iou=0.0):
         return np.array([[50.0, 20.0, 90.0, 60.0], [120.0, 30.0, 150.0, 60.0]]), np.array([0.8, 0.6])
     namer = load_backend(stub_model(tmp_path / "m.pt"))
     found = Finder(two, namer)(np.zeros((100, 200, 3), np.uint8))
@@ -249,12 +249,13 @@ def test_windows_are_the_same_whoever_cuts_them():
 
 
 class _FixedFinds(torch.nn.Module):
-    """Stands in for FCOS in eval mode: the same finds on every frame, above its score threshold."""
+    """Stands in for FCOS in eval mode: the same finds on every frame, above its score threshold, best
+    score first (as FCOS answers)."""
     score_thresh = 0.05
 
     def forward(self, images):
-        boxes = torch.tensor([[10, 10, 50, 50], [12, 10, 52, 50], [100, 20, 140, 60], [150, 60, 190, 95]], dtype=torch.float32)
-        scores = torch.tensor([0.9, 0.3, 0.15, 0.6])
+        boxes = torch.tensor([[10, 10, 50, 50], [150, 60, 190, 95], [12, 10, 52, 50], [100, 20, 140, 60]], dtype=torch.float32)
+        scores = torch.tensor([0.9, 0.6, 0.3, 0.15])
         keep = scores >= self.score_thresh
         return [{"boxes": boxes[keep], "scores": scores[keep]} for _ in images]
 

@@ -122,7 +122,7 @@ class Oracle:
         names = class_names or [f"class {i}" for i in range(62)]
         self.namer = self.Namer(self, {"class_names": names, "image_size": 32, "crop_margin": 0.0})
 
-    def detector(self, frame, min_score=0.0):
+    def detector(self, frame, min_score=0.0, vote_iou=0.0):
         part = self.by_frame.get(self.calls * self.every, pd.DataFrame(columns=[*BOX, "class_id"]))
         self.calls += 1
         self.classes = part["class_id"].astype(int).tolist()

@@ -5,16 +5,16 @@ tsloc.resume; halfway, the hard negatives mined once from the training frames), 
 whole frames and scores them with COCO's evaluation."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from tqdm import tqdm
-
-from concurrent.futures import ThreadPoolExecutor
 
 from ..data.frames import ahead
 from ..params import AUTO
@@ -32,12 +32,12 @@ def mine_negatives(model, frames: Sequence, boxes: list[np.ndarray], device, min
                    per_frame: int = MINE_PER_FRAME) -> list[np.ndarray]:
     """Hard negatives: per training frame, the detector's finds scoring `min_score` or more that
     overlap no true box (IoU under 0.1: what scenes_evaluate counts as background, not a loose box),
-    the `per_frame` most confident. The model is left in training mode."""
+    the `per_frame` most confident (the detector answers best score first). The model is left in
+    training mode."""
     detector = TorchDetector(model, {}, device)
     found_all = []
     for i, frame in enumerate(tqdm(ahead(frames), total=len(frames), desc="hard negatives", unit="frame", leave=False)):
-        found, scores = detector(np.array(frame), min_score)  # a PIL frame as a writable array
-        found = found[np.argsort(-scores, kind="stable")]
+        found, _ = detector(frame, min_score)
         if len(found) and len(boxes[i]):
             found = found[box_iou(found, boxes[i]).max(1) < LOOSE_IOU]
         found_all.append(found[:per_frame].astype(np.float32))
@@ -67,10 +67,10 @@ def batches(plan: list, frames: Sequence, boxes: list[np.ndarray], d, rng: np.ra
         flip, brightness, contrast = draws[k]
         image, b = cut_window(frames[i], boxes[i], scale, left, top, d.window, flip)
         return photometric(image, brightness, contrast), b
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(workers) if workers else contextlib.nullcontext() as pool:
+        run = pool.map if workers else map
         for s in range(0, len(plan), d.batch_size):
-            ks = range(s, min(s + d.batch_size, len(plan)))
-            yield list(pool.map(cut, ks)) if workers else [cut(k) for k in ks]
+            yield list(run(cut, range(s, min(s + d.batch_size, len(plan)))))
 
 
 def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[tuple[int, int]], d, *, device,

@@ -90,9 +90,10 @@ def architecture(d) -> dict:
 
 
 def frame_tensor(frame) -> torch.Tensor:
-    """A uint8 RGB frame (H, W, 3) as the float CHW tensor in 0..1 torchvision's detection models take."""
+    """A uint8 RGB frame (H, W, 3, or a PIL image) as the float CHW tensor in 0..1 torchvision's detection
+    models take; copied only where it is not a contiguous writable array already (a PIL image's is not)."""
     import numpy as np
-    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div_(255)
+    return torch.from_numpy(np.require(frame, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255)
 
 
 class TorchDetector:

@@ -1,8 +1,9 @@
 """Training windows cut from whole frames: one around each sign (the sign anywhere inside, the
 frame scaled by up to 1 +- `scale_jitter` first) and a share taken anywhere (mostly background,
 and the frames without signs), some of these, later in training, around the detector's own false
-finds (hard negatives: signs of classes the data set does not box, backs of signs). The detector trains on these, not on whole frames: a 1360 x 800
-frame is 80% road and sky, and 10 times the pixels of a 320-px window."""
+finds (hard negatives: signs of classes the data set does not box, backs of signs). The detector
+trains on these, not on whole frames: a 1360 x 800 frame is 80% road and sky, and 10 times the
+pixels of a 320-px window."""
 from __future__ import annotations
 
 import numpy as np

@@ -42,8 +42,8 @@ def operating_point(detector, detector_file, min_score: float | str = AUTO,
 
 @dataclass
 class Finder:
-    """The detector (a `detector(frame) -> (boxes, scores)`: tsloc.serving.backend.load_detector) and the namer
-    (a crop model backend: tsloc.serving.backend.load_backend)."""
+    """The detector (`detector(frame, min_score, vote_iou) -> (boxes, scores)`:
+    tsloc.serving.backend.load_detector) and the namer (a crop model backend: load_backend)."""
     detector: object
     namer: object
     box: str = "namer"  # the box reported: the namer's refined one, or the detector's (chosen on validation)
@@ -56,7 +56,7 @@ class Finder:
         """Every detection of `frame` (uint8 H x W x 3) scoring at least `min_score`: the detector's
         box and score, the namer's class id (its own ids) and probability, and the box reported (`box`:
         the namer's refined box, or the detector's), in pixels."""
-        boxes, scores = self.detector(frame, min_score, self.vote_iou) if self.vote_iou else self.detector(frame, min_score)
+        boxes, scores = self.detector(frame, min_score, self.vote_iou)
         keep = scores >= min_score  # also for a detector that leaves its threshold as it is
         boxes, scores = boxes[keep], scores[keep]
         probs, refined = name(self.namer, frame, boxes, self.margin)
