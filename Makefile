@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: setup repro test
+.PHONY: setup repro test gpu-wheels
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -e ".[train,dev]"
@@ -15,3 +15,7 @@ repro:
 
 test:
 	$(VENV)/bin/pytest
+
+# The wheels a lent GPU machine lacks, for the GPU check (.ci/gpu; docs/scaling.md).
+gpu-wheels:
+	$(VENV)/bin/python .ci/gpu_wheels.py
