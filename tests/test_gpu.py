@@ -148,6 +148,49 @@ def test_cuda_fit_with_auto_precision_learns():
     assert rt.precision == "fp32" and all(np.isfinite(r["train"]["loss"]) for r in history)
 
 
+def test_a_step_s_small_tensors_stay_themselves_on_the_cpu():
+    """tsloc.device.to_device pins and copies asynchronously only towards a GPU: on the CPU a step's tensors
+    are the very same objects as before (CPU results unchanged, benchmarks/training_numerics.py)."""
+    from tsloc.device import to_device
+    t = torch.arange(5)
+    assert to_device(t, "cpu") is t and to_device(t, torch.device("cpu")) is t
+    assert to_device(t, "meta").device.type == "meta"
+
+
+@cuda
+def test_a_training_step_on_cuda_never_waits_for_the_host(monkeypatch):
+    """The best recipe's step (the store and augmentation on the GPU, the spatial head, L1 + GIoU, cosine
+    AdamW, fused) only queues work: under torch.cuda.set_sync_debug_mode("error") any call that makes the
+    host wait for the GPU raises, with its place in the traceback. The pass's sums are read once after
+    it (Totals.means: left out here)."""
+    from tsloc.crops import loop
+    from tsloc.crops.losses import Objective
+    device = torch.device("cuda")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
+    boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (64, 4)), dtype=torch.float32))
+    labels = torch.as_tensor(rng.integers(0, 5, 64))
+    aug = {"margin": 0.45, "rotation": 10, "color": 0.3, "blur": 0.3, "recrop": 0.3}
+    gen = torch.Generator().manual_seed(0)
+    data = Batches(images_source(images, boxes, device, aug, gen), labels, boxes)
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", "none", num_classes=5, image_size=64, trainable_blocks=8, box="spatial")
+    params = TrainParams(epochs=2, batch_size=16, lr=0.002, optimizer="adamw", schedule="cosine", box_loss="l1+giou",
+                         loss_balance="fixed", label_smoothing=0.1)
+    objective = Objective(model, torch.ones(5), image_size=64, box_loss="l1+giou", balance="fixed",
+                          label_smoothing=0.1).to(device)
+    optimizer, scheduler = loop.make_optimizer(objective, params, 4)
+    rt = Runtime(device, "fp32")
+    loop.train_one_epoch(objective, objective, data, 16, optimizer, rt, scheduler, generator=gen)  # warm-up: allocations
+    monkeypatch.setattr(loop.Totals, "means", lambda self, world: self.sums)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sums = loop.train_one_epoch(objective, objective, data, 16, optimizer, rt, scheduler, generator=gen)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(sums).all()
+
+
 # --- The pipeline itself on CUDA: every stage of dvc.yaml, run as DVC runs them (their `cmd`, in order; no
 # DVC needed on the GPU machine), on tiny data, with the recipe of the default and the best recipe's
 # training path (images on the device, augmentation, fine-tuned blocks); the outputs then load on the CPU.

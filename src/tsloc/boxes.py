@@ -40,6 +40,20 @@ def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
 
 
+def giou_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """1 - generalized IoU of a[i] with b[i]: torchvision.ops.generalized_box_iou_loss's numbers (its
+    formula, in its order), but the intersection from clamped sides instead of its boolean-mask
+    assignment, whose count makes a GPU step wait for the host (the same values: a side under zero
+    gives zero either way)."""
+    x1, y1, x2, y2 = a.unbind(dim=-1)
+    x1g, y1g, x2g, y2g = b.unbind(dim=-1)
+    inter = (torch.min(x2, x2g) - torch.max(x1, x1g)).clamp(min=0) * (torch.min(y2, y2g) - torch.max(y1, y1g)).clamp(min=0)
+    union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
+    iou = inter / (union + eps)
+    area_c = (torch.max(x2, x2g) - torch.min(x1, x1g)) * (torch.max(y2, y2g) - torch.min(y1, y1g))
+    return 1 - (iou - ((area_c - union) / (area_c + eps)))
+
+
 def relative_boxes(table) -> torch.Tensor:
     """A table's pixel boxes (columns left, top, right, bottom, width, height: the metadata's) in
     the tensor frame."""

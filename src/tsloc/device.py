@@ -21,3 +21,14 @@ def select_device(name: str) -> torch.device:
         if device.index is not None and device.index >= count:
             raise DataError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A tensor made on the CPU during a step (indices, labels, random draws: a few numbers), onto
+    `device` without waiting: a plain copy from pageable memory to a GPU synchronises the stream (the
+    host waits for every queued kernel), so on CUDA it goes through pinned memory, non-blocking
+    (PyTorch keeps the pinned buffer until the copy is done). Elsewhere `.to`: the CPU's tensor itself."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

@@ -10,9 +10,10 @@ No flips: they change the meaning of signs (left/right turns, bends).
 
 Device-agnostic: the images may be on a GPU, where every op runs batched. The per-image random
 numbers (windows, angles, colour factors) are drawn on the CPU from the one seeded generator and
-moved over (a few numbers per image), so a run repeats for a seed on any device, and on the CPU the
-draws and results are exactly those of the CPU-only version; the image-sized noise is drawn on the
-images' device from a seed the CPU generator gives.
+moved over (a few numbers per image; pinned and asynchronous on a GPU, so no step waits for it:
+tsloc.device.to_device), so a run repeats for a seed on any device, and on the CPU the draws and
+results are exactly those of the CPU-only version; the image-sized noise is drawn on the images'
+device from a seed the CPU generator gives.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from ..data.store import to_float
+from ..device import to_device
 
 
 def random_windows(boxes: torch.Tensor, max_margin: float, generator: torch.Generator,
@@ -49,7 +51,7 @@ def warp(images: torch.Tensor, boxes: torch.Tensor, windows: torch.Tensor, angle
     rot = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # (N, 2, 2)
     a = rot @ torch.diag_embed(torch.stack([w / 2, h / 2], 1))
     shift = (rot @ (t - c).unsqueeze(-1)).squeeze(-1) + c
-    theta = torch.cat([2 * a, (2 * shift - 1).unsqueeze(-1)], dim=2).to(images.device)
+    theta = to_device(torch.cat([2 * a, (2 * shift - 1).unsqueeze(-1)], dim=2), images.device)
     grid = F.affine_grid(theta, (n, 3, size, size), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     new_boxes = (boxes - windows[:, :2].repeat(1, 2)) / torch.stack([w, h, w, h], 1)
@@ -63,7 +65,7 @@ def photometric(x: torch.Tensor, strength: float, blur_p: float, generator: torc
     is a CPU generator. `device_noise` (default: off the CPU) draws the noise on the images' device
     from a seed of `generator` (the tests take that path on the CPU too)."""
     n, device = x.shape[0], x.device
-    u = lambda: (1 + (2 * torch.rand(n, 1, 1, 1, generator=generator) - 1) * strength).to(device)  # noqa: E731
+    u = lambda: to_device(1 + (2 * torch.rand(n, 1, 1, 1, generator=generator) - 1) * strength, device)  # noqa: E731
     grey = x.mean(1, keepdim=True)
     x = grey + (x - grey) * u()                                        # saturation
     x = x.mean((1, 2, 3), keepdim=True) + (x - x.mean((1, 2, 3), keepdim=True)) * u()  # contrast
@@ -72,14 +74,14 @@ def photometric(x: torch.Tensor, strength: float, blur_p: float, generator: torc
         pick = torch.rand(n, generator=generator) < blur_p
         if pick.any():
             sigma = float(0.3 + 0.9 * torch.rand(1, generator=generator))
-            pick = pick.to(device)
-            x[pick] = TF.gaussian_blur(x[pick], kernel_size=[5, 5], sigma=[sigma, sigma])
+            rows = to_device(pick.nonzero().squeeze(1), device)  # indices, not a mask: a mask's count waits for the GPU
+            x[rows] = TF.gaussian_blur(x[rows], kernel_size=[5, 5], sigma=[sigma, sigma])
     if not (device.type != "cpu" if device_noise is None else device_noise):
         noise = torch.randn(x.shape, generator=generator)
     else:  # image-sized: drawn where the images are, from a seed of the CPU generator
         seed = int(torch.randint(2 ** 62, (1,), generator=generator))
         noise = torch.randn(x.shape, generator=torch.Generator(device).manual_seed(seed), device=device)
-    x = x + noise * (0.02 * torch.rand(n, 1, 1, 1, generator=generator)).to(device)
+    x = x + noise * to_device(0.02 * torch.rand(n, 1, 1, 1, generator=generator), device)
     return x.clamp(0, 1)
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.store import standardise, to_float
+from ..device import to_device
 from .augment import augment
 
 
@@ -27,7 +28,7 @@ class Batches:
 
 def features_source(features: np.ndarray, boxes: torch.Tensor, device):
     feats = torch.as_tensor(features)
-    return lambda idx, train, size=None: (feats[idx].to(device), boxes[idx].to(device))
+    return lambda idx, train, size=None: (to_device(feats[idx], device), to_device(boxes[idx], device))
 
 
 STORE_SHARE = 0.5  # the uint8 store moves to the GPU when it takes at most this share of its free memory
@@ -55,7 +56,7 @@ def images_source(images: np.ndarray, boxes: torch.Tensor, device, augmentation:
 
     def run(idx, train, size=None):
         if store.device.type == device.type:           # the CPU, or the whole store on the GPU
-            batch = store[idx.to(device)]
+            batch = store[to_device(idx, device)]
         else:                                          # pinned host memory: an asynchronous copy
             batch = store[idx].pin_memory().to(device, non_blocking=True)
         b = boxes[idx]
@@ -65,7 +66,7 @@ def images_source(images: np.ndarray, boxes: torch.Tensor, device, augmentation:
             x = to_float(batch)
             if size and size != x.shape[-1]:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return standardise(x), b.to(device)
+        return standardise(x), to_device(b, device)
     return run
 
 

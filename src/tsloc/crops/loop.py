@@ -11,6 +11,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ..boxes import make_valid, paired_iou
+from ..device import to_device
 from ..errors import DataError
 from ..params import TrainParams
 from ..resume import Resume, fault_point
@@ -68,7 +69,7 @@ def train_one_epoch(net, objective: Objective, data: Batches, batch_size: int, o
         if len(idx) < 2 * world.size:
             continue
         idx = world.shard(idx)
-        y = data.labels[idx].to(rt.device)
+        y = to_device(data.labels[idx], rt.device)
         inputs, tb = data.fetch(idx, True, size)
         with rt.autocast():
             loss, logits, boxes = net(inputs, y, tb)
@@ -100,7 +101,7 @@ def evaluate(objective: Objective, data: Batches, batch_size: int, rt: Runtime |
     totals = Totals(rt.device)
     for start in range(0, len(rows), batch_size):
         idx = rows[start:start + batch_size]
-        y = data.labels[idx].to(rt.device)
+        y = to_device(data.labels[idx], rt.device)
         inputs, tb = data.fetch(idx, False, None)
         with rt.autocast():
             logits, boxes = model(inputs)

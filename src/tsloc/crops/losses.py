@@ -7,7 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import generalized_box_iou_loss
+
+from ..boxes import giou_loss
 
 
 def class_weights(labels: np.ndarray, num_classes: int, kind: str = "inverse") -> torch.Tensor:
@@ -21,14 +22,15 @@ def class_weights(labels: np.ndarray, num_classes: int, kind: str = "inverse") -
 
 
 def box_losses(boxes: torch.Tensor, target_boxes: torch.Tensor, kind: str, image_size: int) -> torch.Tensor:
-    """Each image's box loss in pixels of the input: l1 (as the notebook), giou (torchvision's
-    generalized IoU loss times the input size, so that it speaks pixels too) or l1+giou."""
+    """Each image's box loss in pixels of the input: l1 (as the notebook), giou (the generalized IoU
+    loss, torchvision's numbers without its host sync: tsloc.boxes.giou_loss, times the input size, so
+    that it speaks pixels too) or l1+giou."""
     per_box = boxes.new_zeros(len(boxes))
     if "l1" in kind:
         per_box = per_box + F.l1_loss(boxes, target_boxes, reduction="none").sum(1) * image_size
     if "giou" in kind:
         valid = torch.cat([torch.minimum(boxes[:, :2], boxes[:, 2:]), torch.maximum(boxes[:, :2], boxes[:, 2:])], 1)
-        per_box = per_box + generalized_box_iou_loss(valid, target_boxes, reduction="none") * image_size
+        per_box = per_box + giou_loss(valid, target_boxes) * image_size
     return per_box
 
 

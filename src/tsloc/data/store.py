@@ -6,6 +6,7 @@ in chunks decoded by parallel threads, so memory stays bounded whatever the numb
 has 50,000); training and evaluation read it memory-mapped."""
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -86,8 +87,15 @@ def normalise(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return standardise(to_float(images))
 
 
+@functools.cache
+def _imagenet_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std (1, 3, 1, 1) on `device`, made once: a tensor built from Python numbers on a
+    GPU is a host-to-device copy, which waits for the GPU's queue at every batch."""
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+
+
 def standardise(x: torch.Tensor) -> torch.Tensor:
     """float RGB in [0, 1], (N, 3, S, S) -> ImageNet mean and std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = _imagenet_stats(x.device)
     return (x - mean) / std

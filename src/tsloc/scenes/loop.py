@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.frames import ahead
+from ..device import to_device
 from ..params import AUTO
 from ..resume import Resume
 from ..schedule import warmup_cosine
@@ -109,8 +110,8 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
         cut = batches(plan, frames, boxes, d, rng, workers)
         for batch in tqdm(ahead(cut, 1) if workers else cut, total=math.ceil(len(plan) / d.batch_size),
                           desc=f"epoch {epoch}", unit="batch", leave=False):  # the next batch cut during this step
-            images = [image.to(device) for image, _ in batch]
-            targets = [{"boxes": b.to(device), "labels": torch.zeros(len(b), dtype=torch.int64, device=device)}
+            images = [to_device(image, device) for image, _ in batch]  # pinned, not waited for, on a GPU
+            targets = [{"boxes": to_device(b, device), "labels": torch.zeros(len(b), dtype=torch.int64, device=device)}
                        for _, b in batch]
             losses = model(images, targets)
             loss = sum(losses.values())
