@@ -13,7 +13,7 @@
 Then the ratio, how close (b) is to its floor (one backbone forward per image), images per second
 for inference (a batch, single images) and the peak memory of this process.
 
-    python benchmarks/speed.py --device cuda [--size 144 --batch 128 --images 4096]
+    python benchmarks/speed.py --device cuda [--size 144 --batch 128 --images 4096] [--compile]
 
 With --device, instead: the training loop's images per second (the best recipe's work: last 8
 blocks fine-tuned, spatial box head, augmentation on the device) and inference images per second,
@@ -153,11 +153,13 @@ def timed(step, device: torch.device, repeats: int = 1) -> float:
     return time.perf_counter() - t
 
 
-def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2) -> None:
-    """Training and inference throughput on `device` at fp32 and at the precision auto chooses."""
+def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2, compiled: bool = False) -> None:
+    """Training and inference throughput on `device` at fp32 and at the precision auto chooses; with
+    `compiled`, fp32 with the step compiled too (train.compile: CUDA graphs on a GPU), its compiling in
+    the warm-up epoch."""
     from tsloc.boxes import make_valid
     from tsloc.crops.batches import Batches, images_source
-    from tsloc.crops.loop import evaluate, make_optimizer, train_one_epoch
+    from tsloc.crops.loop import compile_step, evaluate, make_optimizer, train_one_epoch
     from tsloc.crops.losses import Objective
     from tsloc.params import TrainParams
     from tsloc.device import select_device
@@ -168,10 +170,11 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
     labels = torch.as_tensor(rng.integers(0, NUM_CLASSES, images))
     boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (images, 4)), dtype=torch.float32))
     aug = {"margin": 0.45, "rotation": 10, "color": 0.3, "blur": 0.3, "recrop": 0.3}
-    precisions = dict.fromkeys(["fp32", resolve_precision("auto", dev)])
+    variants = [(p, False) for p in dict.fromkeys(["fp32", resolve_precision("auto", dev)])]
+    variants += [("fp32", True)] if compiled else []
     print(f"# {dev}, {size} px, batch {batch}, {images} images, best recipe's network (8 blocks fine-tuned, "
           f"spatial head, augmentation)")
-    for precision in precisions:
+    for precision, compile_it in variants:
         rt = Runtime(dev, precision)
         torch.manual_seed(0)
         model = build_model("mobilenet_v2", "none", NUM_CLASSES, image_size=size, trainable_blocks=8,
@@ -182,11 +185,12 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
         net = Objective(model, torch.ones(NUM_CLASSES), image_size=size, box_loss="l1+giou", balance="fixed").to(dev)
         optimizer, _ = make_optimizer(net, TrainParams(lr=1e-3, optimizer="adamw", epochs=epochs), images // batch)
         scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
-        train_s = timed(lambda: train_one_epoch(net, net, train, batch, optimizer, rt, scaler=scaler,
+        step = compile_step(net, rt) if compile_it else net
+        train_s = timed(lambda: train_one_epoch(step, net, train, batch, optimizer, rt, scaler=scaler,
                                                 generator=gen), dev, epochs)
         infer_s = timed(lambda: evaluate(net, plain, batch, rt), dev)
-        print(f"{precision}: training {epochs * images / train_s:.0f} images/s, inference {images / infer_s:.0f} "
-              f"images/s")
+        print(f"{precision}{', compiled' if compile_it else ''}: training {epochs * images / train_s:.0f} images/s, "
+              f"inference {images / infer_s:.0f} images/s")
 
 
 def main() -> int:
@@ -200,9 +204,10 @@ def main() -> int:
     ap.add_argument("--device", help="cpu, cuda, cuda:N: only the training loop's and inference throughput there")
     ap.add_argument("--batch", type=int, default=64, help="with --device: the batch size")
     ap.add_argument("--images", type=int, default=1024, help="with --device: synthetic images per epoch")
+    ap.add_argument("--compile", action="store_true", help="with --device: also fp32 with the step compiled (train.compile)")
     args = ap.parse_args()
     if args.device:
-        time_device(args.device, args.size, args.batch, args.images)
+        time_device(args.device, args.size, args.batch, args.images, compiled=args.compile)
         return 0
     data, repo = Path(args.data), Path(__file__).resolve().parents[1]
     if not all((data / s).is_dir() for s in SPLITS):

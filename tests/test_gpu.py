@@ -191,6 +191,31 @@ def test_a_training_step_on_cuda_never_waits_for_the_host(monkeypatch):
     assert torch.isfinite(sums).all()
 
 
+@cuda
+def test_a_compiled_step_on_cuda_trains_like_the_eager_one():
+    """train.compile on a GPU: torch.compile in mode reduce-overhead (the step replayed as CUDA graphs) trains
+    to the eager step's numbers within float reordering (dropout off: compiled, it has its own random stream)."""
+    images = np.random.default_rng(0).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
+    subsets = _features()
+    labels = torch.cat([subsets["train"].labels, subsets["valid"].labels])
+    boxes = torch.cat([subsets["train"].boxes, subsets["valid"].boxes])
+    device = torch.device("cuda")
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        net = build_model("mobilenet_v2", "none", num_classes=3, image_size=64, trainable_blocks=8, box="spatial",
+                          dropout=0.0).to(device)
+        data = {"train": Batches(images_source(images[:30], boxes[:30], device), labels[:30], boxes[:30]),
+                "valid": Batches(images_source(images[30:], boxes[30:], device), labels[30:], boxes[30:])}
+        history = []
+        fit(net, data, TrainParams(epochs=3, batch_size=10, seed=0, box_loss="l1+giou", loss_balance="fixed",
+                                   compile=compiled), image_size=64, rt=Runtime(device, "fp32"),
+            log=lambda e, row, _: history.append(row))
+        runs.append(history)
+    for eager, compiled in zip(*runs):
+        assert compiled["valid"]["loss"] == pytest.approx(eager["valid"]["loss"], rel=1e-2)
+
+
 # --- The pipeline itself on CUDA: every stage of dvc.yaml, run as DVC runs them (their `cmd`, in order; no
 # DVC needed on the GPU machine), on tiny data, with the recipe of the default and the best recipe's
 # training path (images on the device, augmentation, fine-tuned blocks); the outputs then load on the CPU.

@@ -229,3 +229,25 @@ def test_an_interrupted_fit_continues_to_the_same_weights(tmp_path, capsys):
     other = Resume(tmp_path / "state.pt", "key-2")      # other params or data: not continued
     assert other.epochs_done() == 0 and not other.path.exists()
     assert "from other params or data, discarded" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_compiled_step_trains_like_the_eager_one():
+    """train.compile: the step's network and loss through torch.compile (inductor on the CPU; CUDA graphs
+    on a GPU) train to the eager step's numbers, within float reordering (dropout off: compiled, it draws
+    from inductor's own random stream)."""
+    images, labels, boxes = tiny_data(size=48)
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        net = build_model("mobilenet_v2", "none", num_classes=3, image_size=48, trainable_blocks=2, box="spatial",
+                          dropout=0.0)  # compiled dropout draws from inductor's own random stream
+        subsets = {"train": Batches(images_source(images[:30], boxes[:30], "cpu"), labels[:30], boxes[:30]),
+                   "valid": Batches(images_source(images[30:], boxes[30:], "cpu"), labels[30:], boxes[30:])}
+        history = []
+        fit(net, subsets, TrainParams(epochs=2, batch_size=10, seed=0, box_loss="l1+giou", loss_balance="fixed",
+                                      compile=compiled), image_size=48, log=lambda e, row, _: history.append(row))
+        runs.append(history)
+    for eager, compiled in zip(*runs):
+        for part in ("train", "valid"):
+            assert compiled[part]["loss"] == pytest.approx(eager[part]["loss"], rel=1e-3), part

@@ -99,6 +99,11 @@ def test_training_runs_frozen_blocks_folded_with_the_same_output():
         changed = net.train().features(x)
         assert not close(changed, folded)
         assert close(net.eval().features(x), changed)
+        fused = net.train().__dict__["_frozen_fused"]
+        assert net.eval().train().__dict__["_frozen_fused"] is fused  # unchanged: the same copy (a compiled step's graph holds)
+        net.double().train()  # the tensors replaced (a move, another type): folded again, from them
+        assert net.__dict__["_frozen_fused"] is not fused
+        assert next(net.__dict__["_frozen_fused"].parameters()).dtype == torch.float64
 
 
 def test_relative_boxes_of_a_table():

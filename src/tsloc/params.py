@@ -89,6 +89,7 @@ class TrainParams:
     device: str = "auto"                     # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, fp32 on the CPU
     processes: int = ranged(1, ge=1)          # ranks under torchrun (gloo on the CPU, NCCL on CUDA)
+    compile: bool = False                    # torch.compile the step's network and loss (CUDA graphs on a GPU)
     eval_test_each_epoch: bool = False
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = ranged(0.0, ge=0)

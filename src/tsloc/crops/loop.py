@@ -71,6 +71,8 @@ def train_one_epoch(net, objective: Objective, data: Batches, batch_size: int, o
         idx = world.shard(idx)
         y = to_device(data.labels[idx], rt.device)
         inputs, tb = data.fetch(idx, True, size)
+        if rt.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # a compiled step's CUDA graph replays anew (train.compile)
         with rt.autocast():
             loss, logits, boxes = net(inputs, y, tb)
         optimizer.zero_grad()
@@ -164,6 +166,15 @@ def _distribute(objective: Objective, rt: Runtime):
     return torch.nn.parallel.DistributedDataParallel(objective, device_ids=ids)
 
 
+def compile_step(net, rt: Runtime):
+    """The step's network and loss through torch.compile (`train.compile`): on a GPU in mode
+    reduce-overhead, which replays them as CUDA graphs (one launch instead of hundreds: the step at
+    batch 32 is bound by launches, not arithmetic); on the CPU inductor's default. Compiling costs the
+    first step of each input shape (the last, smaller batch is another); the frozen blocks' folded copy
+    is kept across epochs so that their graph holds. Augmentation and the optimiser stay outside."""
+    return torch.compile(net, mode="reduce-overhead" if rt.device.type == "cuda" else None)
+
+
 def fit(model: SignNet, subsets: dict[str, Batches], train: TrainParams, *, image_size: int,
         rt: Runtime | None = None, log=None, generator: torch.Generator | None = None,
         aug_generator: torch.Generator | None = None, progress: bool = False, resume: Resume | None = None) -> dict:
@@ -176,7 +187,8 @@ def fit(model: SignNet, subsets: dict[str, Batches], train: TrainParams, *, imag
     resizing (`epoch_sizes`); evaluation keeps the stored size. Evaluation passes run every
     `eval_every` epochs and after the last (they do not touch training). `ema_decay` > 0: an
     exponential moving average of the weights and BatchNorm statistics, updated every step
-    (torch.optim.swa_utils, as torchvision's references), is what is evaluated and kept.
+    (torch.optim.swa_utils, as torchvision's references), is what is evaluated and kept. `compile`:
+    the step's network and loss through torch.compile (`compile_step`; evaluation stays eager).
     `batch_size` is the global batch: with N ranks each takes 1/N of it.
 
     `log(epoch, row)` receives every epoch's figures (rank 0 only). `generator` draws the
@@ -204,6 +216,8 @@ def fit(model: SignNet, subsets: dict[str, Batches], train: TrainParams, *, imag
     n_train, b = len(subsets["train"]), train.batch_size
     steps = n_train // b + (1 if n_train % b >= 2 * world.size else 0)
     net = _distribute(objective, rt)
+    if train.compile:
+        net = compile_step(net, rt)
     optimizer, scheduler = make_optimizer(objective, train, steps)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay), use_buffers=True)

@@ -75,20 +75,24 @@ class SignNet(nn.Module):
     def train(self, mode: bool = True):
         """Frozen means frozen: the frozen blocks stay in eval mode (no BatchNorm statistics
         updates), which is also what makes cached features exact. Training runs them through a
-        copy with BatchNorm folded into the convolutions, made afresh at every call (once per
-        epoch), so that it always matches the weights."""
+        copy with BatchNorm folded into the convolutions, made again whenever their tensors were
+        replaced or changed in place since (a load, a move), so that it always matches the weights;
+        else the same copy, so that a compiled step (train.compile) keeps its graph across epochs."""
         super().train(mode)
         for block in self.backbone[:self.split_at]:
             block.eval()
         if self.frozen:
             self.backbone.eval()
-        self.__dict__["_frozen_fused"] = fuse_conv_bn(self.backbone[:self.split_at]) if mode else None
+        frozen = self.backbone[:self.split_at]
+        stamp = tuple((t.data_ptr(), t._version) for t in (*frozen.parameters(), *frozen.buffers()))
+        if mode and self.__dict__.get("_frozen_stamp") != stamp:
+            self.__dict__["_frozen_fused"], self.__dict__["_frozen_stamp"] = fuse_conv_bn(frozen), stamp
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The last feature map (N, C, h, w); the frozen blocks run without autograd."""
         images = images.contiguous(memory_format=torch.channels_last)
-        frozen = self.__dict__.get("_frozen_fused") or self.backbone[:self.split_at]
+        frozen = (self.__dict__.get("_frozen_fused") if self.training else None) or self.backbone[:self.split_at]
         with torch.no_grad():
             x = frozen(images)
         return self.backbone[self.split_at:](x)
