@@ -166,6 +166,42 @@ def test_a_detection_is_named_and_its_box_refined_by_the_crop_model(tmp_path):
     assert kept[0]["box"] == kept[0]["detector_box"] == [50.0, 20.0, 90.0, 60.0] and kept[0]["class_id"] == 3
 
 
+def test_a_refiner_replaces_the_detector_s_boxes_and_keeps_its_scores(tmp_path):
+    """The second stage (tsloc.serving.backend.Refined): each found box cut with the refiner's margin (10%: the
+    stub's file says none) and replaced by the refiner's box there (the stub's STUB_BOX of the crop); the
+    scores and an empty find as the detector gave them."""
+    from tsloc.serving.backend import Refined
+
+    def one(frame, min_score=0.0, vote_iou=0.0):
+        return (np.array([[50.0, 20.0, 90.0, 60.0]], np.float32) if min_score < 0.9 else np.zeros((0, 4), np.float32),
+                np.array([0.8]) if min_score < 0.9 else np.zeros(0))
+    one.meta, one.name = {"kind": "detector"}, "stub"
+    refined = Refined(one, load_backend(stub_model(tmp_path / "r.pt")))
+    boxes, scores = refined(np.zeros((100, 200, 3), np.uint8))
+    l, t, r, b = STUB_BOX  # of the crop window (46, 16, 94, 64)
+    assert boxes[0] == pytest.approx([46 + l * 48, 16 + t * 48, 46 + r * 48, 16 + b * 48], abs=0.05)
+    assert scores.tolist() == [0.8] and boxes.dtype == np.float32 and refined.meta == one.meta
+    assert len(refined(np.zeros((100, 200, 3), np.uint8), 0.95)[0]) == 0
+
+
+def test_load_detector_puts_the_refiner_beside_it_behind_it(tmp_path):
+    """models/detector*.onnx with models/refiner.onnx, a ready pair's gtsdb.detector.onnx with gtsdb.refiner.onnx,
+    a .pt detector with refiner.pt; refine=False (the export stage's parity) and a lone detector: unrefined."""
+    import shutil
+
+    from tsloc.serving.backend import OnnxDetector, Refined, load_detector, refiner_beside
+    from tsloc.serving.ready import FOLDER
+    from pathlib import Path
+    assert refiner_beside("models/detector.pt") == Path("models/refiner.pt")
+    assert refiner_beside("models/detector.int8.onnx") == Path("models/refiner.onnx")
+    assert refiner_beside(FOLDER / "gtsdb.detector.onnx") == FOLDER / "gtsdb.refiner.onnx"
+    shutil.copyfile(FOLDER / "gtsdb.detector.onnx", tmp_path / "detector.onnx")
+    assert isinstance(load_detector(tmp_path / "detector.onnx"), OnnxDetector)
+    shutil.copyfile(FOLDER / "belgiumtsc.int8.onnx", tmp_path / "refiner.onnx")
+    assert isinstance(load_detector(tmp_path / "detector.onnx"), Refined)
+    assert isinstance(load_detector(tmp_path / "detector.onnx", refine=False), OnnxDetector)
+
+
 def test_the_box_reported_is_the_one_with_the_higher_coco_ap_on_validation():
     """Two true signs: the detector's boxes on them exactly, the namer's shifted (IoU 0.68 and 0.82):
     the detector's win on naming AP and on finding AP; the other way round the namer's."""

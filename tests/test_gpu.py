@@ -222,6 +222,7 @@ def test_a_compiled_step_on_cuda_trains_like_the_eager_one():
 
 TINY = {("data", "synthetic", "size"): 250, ("data", "image_size"): 64, ("train", "epochs"): 2,
         ("scenes", "synthetic", "frames"): 40, ("detector", "epochs"): 2, ("detector_export", "calibration_frames"): 8,
+        ("refiner", "steps"): 8, ("refiner", "image_size"): 64, ("refiner", "device"): "cuda",
         ("train", "device"): "cuda", ("detector", "device"): "cuda"}
 
 

@@ -58,7 +58,8 @@ def repo(tmp_path_factory):
     # and into every recipe that sets them.
     small = {("data", "synthetic", "size"): 250, ("data", "image_size"): 64, ("train", "epochs"): 3,
              ("scenes", "synthetic", "frames"): 40, ("detector", "epochs"): 2,
-             ("detector_export", "calibration_frames"): 8, ("drive", "seconds"): 4.0}
+             ("detector_export", "calibration_frames"): 8, ("drive", "seconds"): 4.0, ("refiner", "steps"): 8,
+             ("refiner", "image_size"): 64}
     for path in [dst / "conf" / "config.yaml", *(dst / "conf" / "recipe").glob("*.yaml")]:
         config = yaml.safe_load(path.read_text())
         for keys, value in small.items():

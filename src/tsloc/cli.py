@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--detector", metavar="FILE",
                      help=f"the detector, .onnx (ONNX Runtime) or .pt (default: the pipeline's: {DETECTOR_INT8} where it "
                           f"kept AP50 within detector_export.max_ap50_loss, else {DETECTOR_ONNX}, else {DETECTOR}; "
-                          "which one goes to stderr)")
+                          "which one goes to stderr); a refiner beside it (models/refiner.onnx, refiner.pt for a .pt "
+                          "detector) tightens its boxes")
     det.add_argument("--model", metavar="FILE",
                      help=f"the crop model that names each detection, .onnx or .pt, or a ready model; gtsdb: the ready "
                           f"German pair, GTSDB's detector and GTSRB's namer, nothing trained (default: {ONNX} if it "

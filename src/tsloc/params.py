@@ -175,6 +175,21 @@ class DetectorParams:
 
 
 @dataclass(frozen=True)
+class RefinerParams:
+    """The second stage that tightens each box the detector finds (the refiner_train stage): the crop
+    branch's network trained on the training frames' signs, cut with real context, re-framed at random."""
+    steps: int = ranged(1000, ge=1)                # training steps (epochs: as many as make them, whatever the signs)
+    image_size: int = ranged(144, ge=32)           # its input: each crop squashed to this square
+    context: float = ranged(0.5, gt=0, le=2)       # real context cut around each training sign, a share of its size per side
+    margin: float = ranged(0.15, ge=0, le=1)       # around each found box when refining it
+    loss_weight: float = ranged(20.0, gt=0)        # the box loss over it (train.loss_weight)
+    batch_size: int = ranged(32, ge=2)
+    lr: float = ranged(0.002, gt=0)                # AdamW, cosine after a one-epoch warm-up
+    seed: int = ranged(0, **SEED)
+    device: str = "auto"                           # auto | cpu | cuda | cuda:N
+
+
+@dataclass(frozen=True)
 class DetectorExportParams:
     """The detector's ONNX files (the detector_export stage)."""
     calibration_frames: int = ranged(32, ge=1)       # training frames the int8 ranges are calibrated on
@@ -231,6 +246,7 @@ class Params:
     scenes: ScenesParams = field(default_factory=ScenesParams)
     detector: DetectorParams = field(default_factory=DetectorParams)
     detector_export: DetectorExportParams = field(default_factory=DetectorExportParams)
+    refiner: RefinerParams = field(default_factory=RefinerParams)
     detect: DetectParams = field(default_factory=DetectParams)
     track: TrackParams = field(default_factory=TrackParams)
     drive: DriveParams = field(default_factory=DriveParams)

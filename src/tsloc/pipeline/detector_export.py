@@ -99,14 +99,14 @@ def run(params_file: str = "params.yaml") -> dict:
     report["pytorch"], reference = score(det.TorchDetector(model, ckpt), frames, paths, valid)  # the file read once
     with tempfile.TemporaryDirectory(prefix=".detector_export.", dir=DETECTOR.parent) as scratch:
         fp32 = export_detector(model, ckpt, Path(scratch) / DETECTOR_ONNX.name)
-        report["onnx_fp32"], found = score(load_detector(fp32), frames, paths, valid)
+        report["onnx_fp32"], found = score(load_detector(fp32, refine=False), frames, paths, valid)
         report["onnx_fp32"]["against_pytorch"] = parity = agreement(found, reference)
         if not agrees(parity, report["onnx_fp32"]["ap50"] - report["pytorch"]["ap50"]):
             raise ExportError(f"{DETECTOR_ONNX}: the ONNX export does not find what the PyTorch detector finds on the "
                               f"validation frames ({parity}; needed {PARITY}); nothing written")
         int8 = quantize_int8(fp32, Path(scratch) / DETECTOR_INT8.name, calibration, float_convs=e.float_convs,
                              batch_size=None, seed=e.seed, input_name="frame", symbolic_shapes=False)
-        report["onnx_int8"], _ = score(load_detector(int8), frames, paths, valid)
+        report["onnx_int8"], _ = score(load_detector(int8, refine=False), frames, paths, valid)
         loss = report["onnx_fp32"]["ap50"] - report["onnx_int8"]["ap50"]
         report["onnx_int8"]["ap50_loss"] = round(loss, 4)
         report["onnx_int8"]["kept"] = kept = bool(loss <= e.max_ap50_loss)

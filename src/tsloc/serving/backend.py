@@ -43,15 +43,49 @@ def load_backend(path: str | Path, device="cpu", source=None):
     raise ModelFileError(f"{path}: not a model file tsloc reads (a .pt checkpoint or a .onnx export)")
 
 
-def load_detector(path: str | Path, device="cpu"):
-    """The detector for a file: ONNX Runtime for `.onnx` (no torch), torchvision's FCOS for `.pt`."""
+def load_detector(path: str | Path, device="cpu", refine: bool = True):
+    """The detector for a file: ONNX Runtime for `.onnx` (no torch), torchvision's FCOS for `.pt`; its
+    boxes tightened by the refiner beside it where there is one (`refiner_beside`; `refine` False: as
+    the detector found them)."""
     suffix = Path(str(path)).suffix.lower()
     if suffix == ".onnx":
-        return OnnxDetector(path, device)
-    if suffix in (".pt", ".pth"):
+        detector = OnnxDetector(path, device)
+    elif suffix in (".pt", ".pth"):
         from ..scenes.model import TorchDetector, load
-        return TorchDetector(*load(path), device)
-    raise ModelFileError(f"{path}: not a detector file tsloc reads (models/detector.pt or an .onnx export of it)")
+        detector = TorchDetector(*load(path), device)
+    else:
+        raise ModelFileError(f"{path}: not a detector file tsloc reads (models/detector.pt or an .onnx export of it)")
+    refiner = refiner_beside(path)
+    return Refined(detector, load_backend(refiner, device)) if refine and refiner.is_file() else detector
+
+
+def refiner_beside(detector_file: str | Path) -> Path:
+    """The refiner that goes with a detector file: the same folder and prefix, PyTorch's for a `.pt`
+    detector (models/detector.pt: models/refiner.pt), else ONNX (models/detector.int8.onnx:
+    models/refiner.onnx; a ready pair's gtsdb.detector.onnx: gtsdb.refiner.onnx)."""
+    path = Path(detector_file)
+    prefix = path.name.split("detector")[0] if "detector" in path.name else ""
+    return path.with_name(f"{prefix}refiner{'.pt' if path.suffix.lower() in ('.pt', '.pth') else '.onnx'}")
+
+
+class Refined:
+    """A detector whose boxes a second stage tightens: each found box cut from the frame with the
+    refiner's margin (its file's `crop_margin`) and replaced by the refiner's box there (a crop model
+    trained on the training frames' signs, re-framed at random: tsloc.pipeline.refiner_train). The
+    scores stay the detector's; the detector protocol and `.meta` too."""
+
+    def __init__(self, detector, refiner):
+        from .namer import margin_of
+        self.detector, self.refiner, self.meta = detector, refiner, detector.meta
+        self.margin, self.name = margin_of(refiner.meta), f"{detector.name}, refined by {refiner.name}"
+
+    def __call__(self, frame: np.ndarray, min_score: float = 0.0, vote_iou: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        from .namer import name
+        boxes, scores = self.detector(frame, min_score, vote_iou)
+        if len(boxes):
+            h, w = frame.shape[:2]
+            boxes = np.clip(name(self.refiner, frame, boxes, self.margin)[1], 0, [w, h, w, h]).astype(boxes.dtype)
+        return boxes, scores
 
 
 def default_detector() -> Path:

@@ -20,7 +20,8 @@ from ..errors import ModelFileError
 from ..io import atomic_path
 from ..onnxfile import read_meta, set_meta
 from ..paths import (DETECTOR_EXPORT_REPORT, DETECTOR_INT8, DETECTOR_ONNX, EXPORT_REPORT, INGEST_REPORT, INT8,
-                     MODEL_CARD, OPERATING_POINT, SCENES_REPORT)
+                     MODEL_CARD, OPERATING_POINT, REFINER_ONNX, REFINER_REPORT, SCENES_REPORT)
+from .backend import refiner_beside
 
 FOLDER = Path(__file__).parent / "models"
 READY = {"belgiumtsc": "belgiumtsc.int8.onnx", "gtsrb": "gtsrb.int8.onnx"}  # crop models
@@ -100,7 +101,8 @@ def bundle(name: str, run: Path, command: str) -> Path:
 def _bundle_detector(name: str, run: Path, command: str) -> Path:
     """The run's detector as `tsloc detect` picks it (int8 where it kept AP50, else fp32 ONNX), with a card
     (its validation AP50 and the scene test figures of the run: reports/detector_export.json,
-    scenes_evaluate) and the run's operating point, chosen on validation (models/operating_point.json)."""
+    scenes_evaluate) and the run's operating point, chosen on validation (models/operating_point.json);
+    the run's refiner beside it (its validation figures: reports/refiner_train.json)."""
     export = json.loads((run / DETECTOR_EXPORT_REPORT).read_text())
     scenes = json.loads((run / SCENES_REPORT).read_text())
     source = run / DETECTOR_INT8 if export["onnx_int8"].get("kept") else run / DETECTOR_ONNX
@@ -108,7 +110,16 @@ def _bundle_detector(name: str, run: Path, command: str) -> Path:
     meta["card"] = {"valid": {k: export[k]["ap50"] for k in ("pytorch", "onnx_fp32", "onnx_int8")},
                     "test": scenes["test"], "command": command, "commit": _commit(run)}
     meta["operating_point"] = json.loads((run / OPERATING_POINT).read_text())  # tsloc detect's defaults for the pair
-    return _install(source, PAIRS[name][0], meta)
+    out = _install(source, PAIRS[name][0], meta)
+    refiner = refiner_beside(out)  # the run's refiner beside it (load_detector puts it behind the detector), or none
+    if (run / REFINER_ONNX).is_file():
+        meta = read_meta(run / REFINER_ONNX)
+        meta["card"] = {"valid": json.loads((run / REFINER_REPORT).read_text())["valid"], "command": command,
+                        "commit": _commit(run)}
+        _install(run / REFINER_ONNX, refiner.name, meta)
+    else:
+        refiner.unlink(missing_ok=True)
+    return out
 
 
 def _commit(run: Path) -> str:

@@ -1,0 +1,118 @@
+"""Stage `refiner_train`: the second stage that tightens each box the detector finds. The crop branch's
+network (the best recipe's: MobileNetV2, its last 8 blocks fine-tuned, the spatial box head) trained on
+the training frames' signs, each cut with `refiner.context` of real context around it and re-framed at
+random in every epoch (re-crop augmentation on every crop: the sign is never where it was cut), so its
+box head learns where a sign's edges are in a loosely framed crop; scored on the validation frames'
+signs cut with `refiner.margin` around a box moved as the detector's are (each edge by up to 10% of the
+sign's size), against that box. Writes models/refiner.pt and models/refiner.onnx (checked against
+PyTorch), which tsloc.serving.backend.load_detector puts behind the detector beside them."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from ..boxes import paired_iou
+from ..crops import checkpoint
+from ..crops.batches import Batches, images_source
+from ..crops.export import export
+from ..crops.loop import fit
+from ..crops.model import build_model
+from ..data.frames import BOX, NO_SIGN, decode_frame, load_scene_table
+from ..data.images import to_input
+from ..device import select_device
+from ..errors import ExportError
+from ..io import write_json
+from ..params import AugmentParams, TrainParams
+from ..paths import REFINER, REFINER_METRICS, REFINER_ONNX, REFINER_REPORT, SCENE_CLASSES, SCENE_SPLIT
+from ..serving.backend import load_backend
+from ..serving.namer import crop_windows, name
+from . import record_keys, tracked_params
+
+JITTER = 0.1  # validation: each edge of a true box moved by up to this share of the sign's size, as found boxes are off
+
+
+def sign_crops(signs: pd.DataFrame, context: float, size: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Each sign cut from its frame with `context` of its size per side (clipped to the frame) and squashed
+    to `size` (as the namer's crops are): uint8 (N, size, size, 3), class ids, the box relative to its crop."""
+    images, labels, boxes = [], [], []
+    for frame, rows in signs.groupby("frame", sort=False):
+        pixels = decode_frame(frame)
+        b = rows[BOX].to_numpy(np.float64)
+        windows = crop_windows(b, pixels.shape[1], pixels.shape[0], context)
+        image = Image.fromarray(pixels)
+        for box, win in zip(b, windows):
+            images.append(to_input(image.crop(tuple(int(v) for v in win)), size))
+            boxes.append((box - np.r_[win[:2], win[:2]]) / np.r_[win[2:] - win[:2], win[2:] - win[:2]])
+        labels += rows["class_id"].astype(int).tolist()
+    return np.stack(images), torch.as_tensor(labels, dtype=torch.int64), torch.as_tensor(np.array(boxes), dtype=torch.float32)
+
+
+def moved_box_iou(refiner, signs: pd.DataFrame, margin: float, seed: int) -> dict:
+    """Mean IoU with the true boxes of the validation signs' boxes moved (each edge by up to JITTER of
+    the sign's size), before and after the refiner."""
+    rng = np.random.default_rng(seed)
+    before, after = [], []
+    for frame, rows in signs.groupby("frame", sort=False):
+        pixels = decode_frame(frame)
+        true = rows[BOX].to_numpy(np.float32)
+        sizes = np.tile(true[:, 2:] - true[:, :2], 2)  # (w, h, w, h) of each sign
+        moved = true + rng.uniform(-JITTER, JITTER, true.shape).astype(np.float32) * sizes
+        refined = name(refiner, pixels, moved, margin)[1]
+        before += paired_iou(torch.as_tensor(moved), torch.as_tensor(true)).tolist()
+        after += paired_iou(torch.as_tensor(refined, dtype=torch.float32), torch.as_tensor(true)).tolist()
+    return {"signs": len(before), "moved_box_iou": float(np.mean(before)), "refined_iou": float(np.mean(after))}
+
+
+def run(params_file: str = "params.yaml") -> dict:
+    p = tracked_params(params_file)
+    r = p.refiner
+    split = load_scene_table(SCENE_SPLIT)
+    signs = split[split["class_id"] != NO_SIGN]
+    data = {s: sign_crops(signs[signs["subset"] == s], r.context, r.image_size) for s in ("train", "valid")}
+    classes = pd.read_csv(SCENE_CLASSES, keep_default_na=False)["name"].tolist()
+    device = select_device(r.device)
+    torch.manual_seed(r.seed)
+    model = build_model("mobilenet_v2", p.detector.weights, len(classes), image_size=r.image_size, trainable_blocks=8,
+                        box="spatial")
+    augment = AugmentParams(enabled=True, recrop=1.0)  # every crop re-framed
+    n = len(data["train"][0])
+    per_epoch = max(n // r.batch_size + (1 if n % r.batch_size >= 2 else 0), 1)  # as the loop steps (tsloc.crops.loop)
+    epochs = math.ceil(r.steps / per_epoch)  # a step count, not epochs: few signs need more of them
+    train = TrainParams(epochs=epochs, eval_every=epochs, batch_size=r.batch_size, seed=r.seed, device=r.device,
+                        optimizer="adamw", lr=r.lr, backbone_lr=0.5, weight_decay=1e-4, schedule="cosine",
+                        warmup_epochs=1, label_smoothing=0.1, box_loss="l1+giou", loss_balance="fixed",
+                        loss_weight=r.loss_weight, class_weights="sqrt", box_weights="none", keep="last", augment=augment)
+    aug = {k: getattr(augment, k) for k in ("margin", "rotation", "color", "blur", "recrop")}
+    generator = torch.Generator().manual_seed(r.seed)
+    subsets = {"train": Batches(images_source(data["train"][0], data["train"][2], device, aug, generator),
+                                *data["train"][1:]),
+               "valid": Batches(images_source(data["valid"][0], data["valid"][2], device), *data["valid"][1:])}
+    started = time.perf_counter()
+    kept = fit(model.to(device), subsets, train, image_size=r.image_size, progress=True)
+    minutes = (time.perf_counter() - started) / 60
+    model.load_state_dict(kept["state"])
+    model = model.cpu().eval()
+    ckpt = checkpoint.make(model, kept["state"], backbone="mobilenet_v2", image_size=r.image_size, class_names=classes,
+                           epoch=kept["epoch"], loss_weight=r.loss_weight, crop_margin=r.margin, kind="refiner",
+                           refiner=r.as_dict())
+    checkpoint.save(REFINER, ckpt)
+    export(model, ckpt, "onnx", REFINER_ONNX)
+    valid = signs[signs["subset"] == "valid"]
+    scores = {kind: moved_box_iou(load_backend(path), valid, r.margin, r.seed)
+              for kind, path in (("pytorch", REFINER), ("onnx", REFINER_ONNX))}
+    if abs(scores["pytorch"]["refined_iou"] - scores["onnx"]["refined_iou"]) > 1e-3:
+        REFINER_ONNX.unlink(missing_ok=True)
+        raise ExportError(f"{REFINER_ONNX}: the ONNX refiner does not answer as PyTorch does on the validation signs "
+                          f"(mean IoU {scores['onnx']['refined_iou']:.4f} against {scores['pytorch']['refined_iou']:.4f})")
+    report = {"valid": scores["pytorch"], "onnx": scores["onnx"], "train_signs": len(data["train"][0]), "epochs": epochs,
+              "train_minutes": round(minutes, 2), "device": str(device)}
+    write_json(REFINER_REPORT, report)
+    write_json(REFINER_METRICS, {"valid": {k: scores["pytorch"][k] for k in ("moved_box_iou", "refined_iou")},
+                                 "train_minutes": report["train_minutes"]})
+    record_keys("refiner_train", p)
+    return report
