@@ -32,14 +32,7 @@ from ..device import select_device
 from ..errors import ExportError
 from ..io import write_json
 from ..params import AugmentParams, TrainParams
-from ..paths import (
-    REFINER,
-    REFINER_METRICS,
-    REFINER_ONNX,
-    REFINER_REPORT,
-    SCENE_CLASSES,
-    SCENE_SPLIT,
-)
+from ..paths import REFINER, REFINER_METRICS, REFINER_ONNX, REFINER_REPORT, SCENE_CLASSES, SCENE_SPLIT
 from ..quantize import quantize_int8
 from ..serving.backend import load_backend
 from ..serving.namer import crop_windows, name

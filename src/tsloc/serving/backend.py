@@ -133,9 +133,7 @@ class OnnxDetector:
             raise ModelFileError(f"{path}: a tsloc crop model, not a detector (give it as --model; the detector is "
                                  "models/detector.onnx)")
         self.name = f"onnxruntime {self.meta['export']['precision']}"
-        from ..scenes.decode import (
-            decode,  # NumPy only; imported here so that crop-model stages do not load it
-        )
+        from ..scenes.decode import decode  # NumPy only; imported here so that crop-model stages do not load it
         self.decode, m = decode, self.meta
         self.post = {"score_thresh": m["score_thresh"], "topk": m["topk"], "nms_thresh": m["nms_thresh"],
                      "max_detections": m["max_detections"]}

@@ -19,19 +19,8 @@ from ..describe import dataset_name
 from ..errors import ModelFileError
 from ..io import atomic_path
 from ..onnxfile import read_meta, set_meta
-from ..paths import (
-    DETECTOR_EXPORT_REPORT,
-    DETECTOR_INT8,
-    DETECTOR_ONNX,
-    EXPORT_REPORT,
-    INGEST_REPORT,
-    INT8,
-    MODEL_CARD,
-    OPERATING_POINT,
-    REFINER_ONNX,
-    REFINER_REPORT,
-    SCENES_REPORT,
-)
+from ..paths import (DETECTOR_EXPORT_REPORT, DETECTOR_INT8, DETECTOR_ONNX, EXPORT_REPORT, INGEST_REPORT, INT8,
+                     MODEL_CARD, OPERATING_POINT, REFINER_ONNX, REFINER_REPORT, SCENES_REPORT)
 from .backend import refiner_beside
 
 FOLDER = Path(__file__).parent / "models"
