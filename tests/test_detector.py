@@ -202,6 +202,17 @@ def test_load_detector_puts_the_refiner_beside_it_behind_it(tmp_path):
     assert isinstance(load_detector(tmp_path / "detector.onnx", refine=False), OnnxDetector)
 
 
+def test_the_ready_pair_refines_its_boxes_unless_told_not_to(tmp_path):
+    """`tsloc detect --model gtsdb`: the pair's refiner behind its detector, said on stderr; `--no-refine`: without."""
+    from PIL import Image
+    Image.new("RGB", (320, 200), (90, 120, 160)).save(tmp_path / "frame.jpg")
+    refined = run_cli("detect", "frame.jpg", "--model", "gtsdb", cwd=tmp_path)
+    plain = run_cli("detect", "frame.jpg", "--model", "gtsdb", "--no-refine", cwd=tmp_path)
+    assert refined.returncode == plain.returncode == 0, (refined.stderr, plain.stderr)
+    assert "refined by onnxruntime" in refined.stderr and "refined" not in plain.stderr
+    assert json.loads(refined.stdout)["path"] == "frame.jpg"
+
+
 def test_the_box_reported_is_the_one_with_the_higher_coco_ap_on_validation():
     """Two true signs: the detector's boxes on them exactly, the namer's shifted (IoU 0.68 and 0.82):
     the detector's win on naming AP and on finding AP; the other way round the namer's."""
