@@ -144,11 +144,11 @@ def test_declared_code_deps_match_the_modules_loaded(repo):
 
 @pytest.mark.parametrize("module, changed", [
     ("cli.py", set()),                                   # the command line: no stage
-    ("crops/losses.py", {"train"}),                      # the objective: training only, not the features
-    ("crops/model.py", {"train", "evaluate", "export", "scenes_evaluate"}),  # the network: not the backbone's features pass
-    ("backbone.py", {"features", "train", "evaluate", "export", "detector_train", "detector_export",
+    ("crops/losses.py", {"train", "refiner_train"}),     # the objective: training only (the namer, the refiner), not the features
+    ("crops/model.py", {"train", "evaluate", "export", "refiner_train", "scenes_evaluate"}),  # the network: not the backbone's features pass
+    ("backbone.py", {"features", "train", "evaluate", "export", "detector_train", "refiner_train", "detector_export",
                      "scenes_evaluate"}),
-    ("onnxfile.py", {"evaluate", "export", "detector_export", "scenes_evaluate", "drive_evaluate"}),
+    ("onnxfile.py", {"evaluate", "export", "refiner_train", "detector_export", "scenes_evaluate", "drive_evaluate"}),
     ("scenes/split.py", {"scenes_split"}),                # the scene branch: apart from the crop branch
     ("scenes/decode.py", {"detector_train", "detector_export", "scenes_evaluate", "drive_evaluate"}),  # the ONNX detector's decoding, and the box vote of both
     ("scenes/drive.py", {"drive_ingest"}),               # the synthetic drive: not its scoring
@@ -156,8 +156,8 @@ def test_declared_code_deps_match_the_modules_loaded(repo):
     ("scenes/operating_point.py", {"scenes_evaluate"}),  # choosing the operating point: not training the detector
     ("serving/geo.py", {"drive_evaluate"}),
     ("paths.py", {"ingest", "split", "features", "train", "evaluate", "export", "visualize", "scenes_ingest",
-                  "scenes_split", "detector_train", "detector_export", "scenes_evaluate", "drive_ingest",
-                  "drive_evaluate"}),
+                  "scenes_split", "detector_train", "refiner_train", "detector_export", "scenes_evaluate",
+                  "drive_ingest", "drive_evaluate"}),
 ])
 def test_editing_a_module_changes_only_the_stages_that_use_it(repo, module, changed):
     """What DVC sees after an edit (`dvc status`), in the reproduced copy: the stages whose code it is."""
@@ -204,9 +204,10 @@ def test_scene_params_rerun_only_the_scene_stages(repo):
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "detect.min_score=0.5", "-S", "detector_export.calibration_frames=4"],
                     dst, env)) == {"detector_export", "drive_evaluate"}
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "scenes.seed=3"], dst, env)) == \
-        {"scenes_split", "detector_train", "detector_export", "scenes_evaluate", "drive_evaluate"}
+        {"scenes_split", "detector_train", "refiner_train", "detector_export", "scenes_evaluate", "drive_evaluate"}
     assert ran(_run([BIN / "dvc", "exp", "run", "-S", "scenes.synthetic.frames=30"], dst, env)) == \
-        {"scenes_ingest", "scenes_split", "detector_train", "detector_export", "scenes_evaluate", "drive_evaluate"}
+        {"scenes_ingest", "scenes_split", "detector_train", "refiner_train", "detector_export", "scenes_evaluate",
+         "drive_evaluate"}
     assert json.loads((dst / "reports" / "scenes_ingest.json").read_text())["Training"]["frames"] == 30
     assert set(json.loads((dst / "metrics" / "scenes.json").read_text())["test"]) == \
         {"find_ap50", "find_ap", "map50", "map", "precision", "recall", "frames_per_second"}

@@ -34,6 +34,8 @@ STAGES = {
     "scenes_ingest": f"read the scene data set (scenes.source, scenes.format) into {SCENE_TABLE} and its classes",
     "scenes_split": f"split the scenes' frames into train / valid / test ({SCENE_SPLIT})",
     "detector_train": f"train the detector on windows of the training frames ({DETECTOR})",
+    "refiner_train": "train the second stage that tightens the detector's boxes on the training frames' signs "
+                     "(models/refiner.pt, models/refiner.onnx)",
     "detector_export": f"{DETECTOR_ONNX} and {DETECTOR_INT8} for ONNX Runtime, checked against the PyTorch "
                        "detector on the validation frames (reports/detector_export.json)",
     "scenes_evaluate": "find and name the signs of the test frames: COCO's AP, recall, frames per second "
