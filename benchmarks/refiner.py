@@ -19,7 +19,6 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
 from tsloc.crops import checkpoint
@@ -28,30 +27,11 @@ from tsloc.crops.inference import TorchBackend
 from tsloc.crops.loop import fit
 from tsloc.crops.model import build_model
 from tsloc.data.frames import NO_SIGN, decode_frame, load_scene_table
-from tsloc.data.images import to_input
 from tsloc.params import AugmentParams, TrainParams
+from tsloc.pipeline.refiner_train import sign_crops  # the stage this experiment became
 from tsloc.scenes.evaluation import _coco
 from tsloc.serving.backend import load_detector
-from tsloc.serving.namer import crop_windows, name
-
-BOX = ["left", "top", "right", "bottom"]
-
-
-def sign_crops(rows: pd.DataFrame, context: float, size: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """Each sign cut from its frame with `context` of its size per side (clipped to the frame), squashed to
-    `size` (as the namer's crops are): uint8 (N, size, size, 3), class ids, the sign's box relative to its crop."""
-    images, labels, boxes = [], [], []
-    for frame, signs in rows.groupby("frame", sort=False):
-        pixels = decode_frame(frame)
-        b = signs[BOX].to_numpy(np.float64)
-        windows = crop_windows(b, pixels.shape[1], pixels.shape[0], context)
-        image = Image.fromarray(pixels)
-        for box, win in zip(b, windows):
-            images.append(to_input(image.crop(tuple(int(v) for v in win)), size))
-            wh = np.r_[win[2:] - win[:2], win[2:] - win[:2]]
-            boxes.append((box - np.r_[win[:2], win[:2]]) / wh)
-        labels += signs["class_id"].astype(int).tolist()
-    return np.stack(images), torch.as_tensor(labels), torch.as_tensor(np.array(boxes), dtype=torch.float32)
+from tsloc.serving.namer import name
 
 
 def ap_per_iou(truth: pd.DataFrame, detections: list[dict]) -> tuple[float, list[float]]:
