@@ -81,7 +81,7 @@ def main() -> None:
     refiner = TorchBackend(model.eval(), meta)
     print(f"# refiner: {len(data['train'][0])} training signs, {args.epochs} epochs at {args.size} px, "
           f"{(time.perf_counter() - started) / 60:.1f} min; detector {args.detector}")
-    detector = load_detector(args.detector)
+    detector = load_detector(args.detector, refine=False)  # its own boxes, not those of a refiner beside it
     chosen = None
     for subset in ("valid", "test"):
         truth = split[split["subset"] == subset]

@@ -24,6 +24,7 @@ from ..boxes import paired_iou
 from ..crops import checkpoint
 from ..crops.batches import Batches, images_source
 from ..crops.export import export
+from ..crops.inference import TorchBackend
 from ..crops.loop import fit
 from ..crops.model import build_model
 from ..data.frames import BOX, NO_SIGN, decode_frame, load_scene_table
@@ -107,9 +108,8 @@ def run(params_file: str = "params.yaml") -> dict:
     ckpt = checkpoint.make(model, kept["state"], backbone="mobilenet_v2", image_size=r.image_size, class_names=classes,
                            epoch=kept["epoch"], loss_weight=r.loss_weight, crop_margin=r.margin, kind="refiner",
                            refiner=r.as_dict())
-    checkpoint.save(REFINER, ckpt)
     valid = signs[signs["subset"] == "valid"]
-    scores = {"pytorch": moved_box_iou(load_backend(REFINER), valid, r.margin, r.seed)}
+    scores = {"pytorch": moved_box_iou(TorchBackend(model, ckpt), valid, r.margin, r.seed)}
     with tempfile.TemporaryDirectory(prefix=".refiner.", dir=REFINER.parent) as scratch:
         fp32 = export(model, ckpt, "onnx", Path(scratch) / "fp32.onnx")
         scores["onnx_fp32"] = moved_box_iou(load_backend(fp32), valid, r.margin, r.seed)
@@ -117,14 +117,15 @@ def run(params_file: str = "params.yaml") -> dict:
             raise ExportError(f"{REFINER_ONNX}: the ONNX refiner does not answer as PyTorch does on the validation signs "
                               f"(mean IoU {scores['onnx_fp32']['refined_iou']:.4f} against "
                               f"{scores['pytorch']['refined_iou']:.4f}); nothing written")
-        # int8 calibrated on training signs cut as found boxes are (the refiner's margin), a tenth of fp32's time
+        # int8 (faster on a CPU) calibrated on training signs cut as found boxes are: with the refiner's margin
         calibration = sign_crops(signs[signs["subset"] == "train"], r.margin, r.image_size)[0]
         int8 = quantize_int8(fp32, Path(scratch) / "int8.onnx", calibration[:CALIBRATION], float_convs=3, seed=r.seed)
         scores["onnx_int8"] = moved_box_iou(load_backend(int8), valid, r.margin, r.seed)
-        kept = scores["onnx_fp32"]["refined_iou"] - scores["onnx_int8"]["refined_iou"] <= MAX_INT8_LOSS
-        os.replace(int8 if kept else fp32, REFINER_ONNX)
+        int8_holds = scores["onnx_fp32"]["refined_iou"] - scores["onnx_int8"]["refined_iou"] <= MAX_INT8_LOSS
+        checkpoint.save(REFINER, ckpt)  # both files only once every check passed
+        os.replace(int8 if int8_holds else fp32, REFINER_ONNX)
     report = {"valid": scores["pytorch"], "onnx_fp32": scores["onnx_fp32"], "onnx_int8": scores["onnx_int8"],
-              "onnx": "int8" if kept else "fp32", "train_signs": len(data["train"][0]), "epochs": epochs,
+              "onnx": "int8" if int8_holds else "fp32", "train_signs": len(data["train"][0]), "epochs": epochs,
               "train_minutes": round(minutes, 2), "device": str(device)}
     write_json(REFINER_REPORT, report)
     write_json(REFINER_METRICS, {"valid": {k: scores["pytorch"][k] for k in ("moved_box_iou", "refined_iou")},
