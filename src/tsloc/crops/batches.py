@@ -57,8 +57,8 @@ def images_source(images: np.ndarray, boxes: torch.Tensor, device, augmentation:
     def run(idx, train, size=None):
         if store.device.type == device.type:           # the CPU, or the whole store on the GPU
             batch = store[to_device(idx, device)]
-        else:                                          # pinned host memory: an asynchronous copy
-            batch = store[idx].pin_memory().to(device, non_blocking=True)
+        else:                                          # the store in host memory: the batch copied asynchronously
+            batch = to_device(store[idx], device)
         b = boxes[idx]
         if train and augmentation:
             x, b = augment(batch, b, generator=generator, size=size, **augmentation)

@@ -76,16 +76,12 @@ def moved_box_iou(refiner, signs: pd.DataFrame, margin: float, seed: int) -> dic
     return {"signs": len(before), "moved_box_iou": float(np.mean(before)), "refined_iou": float(np.mean(after))}
 
 
-def run(params_file: str = "params.yaml") -> dict:
-    p = tracked_params(params_file)
-    r = p.refiner
-    split = load_scene_table(SCENE_SPLIT)
-    signs = split[split["class_id"] != NO_SIGN]
-    data = {s: sign_crops(signs[signs["subset"] == s], r.context, r.image_size) for s in ("train", "valid")}
-    classes = pd.read_csv(SCENE_CLASSES, keep_default_na=False)["name"].tolist()
-    device = select_device(r.device)
+def train_refiner(data: dict, classes: list[str], r, weights: str = "imagenet", device="cpu") -> tuple:
+    """The refiner trained on `data` ({"train", "valid"}: `sign_crops` of each) for `r.steps` steps (the
+    refiner.* params, tsloc.params.RefinerParams): (the model on the CPU, in eval mode; its checkpoint's
+    contents, with `r.margin` as its crops' margin; the epochs that made the steps; minutes)."""
     torch.manual_seed(r.seed)
-    model = build_model("mobilenet_v2", p.detector.weights, len(classes), image_size=r.image_size, trainable_blocks=8,
+    model = build_model("mobilenet_v2", weights, len(classes), image_size=r.image_size, trainable_blocks=8,
                         box="spatial")
     augment = AugmentParams(enabled=True, recrop=1.0)  # every crop re-framed
     n = len(data["train"][0])
@@ -106,8 +102,20 @@ def run(params_file: str = "params.yaml") -> dict:
     model.load_state_dict(kept["state"])
     model = model.cpu().eval()
     ckpt = checkpoint.make(model, kept["state"], backbone="mobilenet_v2", image_size=r.image_size, class_names=classes,
-                           epoch=kept["epoch"], loss_weight=r.loss_weight, crop_margin=r.margin, kind="refiner",
-                           refiner=r.as_dict())
+                           epoch=kept["epoch"], loss_weight=r.loss_weight, crop_margin=r.margin, kind="refiner")
+    return model, ckpt, epochs, minutes
+
+
+def run(params_file: str = "params.yaml") -> dict:
+    p = tracked_params(params_file)
+    r = p.refiner
+    split = load_scene_table(SCENE_SPLIT)
+    signs = split[split["class_id"] != NO_SIGN]
+    data = {s: sign_crops(signs[signs["subset"] == s], r.context, r.image_size) for s in ("train", "valid")}
+    classes = pd.read_csv(SCENE_CLASSES, keep_default_na=False)["name"].tolist()
+    device = select_device(r.device)
+    model, ckpt, epochs, minutes = train_refiner(data, classes, r, p.detector.weights, device)
+    ckpt["refiner"] = r.as_dict()  # how it was trained, in the file
     valid = signs[signs["subset"] == "valid"]
     scores = {"pytorch": moved_box_iou(TorchBackend(model, ckpt), valid, r.margin, r.seed)}
     with tempfile.TemporaryDirectory(prefix=".refiner.", dir=REFINER.parent) as scratch:

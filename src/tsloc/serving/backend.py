@@ -75,7 +75,7 @@ class Refined:
     scores stay the detector's; the detector protocol and `.meta` too."""
 
     def __init__(self, detector, refiner):
-        from .namer import margin_of
+        from .namer import margin_of  # here, so that the stages loading crop models only do not load it
         self.detector, self.refiner, self.meta = detector, refiner, detector.meta
         self.margin, self.name = margin_of(refiner.meta), f"{detector.name}, refined by {refiner.name}"
 
