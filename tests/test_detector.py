@@ -186,9 +186,11 @@ def test_a_refiner_replaces_the_detector_s_boxes_and_keeps_its_scores(tmp_path):
 
 def test_load_detector_puts_the_refiner_beside_it_behind_it(tmp_path):
     """models/detector*.onnx with models/refiner.onnx, a ready pair's gtsdb.detector.onnx with gtsdb.refiner.onnx,
-    a .pt detector with refiner.pt; refine=False (the export stage's parity) and a lone detector: unrefined."""
+    a .pt detector with refiner.pt; refine=False (the export stage's parity), a lone detector and one whose
+    refiner's file says it loosened the validation signs' boxes (`tightens` false): unrefined."""
     import shutil
 
+    from tsloc.onnxfile import read_meta, set_meta
     from tsloc.serving.backend import OnnxDetector, Refined, load_detector, refiner_beside
     from tsloc.serving.ready import FOLDER
     from pathlib import Path
@@ -200,6 +202,10 @@ def test_load_detector_puts_the_refiner_beside_it_behind_it(tmp_path):
     shutil.copyfile(FOLDER / "belgiumtsc.int8.onnx", tmp_path / "refiner.onnx")
     assert isinstance(load_detector(tmp_path / "detector.onnx"), Refined)
     assert isinstance(load_detector(tmp_path / "detector.onnx", refine=False), OnnxDetector)
+    set_meta(tmp_path / "refiner.onnx", read_meta(tmp_path / "refiner.onnx") | {"tightens": False})
+    assert isinstance(load_detector(tmp_path / "detector.onnx"), OnnxDetector)
+    set_meta(tmp_path / "refiner.onnx", read_meta(tmp_path / "refiner.onnx") | {"tightens": True})
+    assert isinstance(load_detector(tmp_path / "detector.onnx"), Refined)
 
 
 def test_the_ready_pair_refines_its_boxes_unless_told_not_to(tmp_path):

@@ -6,7 +6,8 @@ box head learns where a sign's edges are in a loosely framed crop; scored on the
 signs cut with `refiner.margin` around a box moved as the detector's are (each edge by up to 10% of the
 sign's size), against that box. Writes models/refiner.pt and models/refiner.onnx (its fp32 export
 checked against PyTorch, then static int8 where that refines within MAX_INT8_LOSS of fp32, else the
-fp32 file), which tsloc.serving.backend.load_detector puts behind the detector beside them."""
+fp32 file), which tsloc.serving.backend.load_detector puts behind the detector beside them where
+it tightens those boxes (the files' `tightens`)."""
 from __future__ import annotations
 
 import math
@@ -118,6 +119,9 @@ def run(params_file: str = "params.yaml") -> dict:
     ckpt["refiner"] = r.as_dict()  # how it was trained, in the file
     valid = signs[signs["subset"] == "valid"]
     scores = {"pytorch": moved_box_iou(TorchBackend(model, ckpt), valid, r.margin, r.seed)}
+    # used behind the detector only where it tightens the validation signs' moved boxes (a refiner of few
+    # steps or signs can loosen them: load_detector then leaves the detector's boxes as they are)
+    ckpt["tightens"] = bool(scores["pytorch"]["refined_iou"] > scores["pytorch"]["moved_box_iou"])
     with tempfile.TemporaryDirectory(prefix=".refiner.", dir=REFINER.parent) as scratch:
         fp32 = export(model, ckpt, "onnx", Path(scratch) / "fp32.onnx")
         scores["onnx_fp32"] = moved_box_iou(load_backend(fp32), valid, r.margin, r.seed)
@@ -133,7 +137,8 @@ def run(params_file: str = "params.yaml") -> dict:
         checkpoint.save(REFINER, ckpt)  # both files only once every check passed
         os.replace(int8 if int8_holds else fp32, REFINER_ONNX)
     report = {"valid": scores["pytorch"], "onnx_fp32": scores["onnx_fp32"], "onnx_int8": scores["onnx_int8"],
-              "onnx": "int8" if int8_holds else "fp32", "train_signs": len(data["train"][0]), "epochs": epochs,
+              "onnx": "int8" if int8_holds else "fp32",
+              "tightens": ckpt["tightens"], "train_signs": len(data["train"][0]), "epochs": epochs,
               "train_minutes": round(minutes, 2), "device": str(device)}
     write_json(REFINER_REPORT, report)
     write_json(REFINER_METRICS, {"valid": {k: scores["pytorch"][k] for k in ("moved_box_iou", "refined_iou")},

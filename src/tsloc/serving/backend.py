@@ -45,8 +45,9 @@ def load_backend(path: str | Path, device="cpu", source=None):
 
 def load_detector(path: str | Path, device="cpu", refine: bool = True):
     """The detector for a file: ONNX Runtime for `.onnx` (no torch), torchvision's FCOS for `.pt`; its
-    boxes tightened by the refiner beside it where there is one (`refiner_beside`; `refine` False: as
-    the detector found them)."""
+    boxes tightened by the refiner beside it where there is one (`refiner_beside`) and its file does not
+    say it loosens boxes (`tightens` false: refiner_train found it did on the validation signs); `refine`
+    False: as the detector found them."""
     suffix = Path(str(path)).suffix.lower()
     if suffix == ".onnx":
         detector = OnnxDetector(path, device)
@@ -55,8 +56,9 @@ def load_detector(path: str | Path, device="cpu", refine: bool = True):
         detector = TorchDetector(*load(path), device)
     else:
         raise ModelFileError(f"{path}: not a detector file tsloc reads (models/detector.pt or an .onnx export of it)")
-    refiner = refiner_beside(path)
-    return Refined(detector, load_backend(refiner, device)) if refine and refiner.is_file() else detector
+    beside = refiner_beside(path)
+    refiner = load_backend(beside, device) if refine and beside.is_file() else None
+    return Refined(detector, refiner) if refiner is not None and refiner.meta.get("tightens", True) else detector
 
 
 def refiner_beside(detector_file: str | Path) -> Path:
