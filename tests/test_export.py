@@ -57,6 +57,16 @@ def test_onnx_on_the_cpu_runs_in_chunks_with_the_same_answers(exported, monkeypa
     assert [len(a) for a in backend(x[:0])] == [0, 0]
 
 
+def test_onnx_sessions_do_not_spin_their_threads_after_a_run(exported, monkeypatch):
+    """tsloc's sessions leave the cores to the next model and to Python between runs (tsloc.onnxfile.SPIN:
+    ONNX Runtime's default spinning halved tsloc detect's frames a second on 2 cores); SPIN restores it."""
+    from tsloc import onnxfile
+    key = "session.intra_op.allow_spinning"
+    assert onnxfile.session(exported[2]).get_session_options().get_session_config_entry(key) == "0"
+    monkeypatch.setattr(onnxfile, "SPIN", True)
+    assert onnxfile.session(exported[2]).get_session_options().get_session_config_entry(key) == "1"
+
+
 def test_onnx_describes_itself(exported):
     """What the .pt carries except the weights: a user never needs the checkpoint beside the export."""
     from tsloc.onnxfile import read_meta

@@ -9,6 +9,10 @@ from pathlib import Path
 from .errors import ModelFileError
 
 META_KEY = "tsloc"  # the metadata key holding the file's description (JSON)
+# ONNX Runtime's worker threads spin after each run by default, holding the cores that the next model and
+# Python's own work (decoding, NMS, cropping) then need: tsloc detect runs three models in turn on every
+# frame. Off, it runs about 2x the frames a second on 2 cores (benchmarks/onnx_spinning.py).
+SPIN = False
 
 
 def read_meta(path: str | Path, sess=None) -> dict:
@@ -55,6 +59,7 @@ def session(path: str | Path, device="cpu"):
         providers.insert(0, "CUDAExecutionProvider")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's business
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPIN else "0")
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own types for a truncated or foreign file
