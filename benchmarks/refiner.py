@@ -8,6 +8,8 @@ without, on the validation frames (which choose the margin) and then on the test
     python benchmarks/refiner.py --split data/scenes/split.csv --detector models/detector.onnx
     # GTSDB: the German command's split and the ready pair's detector (docs/scenes.md, "Where COCO's AP is lost")
     python benchmarks/refiner.py --split SPLIT.csv --detector src/tsloc/serving/models/gtsdb.detector.onnx
+    # is the input size the limit? one refiner per size, side by side
+    python benchmarks/refiner.py --split SPLIT.csv --detector ... --size 112 144 192
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", default="data/scenes/split.csv", help="a scene split (scenes_split's table)")
     ap.add_argument("--detector", default="models/detector.onnx")
-    ap.add_argument("--size", type=int, default=144, help="the refiner's input size")
+    ap.add_argument("--size", type=int, nargs="+", default=[144], help="the refiner's input size (several: "
+                    "one refiner each, side by side)")
     ap.add_argument("--context", type=float, default=0.5, help="real context cut around each training sign")
     ap.add_argument("--steps", type=int, default=1000, help="refiner.steps: training steps")
     ap.add_argument("--loss-weight", type=float, default=20.0, help="train.loss_weight: the box loss over it")
@@ -35,16 +38,18 @@ def main() -> None:
     args = ap.parse_args()
     split = load_scene_table(args.split)
     signs = split[split["class_id"] != NO_SIGN]
-    data = {s: sign_crops(signs[signs["subset"] == s], args.context, args.size) for s in ("train", "valid")}
     classes = [str(c) for c in range(int(signs["class_id"].max()) + 1)]
-    r = RefinerParams(steps=args.steps, image_size=args.size, context=args.context, loss_weight=args.loss_weight,
-                      seed=args.seed)
-    model, ckpt, epochs, minutes = train_refiner(data, classes, r)  # the stage's training, not a copy of it
-    refiner = TorchBackend(model, ckpt)
-    print(f"# refiner: {len(data['train'][0])} training signs, {epochs} epochs at {args.size} px, {minutes:.1f} min; "
-          f"detector {args.detector}")
+    refiners = {}
+    for size in args.size:
+        data = {s: sign_crops(signs[signs["subset"] == s], args.context, size) for s in ("train", "valid")}
+        r = RefinerParams(steps=args.steps, image_size=size, context=args.context, loss_weight=args.loss_weight,
+                          seed=args.seed)
+        model, ckpt, epochs, minutes = train_refiner(data, classes, r)  # the stage's training, not a copy of it
+        refiners[size] = TorchBackend(model, ckpt)
+        print(f"# refiner: {len(data['train'][0])} training signs, {epochs} epochs at {size} px, {minutes:.1f} min")
+    print(f"# detector {args.detector}")
     detector = load_detector(args.detector, refine=False)  # its own boxes, not those of a refiner beside it
-    chosen = None
+    chosen = {}  # each size's margin, chosen on the validation frames
     for subset in ("valid", "test"):
         truth = split[split["subset"] == subset]
         found = {}
@@ -54,18 +59,19 @@ def main() -> None:
             found[frame] = (pixels, boxes, scores)
         rows = {"detector": [{"frame": f, "box": list(map(float, b)), "score": float(s)}
                              for f, (_, bs, ss) in found.items() for b, s in zip(bs, ss)]}
-        for margin in args.margins if subset == "valid" else [chosen]:
-            rows[f"refined, margin {margin}"] = [
-                {"frame": f, "box": list(map(float, r)), "score": float(s)} for f, (px, bs, ss) in found.items()
-                if len(bs) for r, s in zip(name(refiner, px, bs, margin)[1], ss)]
+        for size, refiner in refiners.items():
+            for margin in args.margins if subset == "valid" else [chosen[size]]:
+                rows[f"refined, {size} px, margin {margin}"] = [
+                    {"frame": f, "box": list(map(float, r)), "score": float(s)} for f, (px, bs, ss) in found.items()
+                    if len(bs) for r, s in zip(name(refiner, px, bs, margin)[1], ss)]
         results = {kind: (e["ap"], e["ap_per_iou"]) for kind, e in ((k, evaluate(truth, d)) for k, d in rows.items())}
         if subset == "valid":
-            best = max((k for k in results if k != "detector"), key=lambda k: results[k][0])
-            chosen = float(best.rsplit(" ", 1)[1])
+            for size in refiners:
+                best = max((k for k in results if k.startswith(f"refined, {size} px,")), key=lambda k: results[k][0])
+                chosen[size] = float(best.rsplit(" ", 1)[1])
         print(f"{subset}: AP 0.5:0.95 | AP at IoU 0.50 0.55 ... 0.95")
         for kind, (coco_ap, per) in results.items():
-            print(f"  {kind:22s} {coco_ap:.3f} | " + " ".join(f"{a:.3f}" for a in per))
-
+            print(f"  {kind:32s} {coco_ap:.3f} | " + " ".join(f"{a:.3f}" for a in per))
 
 if __name__ == "__main__":
     main()
