@@ -57,21 +57,22 @@ def main() -> None:
             pixels = decode_frame(frame)
             boxes, scores = detector(pixels, 0.05)
             found[frame] = (pixels, boxes, scores)
-        rows = {"detector": [{"frame": f, "box": list(map(float, b)), "score": float(s)}
-                             for f, (_, bs, ss) in found.items() for b, s in zip(bs, ss)]}
+        rows = {None: [{"frame": f, "box": list(map(float, b)), "score": float(s)}
+                       for f, (_, bs, ss) in found.items() for b, s in zip(bs, ss)]}  # the detector's own boxes
         for size, refiner in refiners.items():
             for margin in args.margins if subset == "valid" else [chosen[size]]:
-                rows[f"refined, {size} px, margin {margin}"] = [
+                rows[size, margin] = [
                     {"frame": f, "box": list(map(float, r)), "score": float(s)} for f, (px, bs, ss) in found.items()
                     if len(bs) for r, s in zip(name(refiner, px, bs, margin)[1], ss)]
-        results = {kind: (e["ap"], e["ap_per_iou"]) for kind, e in ((k, evaluate(truth, d)) for k, d in rows.items())}
+        results = {key: evaluate(truth, dets) for key, dets in rows.items()}
         if subset == "valid":
             for size in refiners:
-                best = max((k for k in results if k.startswith(f"refined, {size} px,")), key=lambda k: results[k][0])
-                chosen[size] = float(best.rsplit(" ", 1)[1])
+                chosen[size] = max(args.margins, key=lambda m: results[size, m]["ap"])
         print(f"{subset}: AP 0.5:0.95 | AP at IoU 0.50 0.55 ... 0.95")
-        for kind, (coco_ap, per) in results.items():
-            print(f"  {kind:32s} {coco_ap:.3f} | " + " ".join(f"{a:.3f}" for a in per))
+        for key, e in results.items():
+            kind = "detector" if key is None else f"refined, {key[0]} px, margin {key[1]}"
+            print(f"  {kind:32s} {e['ap']:.3f} | " + " ".join(f"{a:.3f}" for a in e["ap_per_iou"]))
+
 
 if __name__ == "__main__":
     main()

@@ -66,18 +66,24 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                                     np.zeros(len(b), np.uint8))).reshape(len(a), len(b))
 
 
+def _ap(precision: np.ndarray) -> float:
+    """The mean of COCO's precision cells that exist (-1: a category without a true box), else 0."""
+    kept = precision[precision > -1]
+    return float(np.mean(kept)) if kept.size else 0.0
+
+
 def evaluate(truth, detections, category=lambda class_id: 1) -> dict:
     """COCO's bbox evaluation: AP over IoU 0.5:0.95 and at 0.5 (the mean over the categories that
     have a true box) and at each of COCO's ten IoU thresholds, AP at 0.5 per category, and the
-    precision-recall curve at IoU 0.5 over all
-    of them (recall 0..1 in 101 steps; the mean over categories where more than one). With no
-    detection (or no true box) the curve is still there, flat at 0, as COCO scores a recall never
-    reached: an empty one draws no plot at all in `dvc plots show`."""
+    precision-recall curve at IoU 0.5 over all of them (recall 0..1 in 101 steps; the mean over
+    categories where more than one). With no detection (or no true box) the curve is still there,
+    flat at 0, as COCO scores a recall never reached: an empty one draws no plot at all in `dvc plots show`."""
     gt, dt = _coco(truth, detections, category)
     cats = sorted({a["category_id"] for a in gt.dataset["annotations"]})
     if dt is None or not cats:
-        steps = Params(iouType="bbox").recThrs.tolist()
-        return {"ap": 0.0, "ap50": 0.0, "ap_per_iou": [0.0] * len(Params(iouType="bbox").iouThrs),
+        params = Params(iouType="bbox")
+        steps = params.recThrs.tolist()
+        return {"ap": 0.0, "ap50": 0.0, "ap_per_iou": [0.0] * len(params.iouThrs),
                 "ap50_per_category": {c: 0.0 for c in cats}, "pr": (steps, [0.0] * len(steps))}
     ev = COCOeval(gt, dt, "bbox")
     ev.params.catIds = cats
@@ -86,12 +92,10 @@ def evaluate(truth, detections, category=lambda class_id: 1) -> dict:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    precision = ev.eval["precision"][0, :, :, 0, 2]  # IoU 0.5, recall steps, categories, all areas, 100 detections
-    per = {c: float(np.mean(p[p > -1])) if (p > -1).any() else 0.0 for c, p in zip(cats, precision.T)}
+    every = ev.eval["precision"][..., 0, 2]  # IoU thresholds, recall steps, categories: all areas, 100 detections
+    precision = every[0]  # at IoU 0.5
     curve = np.where(precision > -1, precision, np.nan)
     mean_curve = np.nan_to_num(np.nanmean(curve, axis=1)) if curve.size else np.zeros(0)
-    every = ev.eval["precision"][..., 0, 2]  # IoU thresholds, recall steps, categories: all areas, 100 detections
-    per_iou = [float(np.mean(p[p > -1])) if (p > -1).any() else 0.0 for p in every]
-    return {"ap": float(max(ev.stats[0], 0)), "ap50": float(max(ev.stats[1], 0)), "ap_per_iou": per_iou,
-            "ap50_per_category": per,
+    return {"ap": float(max(ev.stats[0], 0)), "ap50": float(max(ev.stats[1], 0)), "ap_per_iou": [_ap(p) for p in every],
+            "ap50_per_category": {c: _ap(p) for c, p in zip(cats, precision.T)},
             "pr": (ev.params.recThrs.tolist(), mean_curve.tolist())}
