@@ -11,7 +11,7 @@ from .errors import ModelFileError
 META_KEY = "tsloc"  # the metadata key holding the file's description (JSON)
 # ONNX Runtime's worker threads spin after each run by default, holding the cores that the next model and
 # Python's own work (decoding, NMS, cropping) then need: tsloc detect runs three models in turn on every
-# frame. Off, it runs about 2x the frames a second on 2 cores (benchmarks/onnx_spinning.py).
+# frame. Off, it runs 1.6-2x the frames a second on 2 cores (benchmarks/onnx_spinning.py).
 SPIN = False
 
 
