@@ -153,10 +153,11 @@ def timed(step, device: torch.device, repeats: int = 1) -> float:
     return time.perf_counter() - t
 
 
-def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2, compiled: bool = False) -> None:
-    """Training and inference throughput on `device` at fp32 and at the precision auto chooses; with
-    `compiled`, fp32 with the step compiled too (train.compile: CUDA graphs on a GPU), its compiling in
-    the warm-up epoch."""
+def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2, compiled: bool = False,
+                precisions: list[str] | None = None) -> None:
+    """Training and inference throughput on `device` at fp32 and at the precision auto chooses (or at
+    each of `precisions`); with `compiled`, fp32 with the step compiled too (train.compile: CUDA graphs
+    on a GPU), its compiling in the warm-up epoch."""
     from tsloc.boxes import make_valid
     from tsloc.crops.batches import Batches, images_source
     from tsloc.crops.loop import compile_step, evaluate, make_optimizer, train_one_epoch
@@ -170,7 +171,8 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
     labels = torch.as_tensor(rng.integers(0, NUM_CLASSES, images))
     boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (images, 4)), dtype=torch.float32))
     aug = {"margin": 0.45, "rotation": 10, "color": 0.3, "blur": 0.3, "recrop": 0.3}
-    variants = [(p, False) for p in dict.fromkeys(["fp32", resolve_precision("auto", dev)])]
+    precisions = precisions or ["fp32", resolve_precision("auto", dev)]
+    variants = [(p, False) for p in dict.fromkeys(precisions)]
     variants += [("fp32", True)] if compiled else []
     print(f"# {dev}, {size} px, batch {batch}, {images} images, best recipe's network (8 blocks fine-tuned, "
           f"spatial head, augmentation)")
@@ -205,9 +207,11 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64, help="with --device: the batch size")
     ap.add_argument("--images", type=int, default=1024, help="with --device: synthetic images per epoch")
     ap.add_argument("--compile", action="store_true", help="with --device: also fp32 with the step compiled (train.compile)")
+    ap.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16"],
+                    help="with --device: these precisions, in turn (default: fp32 and what auto picks there)")
     args = ap.parse_args()
     if args.device:
-        time_device(args.device, args.size, args.batch, args.images, compiled=args.compile)
+        time_device(args.device, args.size, args.batch, args.images, compiled=args.compile, precisions=args.precision)
         return 0
     data, repo = Path(args.data), Path(__file__).resolve().parents[1]
     if not all((data / s).is_dir() for s in SPLITS):
