@@ -30,23 +30,6 @@ def test_a_model_reads_back_with_its_description(tmp_path):
         ckpt, tmp_path / "none.json", tmp_path / "none.json")
 
 
-def test_the_per_image_contrast_reads_back_on_and_files_without_it_load_off(tmp_path):
-    """model.contrast is part of the network: a file says so and loads with it; older files lack the key."""
-    from tsloc.crops.model import build_model
-    torch.manual_seed(0)
-    net = build_model("mobilenet_v2", "none", 4, image_size=64, contrast=True).eval()
-    checkpoint.save(tmp_path / "c.pt", checkpoint.make(net, net.state_dict(), backbone="mobilenet_v2", image_size=64,
-                                                       class_names=list("abcd"), epoch=1, loss_weight=1.0))
-    model, ckpt = checkpoint.load(tmp_path / "c.pt")
-    x = torch.rand(2, 3, 64, 64) * 0.3
-    with torch.no_grad():
-        assert ckpt["contrast"] is True and torch.equal(model(x)[0], net(x)[0])
-    old = torch.load(stub_model(tmp_path / "old.pt"), weights_only=True)
-    del old["contrast"]
-    torch.save(old, tmp_path / "old.pt")
-    assert checkpoint.load(tmp_path / "old.pt")[0].contrast is None
-
-
 def test_a_file_from_before_the_balance_moved_still_loads(tmp_path):
     """Model files written while the network held the loss balance carry two more tensors."""
     path = stub_model(tmp_path / "model.pt")

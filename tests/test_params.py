@@ -128,7 +128,6 @@ def test_start_size_accepted_on_the_image_path(tmp_path):
     ("model: {finetune_blocks: 2}", False),
     ("train: {augment: {enabled: true}}", False),
     ("model: {box_head: spatial}", False),
-    ("model: {contrast: true}", False),  # the cached features are the backbone's alone
 ])
 def test_cached_features_only_for_frozen_unaugmented_pooled(tmp_path, text, cached):
     assert uses_cached_features(load_params(_write(tmp_path, text))) is cached

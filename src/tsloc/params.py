@@ -67,7 +67,6 @@ class ModelParams:
     dropout: float = ranged(0.2, ge=0, lt=1)
     finetune_blocks: int = ranged(0, ge=-1, note="-1: all of it, 0: frozen, N: its last N blocks")
     box_head: Literal["pooled", "spatial"] = "pooled"  # pooled (the notebook's) | spatial (a 4 x 4 grid of the feature map)
-    contrast: bool = False        # each image's brightness and contrast normalised inside the model (dark, washed-out crops)
 
 
 @dataclass(frozen=True)
@@ -331,8 +330,7 @@ def uses_cached_features(p: Params) -> bool:
     """Frozen backbone, no augmentation, pooled box head: the heads can train on features computed once
     per image (exact, and far faster). The one place that decides it, for the check below and the train
     stage."""
-    return (p.model.finetune_blocks == 0 and not p.train.augment.enabled and p.model.box_head == "pooled"
-            and not p.model.contrast)
+    return p.model.finetune_blocks == 0 and not p.train.augment.enabled and p.model.box_head == "pooled"
 
 
 def _check(p: Params) -> None:

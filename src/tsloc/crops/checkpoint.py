@@ -30,7 +30,6 @@ def make(model: SignNet, state: dict, *, backbone: str, image_size: int, class_n
         "state_dict": state,
         "backbone": backbone,
         "box_head": model.box_kind,
-        "contrast": model.contrast is not None,
         "num_classes": len(class_names),
         "dropout": float(model.dropout.p),
         "image_size": int(image_size),
@@ -62,7 +61,7 @@ def load(path: str | Path, source=None) -> tuple[SignNet, dict]:
         ckpt = torch.load(path if source is None else source, map_location="cpu", weights_only=True)
         body, features = backbone_features(ckpt["backbone"], "none")
         model = SignNet(body, features, ckpt["num_classes"], ckpt["dropout"], image_size=ckpt["image_size"],
-                        box=ckpt.get("box_head", "pooled"), contrast=ckpt.get("contrast", False))
+                        box=ckpt.get("box_head", "pooled"))
         model.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if k not in BALANCE_KEYS})
     except Exception as exc:  # unpickling errors, missing keys, shape mismatches
         raise ModelFileError(f"{path}: not a compatible tsloc model ({type(exc).__name__}: {exc})") from exc

@@ -53,10 +53,8 @@ class RawInputConv(nn.Module):
 
 def fold_normalisation(model: SignNet) -> SignNet:
     """A copy of the model (in eval mode) whose first convolution takes raw RGB (`RawInputConv`);
-    both backbones start with one. The per-image contrast (model.contrast) before it takes raw RGB too."""
+    both backbones start with one."""
     model = copy.deepcopy(model).eval()
-    if model.contrast is not None:
-        model.contrast.raw = True  # before the first convolution: it sees raw RGB too
     parent = model.backbone
     while not isinstance(parent[0], nn.Conv2d):
         parent = parent[0]

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from ..backbone import backbone_features, fuse_conv_bn, pool
-from ..weights import IMAGENET_MEAN, IMAGENET_STD
 
 BOX_HEADS = ("pooled", "spatial")
 SPATIAL_GRID = 4  # the spatial box head sees the last feature map pooled to 4 x 4 cells
@@ -26,29 +25,6 @@ def box_head(kind: str, channels: int) -> nn.Sequential:
     raise ValueError(f"unknown box head {kind!r}; choose one of {BOX_HEADS}")
 
 
-class ImageContrast(nn.Module):
-    """Each image's brightness and contrast brought to ImageNet's grey mean and spread before the
-    backbone (model.contrast): GTSRB's tracks range from nearly black to washed out, and most of a
-    fine-tuned namer's errors there are such images. One affine map per image for all three channels
-    (colours keep their relations). It takes and gives ImageNet-standardised images, or raw 0..255
-    ones once `raw` is set (tsloc.crops.inference.fold_normalisation: the exported files' input)."""
-
-    GREY_MEAN, GREY_STD, EPS = 0.449, 0.226, 0.01  # ImageNet's means over the channels; EPS: flat images
-
-    def __init__(self):
-        super().__init__()
-        self.raw = False
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rgb = x / 255 if self.raw else x * self.std + self.mean
-        mu = rgb.mean((1, 2, 3), keepdim=True)
-        spread = (rgb - mu).square().mean((1, 2, 3), keepdim=True).sqrt()
-        rgb = (rgb - mu) / (spread + self.EPS) * self.GREY_STD + self.GREY_MEAN
-        return rgb * 255 if self.raw else (rgb - self.mean) / self.std
-
-
 class SignNet(nn.Module):
     """The notebook's model: frozen backbone, dropout and ReLU on the pooled features, then two
     heads (BatchNorm1d + Linear) for the classes and the 4 relative box numbers. `trainable_blocks`
@@ -57,10 +33,9 @@ class SignNet(nn.Module):
     Convolutions run channels-last (about 1.3x faster on CPU for MobileNetV2, benchmarks/speed.py)."""
 
     def __init__(self, backbone: nn.Sequential, features: int, num_classes: int, dropout: float = 0.2,
-                 image_size: int = 128, trainable_blocks: int = 0, box: str = "pooled", contrast: bool = False):
+                 image_size: int = 128, trainable_blocks: int = 0, box: str = "pooled"):
         super().__init__()
         self.box_kind, self.image_size = box, int(image_size)
-        self.contrast = ImageContrast() if contrast else None
         # The box head regresses pixels of the input, as the notebook's did, and its output is
         # divided by the input size: boxes leave the model relative, yet Adam's steps (about lr per
         # weight, whatever the loss scale) stay small against the target's range. Regressing
@@ -116,7 +91,7 @@ class SignNet(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The last feature map (N, C, h, w); the frozen blocks run without autograd."""
-        images = (images if self.contrast is None else self.contrast(images)).contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
         frozen = (self.__dict__.get("_frozen_fused") if self.training else None) or self.backbone[:self.split_at]
         with torch.no_grad():
             x = frozen(images)
@@ -138,8 +113,7 @@ class SignNet(nn.Module):
 
 
 def build_model(backbone: str, weights: str, num_classes: int, dropout: float = 0.2,
-                image_size: int = 128, trainable_blocks: int = 0, box: str = "pooled",
-                contrast: bool = False) -> SignNet:
+                image_size: int = 128, trainable_blocks: int = 0, box: str = "pooled") -> SignNet:
     body, features = backbone_features(backbone, weights)
     return SignNet(body, features, num_classes, dropout, image_size=image_size,
-                   trainable_blocks=trainable_blocks, box=box, contrast=contrast)
+                   trainable_blocks=trainable_blocks, box=box)

@@ -34,9 +34,7 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         + ("reads a 4 x 4 grid of the last feature map (1x1 convolution, Linear)." if ckpt.get("box_head") == "spatial"
            else "(BatchNorm1d + Linear) reads the pooled features."),
         f"- Input: RGB resized (squashed) to {ckpt['image_size']}x{ckpt['image_size']} px, normalised with mean "
-        f"{ckpt['mean']} and std {ckpt['std']}"
-        + ("; inside the network each image's brightness and contrast brought to one level (`model.contrast`)."
-           if ckpt.get("contrast") else "."),
+        f"{ckpt['mean']} and std {ckpt['std']}.",
         f"- Output: class probabilities and one box ({ckpt['box_format']}).",
         f"- Recipe: `{ckpt.get('recipe', 'notebook')}` (conf/recipe/{ckpt.get('recipe', 'notebook')}.yaml).",
         f"- Training: {train.get('optimizer', 'adam')}, lr {train.get('lr')}"

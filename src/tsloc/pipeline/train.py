@@ -67,7 +67,7 @@ def _train(p, rt) -> dict | None:
     torch.manual_seed(t.seed)  # the heads' initialisation too: a CPU run repeats exactly
     model = build_model(p.model.backbone, p.model.weights, len(names), p.model.dropout,
                         image_size=p.data.image_size, trainable_blocks=p.model.finetune_blocks,
-                        box=p.model.box_head, contrast=p.model.contrast).to(device)
+                        box=p.model.box_head).to(device)
     eval_subsets = ("valid", "test") if t.eval_test_each_epoch else ("valid",)
     a = t.augment
     augmentation = {"margin": a.margin, "rotation": a.rotation, "color": a.color, "blur": a.blur,
