@@ -30,6 +30,20 @@ def test_a_model_reads_back_with_its_description(tmp_path):
         ckpt, tmp_path / "none.json", tmp_path / "none.json")
 
 
+def test_an_ensemble_reads_back_with_its_members(tmp_path):
+    """The refiner's members in one file: it says how many, and loads as an Ensemble that answers alike."""
+    from tsloc.crops.model import Ensemble, build_model
+    torch.manual_seed(0)
+    net = Ensemble([build_model("mobilenet_v2", "none", 4, image_size=64, box="spatial") for _ in range(2)]).eval()
+    checkpoint.save(tmp_path / "e.pt", checkpoint.make(net, net.state_dict(), backbone="mobilenet_v2", image_size=64,
+                                                       class_names=list("abcd"), epoch=1, loss_weight=1.0))
+    model, ckpt = checkpoint.load(tmp_path / "e.pt")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert ckpt["members"] == 2 and isinstance(model, Ensemble) and torch.equal(model(x)[1], net(x)[1])
+    assert "members" not in torch.load(stub_model(tmp_path / "one.pt"), weights_only=True)  # one network: as before
+
+
 def test_a_file_from_before_the_balance_moved_still_loads(tmp_path):
     """Model files written while the network held the loss balance carry two more tensors."""
     path = stub_model(tmp_path / "model.pt")

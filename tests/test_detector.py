@@ -619,3 +619,23 @@ def test_the_detector_learns_to_find_synthetic_signs(tmp_path):
     last = fit_detector(again, frames, boxes, sizes, d, device=torch.device("cpu"), resume=Resume(resume.path, "key"))
     assert last == rows[-1]
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_a_refiner_of_several_members_is_their_ensemble_from_consecutive_seeds():
+    """refiner.members: 2 trains the refiner of refiner.members 1 (the same weights: its seed) and one more
+    from the next seed; the checkpoint holds both."""
+    import torch
+    import dataclasses
+    from conftest import tiny_data
+    from tsloc.crops.model import Ensemble
+    from tsloc.params import RefinerParams
+    from tsloc.pipeline.refiner_train import train_refiner
+    images, labels, boxes = tiny_data(n=24, size=48)
+    data = {"train": (images[:16], labels[:16], boxes[:16]), "valid": (images[16:], labels[16:], boxes[16:])}
+    r = RefinerParams(steps=3, image_size=48, batch_size=8, seed=5, device="cpu")
+    one, one_ckpt, _, _ = train_refiner(data, ["a", "b", "c"], r, weights="none")
+    two, two_ckpt, _, _ = train_refiner(data, ["a", "b", "c"], dataclasses.replace(r, members=2), weights="none")
+    assert isinstance(two, Ensemble) and two_ckpt["members"] == 2 and "members" not in one_ckpt
+    first, second = two.members
+    assert all(torch.equal(v, first.state_dict()[k]) for k, v in one.state_dict().items())
+    assert not torch.equal(first.box[-1].weight, second.box[-1].weight)

@@ -7,7 +7,7 @@ from torchvision.ops import box_iou
 
 from tsloc.boxes import make_valid, paired_iou, relative_boxes, to_pixels, to_relative
 from tsloc.backbone import backbone_features
-from tsloc.crops.model import SignNet, build_model
+from tsloc.crops.model import Ensemble, SignNet, build_model
 
 
 def test_shapes_and_frozen_backbone():
@@ -111,3 +111,30 @@ def test_relative_boxes_of_a_table():
     table = pd.DataFrame({"left": [4, 0], "top": [3, 10], "right": [36, 20], "bottom": [27, 50],
                           "width": [40, 20], "height": [30, 50]})
     assert torch.allclose(relative_boxes(table), torch.tensor([[0.1, 0.1, 0.9, 0.9], [0.0, 0.2, 1.0, 1.0]]))
+
+
+def test_an_ensemble_answers_the_mean_of_its_members():
+    """refiner.members: the members' class logits and boxes averaged, in PyTorch and through Predictor
+    (each member's first convolution and box pooling folded, as the exports are)."""
+    from tsloc.crops.inference import Predictor
+    from tsloc.weights import IMAGENET_MEAN, IMAGENET_STD
+    torch.manual_seed(0)
+    members = [build_model("mobilenet_v2", "none", 3, image_size=64, trainable_blocks=8, box="spatial").eval()
+               for _ in range(3)]
+    for k, m in enumerate(members):
+        with torch.no_grad():
+            m.classifier[1].bias.copy_(torch.tensor([k, 0.0, -k]))
+            m.start_boxes_at(torch.tensor([0.1 + 0.05 * k, 0.2, 0.8, 0.9 - 0.05 * k]))
+    ensemble = Ensemble(members).eval()
+    assert ensemble.image_size == 64 and ensemble.num_classes == 3 and ensemble.box_kind == "spatial"
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, boxes = ensemble(x)
+        answers = [m(x) for m in members]
+        assert torch.allclose(logits, sum(a[0] for a in answers) / 3, atol=1e-6)
+        assert torch.allclose(boxes, torch.tensor([0.15, 0.2, 0.8, 0.85]).expand(2, 4), atol=1e-5)
+        raw = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+        mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        logits, boxes = ensemble((raw.permute(0, 3, 1, 2).float() / 255 - mean) / std)
+        probs, folded_boxes = Predictor(ensemble)(raw)
+    assert torch.allclose(probs, torch.softmax(logits, 1), atol=1e-5) and torch.allclose(folded_boxes, boxes, atol=1e-5)

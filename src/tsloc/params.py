@@ -179,6 +179,7 @@ class RefinerParams:
     """The second stage that tightens each box the detector finds (the refiner_train stage): the crop
     branch's network trained on the training frames' signs, cut with real context, re-framed at random."""
     steps: int = ranged(1000, ge=1)                # training steps (epochs: as many as make them, whatever the signs)
+    members: int = ranged(1, ge=1)                 # refiners trained from seeds seed, seed + 1, ...; their boxes averaged
     image_size: int = ranged(144, ge=32)           # its input: each crop squashed to this square
     context: float = ranged(0.5, gt=0, le=2)       # real context cut around each training sign, a share of its size per side
     margin: float = ranged(0.15, ge=0, le=1)       # around each found box when refining it

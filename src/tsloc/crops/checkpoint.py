@@ -15,19 +15,20 @@ from ..errors import DataError, ModelFileError
 from ..io import write_torch
 from ..paths import IMAGE_STORE, SPLIT_TABLE
 from ..weights import IMAGENET_MEAN, IMAGENET_STD
-from .model import SignNet
+from .model import Ensemble, SignNet
 
 BOX_FORMAT = "left, top, right, bottom, relative to the image (0..1)"
 # Before the loss balance moved to the objective (tsloc.crops.losses), the model held it: such files still load.
 BALANCE_KEYS = ("loss_weight", "uncertainty")
 
 
-def make(model: SignNet, state: dict, *, backbone: str, image_size: int, class_names: list[str], epoch: int,
+def make(model: SignNet | Ensemble, state: dict, *, backbone: str, image_size: int, class_names: list[str], epoch: int,
          loss_weight: float, **training: object) -> dict:
     """The file's contents: `state` (the kept weights) and the description; `training` adds how it
-    was trained (weights, recipe, train params)."""
+    was trained (weights, recipe, train params). An Ensemble's file says how many members it holds."""
     return {
         "state_dict": state,
+        **({"members": len(model.members)} if isinstance(model, Ensemble) else {}),
         "backbone": backbone,
         "box_head": model.box_kind,
         "num_classes": len(class_names),
@@ -50,6 +51,13 @@ def save(path: str | Path, ckpt: dict) -> None:
     write_torch(path, ckpt)
 
 
+def _network(ckpt: dict) -> SignNet:
+    """The untrained network a file describes (its weights are loaded after)."""
+    body, features = backbone_features(ckpt["backbone"], "none")
+    return SignNet(body, features, ckpt["num_classes"], ckpt["dropout"], image_size=ckpt["image_size"],
+                   box=ckpt.get("box_head", "pooled"))
+
+
 def load(path: str | Path, source=None) -> tuple[SignNet, dict]:
     """A trained model in eval mode and its description (no ImageNet weights needed: the file holds
     them all). `source`, a binary file object, is read instead of `path` (which then only names it
@@ -59,9 +67,7 @@ def load(path: str | Path, source=None) -> tuple[SignNet, dict]:
         raise ModelFileError(f"{path}: model file not found (train one with `dvc repro train`)")
     try:
         ckpt = torch.load(path if source is None else source, map_location="cpu", weights_only=True)
-        body, features = backbone_features(ckpt["backbone"], "none")
-        model = SignNet(body, features, ckpt["num_classes"], ckpt["dropout"], image_size=ckpt["image_size"],
-                        box=ckpt.get("box_head", "pooled"))
+        model = Ensemble([_network(ckpt) for _ in range(ckpt["members"])]) if "members" in ckpt else _network(ckpt)
         model.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if k not in BALANCE_KEYS})
     except Exception as exc:  # unpickling errors, missing keys, shape mismatches
         raise ModelFileError(f"{path}: not a compatible tsloc model ({type(exc).__name__}: {exc})") from exc

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..boxes import make_valid
 from ..weights import IMAGENET_MEAN, IMAGENET_STD
-from .model import SignNet
+from .model import Ensemble, SignNet
 
 
 class RawInputConv(nn.Module):
@@ -97,11 +97,12 @@ class Predictor(nn.Module):
 
     The model's first convolution takes the images as they come, 0..255 (`fold_normalisation`, on a
     copy: the trained model is untouched): the normalisation costs nothing. The spatial box head's
-    pooling is folded into its convolution where it can be (`fold_box_pooling`)."""
+    pooling is folded into its convolution where it can be (`fold_box_pooling`); an Ensemble's in each member."""
 
-    def __init__(self, model: SignNet):
+    def __init__(self, model: SignNet | Ensemble):
         super().__init__()
-        self.model = fold_box_pooling(fold_normalisation(model))
+        fold = lambda m: fold_box_pooling(fold_normalisation(m))  # noqa: E731
+        self.model = Ensemble([fold(m) for m in model.members]) if isinstance(model, Ensemble) else fold(model)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, boxes = self.model(images.permute(0, 3, 1, 2).float())

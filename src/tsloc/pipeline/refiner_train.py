@@ -27,7 +27,7 @@ from ..crops.batches import Batches, images_source
 from ..crops.export import export
 from ..crops.inference import TorchBackend
 from ..crops.loop import fit
-from ..crops.model import build_model
+from ..crops.model import Ensemble, build_model
 from ..data.frames import BOX, NO_SIGN, decode_frame, load_scene_table
 from ..data.images import to_input
 from ..device import select_device
@@ -77,34 +77,43 @@ def moved_box_iou(refiner, signs: pd.DataFrame, margin: float, seed: int) -> dic
     return {"signs": len(before), "moved_box_iou": float(np.mean(before)), "refined_iou": float(np.mean(after))}
 
 
-def train_refiner(data: dict, classes: list[str], r, weights: str = "imagenet", device="cpu") -> tuple:
-    """The refiner trained on `data` ({"train", "valid"}: `sign_crops` of each) for `r.steps` steps (the
-    refiner.* params, tsloc.params.RefinerParams): (the model on the CPU, in eval mode; its checkpoint's
-    contents, with `r.margin` as its crops' margin; the epochs that made the steps; minutes)."""
-    torch.manual_seed(r.seed)
+def train_member(data: dict, classes: list[str], r, seed: int, weights: str = "imagenet", device="cpu") -> tuple:
+    """One refiner trained on `data` ({"train", "valid"}: `sign_crops` of each) for `r.steps` steps (the
+    refiner.* params, tsloc.params.RefinerParams) from `seed`: (the model on the CPU, in eval mode; the
+    epoch it was kept at; the epochs that made the steps)."""
+    torch.manual_seed(seed)
     model = build_model("mobilenet_v2", weights, len(classes), image_size=r.image_size, trainable_blocks=8,
                         box="spatial")
     augment = AugmentParams(enabled=True, recrop=1.0)  # every crop re-framed
     n = len(data["train"][0])
     per_epoch = max(n // r.batch_size + (1 if n % r.batch_size >= 2 else 0), 1)  # as the loop steps (tsloc.crops.loop)
     epochs = math.ceil(r.steps / per_epoch)  # a step count, not epochs: few signs need more of them
-    train = TrainParams(epochs=epochs, eval_every=epochs, batch_size=r.batch_size, seed=r.seed, device=r.device,
+    train = TrainParams(epochs=epochs, eval_every=epochs, batch_size=r.batch_size, seed=seed, device=r.device,
                         optimizer="adamw", lr=r.lr, backbone_lr=0.5, weight_decay=1e-4, schedule="cosine",
                         warmup_epochs=1, label_smoothing=0.1, box_loss="l1+giou", loss_balance="fixed",
                         loss_weight=r.loss_weight, class_weights="sqrt", box_weights="none", keep="last", augment=augment)
     aug = {k: getattr(augment, k) for k in ("margin", "rotation", "color", "blur", "recrop")}
-    generator = torch.Generator().manual_seed(r.seed)
+    generator = torch.Generator().manual_seed(seed)
     subsets = {"train": Batches(images_source(data["train"][0], data["train"][2], device, aug, generator),
                                 *data["train"][1:]),
                "valid": Batches(images_source(data["valid"][0], data["valid"][2], device), *data["valid"][1:])}
-    started = time.perf_counter()
     kept = fit(model.to(device), subsets, train, image_size=r.image_size, progress=True)
-    minutes = (time.perf_counter() - started) / 60
     model.load_state_dict(kept["state"])
-    model = model.cpu().eval()
-    ckpt = checkpoint.make(model, kept["state"], backbone="mobilenet_v2", image_size=r.image_size, class_names=classes,
-                           epoch=kept["epoch"], loss_weight=r.loss_weight, crop_margin=r.margin, kind="refiner")
-    return model, ckpt, epochs, minutes
+    return model.cpu().eval(), kept["epoch"], epochs
+
+
+def train_refiner(data: dict, classes: list[str], r, weights: str = "imagenet", device="cpu") -> tuple:
+    """The refiner: `r.members` of them (`train_member`, seeds r.seed, r.seed + 1, ...), an Ensemble
+    where more than one: (the model on the CPU, in eval mode; its checkpoint's contents, with `r.margin`
+    as its crops' margin; the epochs that made the steps; minutes)."""
+    started = time.perf_counter()
+    members = [train_member(data, classes, r, r.seed + k, weights, device) for k in range(r.members)]
+    minutes = (time.perf_counter() - started) / 60
+    model = members[0][0] if r.members == 1 else Ensemble([m for m, _, _ in members]).eval()
+    ckpt = checkpoint.make(model, model.state_dict(), backbone="mobilenet_v2", image_size=r.image_size,
+                           class_names=classes, epoch=members[0][1], loss_weight=r.loss_weight, crop_margin=r.margin,
+                           kind="refiner")
+    return model, ckpt, members[0][2], minutes
 
 
 def run(params_file: str = "params.yaml") -> dict:
