@@ -298,25 +298,3 @@ def test_torch_backend_is_the_predictor_module(tmp_path):
     ref_p, ref_b = reference_answers(model, ckpt, x)
     assert np.allclose(probs, ref_p.numpy(), atol=1e-6) and np.allclose(boxes, ref_b.numpy(), atol=1e-6)
 
-
-def test_int8_keeps_the_first_convolutions_of_each_member_float():
-    """An Ensemble's exported graph holds one member after the other (weights named model.members.K....):
-    `float_convs` counts in each member, with the input's preparation before the first and the nodes
-    between one member's last convolution and the next one's first (a folded weight without its name
-    goes with the convolution before it); a single network: its first `float_convs` and what precedes them."""
-    from onnx import helper
-    from tsloc.quantize import _first_of_each_network
-
-    def graph(weights):
-        nodes = [helper.make_node("Cast", ["images"], ["x"], name="prep")]
-        for k, w in enumerate(weights):
-            nodes += [helper.make_node("Conv", [f"x{k}", w], [f"y{k}"], name=f"conv{k}"),
-                      helper.make_node("Clip", [f"y{k}"], [f"x{k + 1}"], name=f"clip{k}")]
-        return nodes
-
-    one = graph([f"model.backbone.{i}.weight" for i in range(5)])
-    assert [one[i].name for i in _first_of_each_network(one, 2)] == ["prep", "conv0", "conv1"]
-    two = graph([f"model.members.{m}.backbone.{i}.weight" for m in (0, 1) for i in range(3)] + ["val_folded"])
-    kept = [two[i].name for i in _first_of_each_network(two, 2)]
-    assert kept == ["prep", "conv0", "conv1", "clip2", "conv3", "conv4"]
-    assert [two[i].name for i in _first_of_each_network(two, 0)] == ["prep", "clip2"]

@@ -138,3 +138,35 @@ def test_an_ensemble_answers_the_mean_of_its_members():
         logits, boxes = ensemble((raw.permute(0, 3, 1, 2).float() / 255 - mean) / std)
         probs, folded_boxes = Predictor(ensemble)(raw)
     assert torch.allclose(probs, torch.softmax(logits, 1), atol=1e-5) and torch.allclose(folded_boxes, boxes, atol=1e-5)
+    assert ensemble.shared == 0  # three random backbones: nothing in common
+
+
+def test_members_fine_tuned_from_the_same_weights_run_their_frozen_blocks_once():
+    """The refiner's members share ImageNet's frozen blocks: the ensemble runs them once (`shared` blocks), with
+    the answers of running each member whole, in PyTorch and folded for export (one stem in the graph)."""
+    from tsloc.crops.inference import Predictor
+    torch.manual_seed(0)
+    members = [build_model("mobilenet_v2", "none", 3, image_size=64, trainable_blocks=8, box="spatial").eval()
+               for _ in range(2)]
+    frozen = members[0].backbone[:members[0].split_at].state_dict()
+    members[1].backbone[:members[1].split_at].load_state_dict(frozen)
+    for m in members:
+        for bn in (x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)):
+            with torch.no_grad():  # statistics that make the features differ between images (as trained ones do)
+                bn.running_mean.normal_(0, 0.1), bn.running_var.uniform_(0.5, 2)
+    members[1].backbone[:members[1].split_at].load_state_dict(frozen)
+    with torch.no_grad():
+        members[1].box[-1].weight.normal_(0, 0.05)
+    ensemble = Ensemble(members).eval()
+    assert ensemble.shared == members[0].split_at  # the frozen blocks: the same; the fine-tuned: each its own
+    x = torch.rand(2, 3, 64, 64)
+    calls = []
+    hook = members[1].backbone[0].register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        logits, boxes = ensemble(x)
+        answers = [m(x) for m in members]
+    hook.remove()
+    assert len(calls) == 1  # member 1's stem: only when it ran whole, not in the ensemble
+    assert torch.allclose(logits, (answers[0][0] + answers[1][0]) / 2, atol=1e-5)
+    assert torch.allclose(boxes, (answers[0][1] + answers[1][1]) / 2, atol=1e-5)
+    assert Predictor(ensemble).model.shared == ensemble.shared

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import compose, copy_worktree
+from tsloc.onnxfile import read_meta
 from tsloc.params import leaf_keys
 
 BIN = Path(sys.executable).parent
@@ -415,6 +416,9 @@ def test_exp_run_recipe_best_composes_the_recipe(repo):
     ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
     assert ckpt["recipe"] == "best" and ckpt["box_head"] == "spatial"
     assert "Recipe: `best`" in (dst / "models" / "MODEL_CARD.md").read_text()
+    refiner = torch.load(dst / "models" / "refiner.pt", weights_only=True)  # the recipe's refiner: three members
+    assert refiner["members"] == recipe["refiner"]["members"] == 3
+    assert read_meta(dst / "models" / "refiner.onnx")["members"] == 3
     diff = json.loads(_run([BIN / "dvc", "params", "diff", "--json"], dst, env).stdout)["params.yaml"]
     assert diff["recipe"] == {"old": "notebook", "new": "best"}
     assert {"model.finetune_blocks", "model.box_head", "train.optimizer", "train.seed"} <= set(diff)

@@ -4,7 +4,6 @@ ONNX files only."""
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from pathlib import Path
 
@@ -78,8 +77,9 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *,
         graph = onnx.load(str(prepared)).graph
         nodes, tails = graph.node, _output_tails(graph)
         keep = [n.name for n in tails]
+        convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
         if float_convs:  # with them the input's padding (inference.RawInputConv): no int8 round trip before them
-            keep += [nodes[i].name for i in _first_of_each_network(nodes, float_convs)]
+            keep += [n.name for n in nodes[:convs[0]]] + [nodes[i].name for i in convs[:float_convs]]
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # the quantizer warns through the root logger that 1-D weights have no axis 1
@@ -94,25 +94,6 @@ def quantize_int8(fp32: str | Path, out: str | Path, calibration: np.ndarray, *,
                               calibration_seed=seed, float_ops=sorted({n.op_type for n in tails}), float_convs=float_convs)
         set_meta(tmp, meta)
     return out
-
-
-def _first_of_each_network(nodes, float_convs: int) -> list[int]:
-    """Indices of the first `float_convs` convolutions of each network in the graph, and of the nodes
-    between the previous network's last one and each network's first (the input's preparation and
-    padding). One network, or an Ensemble's members (tsloc.crops.model.Ensemble: their weights are
-    named members.K...., one member after the other in the exported graph), each as a network of its own."""
-    groups: dict[str, list[int]] = {}
-    member = ""  # a convolution whose weight lost its name (folded constants) goes with the one before it
-    for i, n in enumerate(nodes):
-        if n.op_type == "Conv":
-            named = re.search(r"(?:^|\.)members\.(\d+)\.", n.input[1])
-            member = named.group(1) if named else member
-            groups.setdefault(member, []).append(i)
-    keep, after = [], 0  # `after`: past the previous network's last convolution (one network after the other)
-    for convs in groups.values():
-        keep += list(range(after, convs[0])) + convs[:float_convs]
-        after = convs[-1] + 1
-    return keep
 
 
 def saturating_weights(path: str | Path) -> list[str]:

@@ -116,19 +116,27 @@ class Ensemble(nn.Module):
     """Several SignNets of one shape trained from different seeds, their class logits and boxes
     averaged: the refiner's `refiner.members` (the mean of three refiners' boxes gains more finding
     AP above IoU 0.8 than any one refiner trained three times as long: docs/benchmarks.md). Answers
-    as one SignNet does; its file holds every member (tsloc.crops.checkpoint)."""
+    as one SignNet does; its file holds every member (tsloc.crops.checkpoint). Members fine-tuned from
+    the same weights begin with the same blocks (the frozen ones, ImageNet's): `shared` counts them,
+    decided from the weights when built; those run once, each member's own blocks and heads on their
+    output (three members cost the frozen trunk once, not three times)."""
 
     def __init__(self, members: list[SignNet]):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.box_kind, self.image_size, self.dropout = members[0].box_kind, members[0].image_size, members[0].dropout
+        same = lambda i: all(  # noqa: E731
+            all(torch.equal(a, b) for a, b in zip(m.backbone[i].state_dict().values(),
+                                                  members[0].backbone[i].state_dict().values())) for m in members[1:])
+        self.shared = next((i for i in range(len(members[0].backbone)) if not same(i)), len(members[0].backbone))
 
     @property
     def num_classes(self) -> int:
         return self.members[0].num_classes
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, boxes = zip(*(m(x) for m in self.members))
+        x = self.members[0].backbone[:self.shared](x.contiguous(memory_format=torch.channels_last))
+        logits, boxes = zip(*(m.heads(m.backbone[self.shared:](x)) for m in self.members))
         return torch.stack(logits).mean(0), torch.stack(boxes).mean(0)
 
 
