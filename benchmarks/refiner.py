@@ -33,10 +33,14 @@ def label(variant) -> str:
     return "the mean of their boxes" if variant == "mean" else f"{variant[0]} px, {variant[1]} steps"
 
 
-def refined(refiners: dict, variant, pixels, boxes, margin: float) -> np.ndarray:
-    """One refiner's boxes for a frame's found boxes, or ("mean") the mean of all refiners' boxes."""
-    chosen = refiners.values() if variant == "mean" else [refiners[variant]]
-    return np.mean([name(r, pixels, boxes, margin)[1] for r in chosen], axis=0)
+def refined(refiners: dict, variant, frame: str, pixels, boxes, margin: float, memo: dict) -> np.ndarray:
+    """One refiner's boxes for a frame's found boxes, or ("mean") the mean of all refiners' boxes; each
+    refiner runs once per frame and margin (`memo`)."""
+    def one(key):
+        if (key, frame, margin) not in memo:
+            memo[key, frame, margin] = name(refiners[key], pixels, boxes, margin)[1]
+        return memo[key, frame, margin]
+    return np.mean([one(k) for k in refiners], axis=0) if variant == "mean" else one(variant)
 
 
 def main() -> None:
@@ -55,10 +59,11 @@ def main() -> None:
     split = load_scene_table(args.split)
     signs = split[split["class_id"] != NO_SIGN]
     classes = [str(c) for c in range(int(signs["class_id"].max()) + 1)]
-    refiners, data = {}, {}  # (size, steps) -> the refiner; size -> its crops
+    refiners, crops = {}, {}  # (size, steps) -> the refiner; size -> its training and validation crops
     for size, steps in itertools.product(args.size, args.steps):
-        data = data if data.get("size") == size else {
-            "size": size, **{s: sign_crops(signs[signs["subset"] == s], args.context, size) for s in ("train", "valid")}}
+        if size not in crops:
+            crops[size] = {s: sign_crops(signs[signs["subset"] == s], args.context, size) for s in ("train", "valid")}
+        data = crops[size]
         r = RefinerParams(steps=steps, image_size=size, context=args.context, loss_weight=args.loss_weight,
                           seed=args.seed)
         model, ckpt, epochs, minutes = train_refiner(data, classes, r)  # the stage's training, not a copy of it
@@ -70,7 +75,7 @@ def main() -> None:
     chosen = {}  # each variant's margin, chosen on the validation frames
     for subset in ("valid", "test"):
         truth = split[split["subset"] == subset]
-        found = {}
+        found, memo = {}, {}
         for frame in dict.fromkeys(truth["frame"]):
             pixels = decode_frame(frame)
             boxes, scores = detector(pixels, 0.05)
@@ -81,7 +86,7 @@ def main() -> None:
             for margin in args.margins if subset == "valid" else [chosen[variant]]:
                 rows[variant, margin] = [
                     {"frame": f, "box": list(map(float, r)), "score": float(s)} for f, (px, bs, ss) in found.items()
-                    if len(bs) for r, s in zip(refined(refiners, variant, px, bs, margin), ss)]
+                    if len(bs) for r, s in zip(refined(refiners, variant, f, px, bs, margin, memo), ss)]
         results = {key: evaluate(truth, dets) for key, dets in rows.items()}
         if subset == "valid":
             for variant in {key[0] for key in rows if key is not None}:

@@ -297,4 +297,3 @@ def test_torch_backend_is_the_predictor_module(tmp_path):
     probs, boxes = TorchBackend(model, ckpt)(x.numpy())
     ref_p, ref_b = reference_answers(model, ckpt, x)
     assert np.allclose(probs, ref_p.numpy(), atol=1e-6) and np.allclose(boxes, ref_b.numpy(), atol=1e-6)
-

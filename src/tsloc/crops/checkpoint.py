@@ -69,7 +69,6 @@ def load(path: str | Path, source=None) -> tuple[SignNet, dict]:
         ckpt = torch.load(path if source is None else source, map_location="cpu", weights_only=True)
         model = Ensemble([_network(ckpt) for _ in range(ckpt["members"])]) if "members" in ckpt else _network(ckpt)
         model.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if k not in BALANCE_KEYS})
-        model = Ensemble(list(model.members)) if "members" in ckpt else model  # built again: what its members share
     except Exception as exc:  # unpickling errors, missing keys, shape mismatches
         raise ModelFileError(f"{path}: not a compatible tsloc model ({type(exc).__name__}: {exc})") from exc
     return model.eval(), ckpt

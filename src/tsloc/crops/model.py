@@ -125,10 +125,21 @@ class Ensemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.box_kind, self.image_size, self.dropout = members[0].box_kind, members[0].image_size, members[0].dropout
+        self.shared = self._count_shared()
+
+    def _count_shared(self) -> int:
+        """How many leading backbone blocks hold the same weights in every member."""
+        first, blocks = self.members[0], len(self.members[0].backbone)
         same = lambda i: all(  # noqa: E731
             all(torch.equal(a, b) for a, b in zip(m.backbone[i].state_dict().values(),
-                                                  members[0].backbone[i].state_dict().values())) for m in members[1:])
-        self.shared = next((i for i in range(len(members[0].backbone)) if not same(i)), len(members[0].backbone))
+                                                  first.backbone[i].state_dict().values())) for m in self.members[1:])
+        return next((i for i in range(blocks) if not same(i)), blocks)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's, then `shared` counted again from the weights just loaded."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.shared = self._count_shared()
+        return result
 
     @property
     def num_classes(self) -> int:
