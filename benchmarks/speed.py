@@ -154,7 +154,7 @@ def timed(step, device: torch.device, repeats: int = 1) -> float:
 
 
 def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2, compiled: bool = False,
-                precisions: list[str] | None = None) -> None:
+                precisions: list[str] | None = None, blocks: int = 8) -> None:
     """Training and inference throughput on `device` at fp32 and at the precision auto chooses (or at
     each of `precisions`); with `compiled`, fp32 with the step compiled too (train.compile: CUDA graphs
     on a GPU), its compiling in the warm-up epoch."""
@@ -174,12 +174,12 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
     precisions = precisions or ["fp32", resolve_precision("auto", dev)]
     variants = [(p, False) for p in dict.fromkeys(precisions)]
     variants += [("fp32", True)] if compiled else []
-    print(f"# {dev}, {size} px, batch {batch}, {images} images, best recipe's network (8 blocks fine-tuned, "
-          f"spatial head, augmentation)")
+    print(f"# {dev}, {size} px, batch {batch}, {images} images, best recipe's network ("
+          f"{'all' if blocks == -1 else blocks} blocks fine-tuned, spatial head, augmentation)")
     for precision, compile_it in variants:
         rt = Runtime(dev, precision)
         torch.manual_seed(0)
-        model = build_model("mobilenet_v2", "none", NUM_CLASSES, image_size=size, trainable_blocks=8,
+        model = build_model("mobilenet_v2", "none", NUM_CLASSES, image_size=size, trainable_blocks=blocks,
                             box="spatial").to(dev)
         gen = torch.Generator().manual_seed(0)
         train = Batches(images_source(store, boxes, dev, aug, gen), labels, boxes)
@@ -209,9 +209,12 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="with --device: also fp32 with the step compiled (train.compile)")
     ap.add_argument("--precision", nargs="+", choices=["fp32", "bf16", "fp16"],
                     help="with --device: these precisions, in turn (default: fp32 and what auto picks there)")
+    ap.add_argument("--blocks", type=int, default=8,
+                    help="with --device: the backbone's last blocks fine-tuned (model.finetune_blocks; -1: all)")
     args = ap.parse_args()
     if args.device:
-        time_device(args.device, args.size, args.batch, args.images, compiled=args.compile, precisions=args.precision)
+        time_device(args.device, args.size, args.batch, args.images, compiled=args.compile, precisions=args.precision,
+                    blocks=args.blocks)
         return 0
     data, repo = Path(args.data), Path(__file__).resolve().parents[1]
     if not all((data / s).is_dir() for s in SPLITS):
