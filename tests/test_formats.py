@@ -319,6 +319,26 @@ def test_store_written_to_disk_equals_the_one_in_memory(tmp_path):
     assert np.array_equal(in_memory[jpg], upright)
 
 
+@pytest.mark.parametrize("params, cached", [("model: {weights: none}", True),  # the notebook's: trains on them
+                                            ("model: {weights: none, finetune_blocks: 2}", False),  # reads the images
+                                            ("model: {weights: none}\ntrain: {augment: {enabled: true}}", False)])
+def test_the_features_stage_runs_the_backbone_only_for_a_recipe_that_reads_its_features(tmp_path, monkeypatch,
+                                                                                        params, cached):
+    """The frozen backbone's pass over every image is most of the stage: a fine-tuning or augmenting
+    recipe never reads its pooled features, so pooled.npy has no rows there; the store is whole either way."""
+    from tsloc.pipeline import features
+    generate(tmp_path / "m", size=40, seed=0, fmt="manifest")
+    meta = formats.read("manifest", tmp_path / "m").table
+    monkeypatch.chdir(tmp_path)
+    Path("data").mkdir()
+    meta.to_csv("data/metadata.csv", index=False)
+    Path("params.yaml").write_text(f"data: {{image_size: 32}}\n{params}\n")
+    rows = len(meta) if cached else 0
+    assert features.run("params.yaml")["features"] == [rows, 1280]
+    assert np.load("data/features/pooled.npy").shape == (rows, 1280)
+    assert np.array_equal(np.load("data/features/images.npy"), build_store(meta, 32))
+
+
 def test_synthetic_twin_needs_two_images_per_class(tmp_path):
     with pytest.raises(DataError, match=r"data\.synthetic\.size must be at least 86 for the gtsrb twin"):
         generate(tmp_path / "g", size=80, fmt="gtsrb")

@@ -18,7 +18,8 @@ from tsloc.crops.runtime import Runtime, resolve_precision
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def test_precision_auto_is_fp32_on_every_device_and_fp16_needs_cuda():
+def test_precision_auto_is_fp32_on_every_device_and_fp16_needs_cuda(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"  # measured faster for this network (runtime)
@@ -30,6 +31,20 @@ def test_precision_auto_is_fp32_on_every_device_and_fp16_needs_cuda():
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     with Runtime(cpu, "fp32").autocast():
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bf16_on_the_cpu_under_the_portable_kernel_cap_is_refused_with_the_way_out(monkeypatch):
+    """The stages cap oneDNN at AVX2 (tsloc.numerics); there bf16 convolutions fall back to PyTorch's
+    reference kernels, about 20x slower than fp32: refused before training starts, naming the switch."""
+    cpu = torch.device("cpu")
+    for isa in ("AVX2", "avx2", "AVX"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        with pytest.raises(DataError, match="TSLOC_CPU_KERNELS=native"):
+            resolve_precision("bf16", cpu)
+        assert resolve_precision("fp32", cpu) == "fp32"
+        assert resolve_precision("bf16", torch.device("cuda")) == "bf16"  # the cap is the CPU's only
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert resolve_precision("bf16", cpu) == "bf16"
 
 
 def _features(n=40, seed=0):

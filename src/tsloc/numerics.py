@@ -26,3 +26,10 @@ def pin_cpu_kernels() -> bool:
     for key, value in PORTABLE.items():
         os.environ.setdefault(key, value)  # a user's own setting wins
     return True
+
+
+def bf16_kernels_capped() -> bool:
+    """Whether this process's oneDNN kernels are capped at AVX2 or below (the cap above, or a user's
+    own): there oneDNN has no bf16 convolutions and PyTorch falls back to its slow reference ones
+    (a bf16 training step about 20x slower than fp32's on a CPU whose own kernels run bf16)."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("SSE41", "AVX", "AVX2")

@@ -57,10 +57,11 @@ def run(params_file: str = "params.yaml") -> dict | None:
 
 def _train(p, rt) -> dict | None:
     split = load(SPLIT_TABLE, "split")
-    pooled = load(POOLED, "features")
-    if len(pooled) != len(split):
-        raise DataError(f"{POOLED}: {len(pooled)} rows but {SPLIT_TABLE} has {len(split)}; "
-                        f"run dvc repro")
+    cached = uses_cached_features(p)  # pooled features, or the images (then pooled.npy has no rows)
+    source = POOLED if cached else IMAGE_STORE
+    inputs = load(source, "features")
+    if len(inputs) != len(split):
+        raise DataError(f"{source}: {len(inputs)} rows but {SPLIT_TABLE} has {len(split)}; run dvc repro")
     device, world = rt.device, rt.world
     t = p.train
     names = load_classes()
@@ -73,8 +74,6 @@ def _train(p, rt) -> dict | None:
     augmentation = {"margin": a.margin, "rotation": a.rotation, "color": a.color, "blur": a.blur,
                     "recrop": a.recrop}
     augmentation = augmentation if a.enabled else None
-    cached = uses_cached_features(p)
-    store = None if cached else load(IMAGE_STORE, "features")
     generator = torch.Generator().manual_seed(t.seed)  # the permutations: the same on every rank
     # The augmentation's draws: the same generator in one process (as always); one per rank with ranks.
     aug_generator = (torch.Generator().manual_seed((t.seed + 1) * 1_000_003 + world.rank) if world.distributed
@@ -84,8 +83,8 @@ def _train(p, rt) -> dict | None:
         rows = subset_rows(split, s)
         part = split.iloc[rows]
         boxes = relative_boxes(part)
-        fetch = (features_source(np.array(pooled[rows]), boxes, device) if cached else
-                 images_source(np.array(store[rows]), boxes, device, augmentation, aug_generator))
+        fetch = (features_source(np.array(inputs[rows]), boxes, device) if cached else
+                 images_source(np.array(inputs[rows]), boxes, device, augmentation, aug_generator))
         subsets[s] = Batches(fetch, torch.as_tensor(part["class_id"].to_numpy(copy=True)), boxes)
     model.start_boxes_at(subsets["train"].boxes.mean(0))
     resume = Resume(RESUME, resume_key({"recipe": p.recipe, "image_size": p.data.image_size,
