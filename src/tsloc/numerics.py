@@ -28,8 +28,9 @@ def pin_cpu_kernels() -> bool:
     return True
 
 
-def bf16_kernels_capped() -> bool:
-    """Whether this process's oneDNN kernels are capped at AVX2 or below (the cap above, or a user's
-    own): there oneDNN has no bf16 convolutions and PyTorch falls back to its slow reference ones
-    (a bf16 training step about 20x slower than fp32's on a CPU whose own kernels run bf16)."""
-    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("SSE41", "AVX", "AVX2")
+def bf16_kernels_capped() -> str | None:
+    """The cap on this process's oneDNN kernels where it is AVX2 or below (the cap above, or a user's
+    own; None otherwise): there oneDNN has no bf16 convolutions and PyTorch falls back to its slow
+    reference ones (a bf16 training step about 20x slower than fp32's on a CPU whose own kernels run bf16)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    return cap if cap.upper() in ("SSE41", "AVX", "AVX2") else None

@@ -2,7 +2,6 @@
 among torchrun's ranks (`runtime`)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -28,9 +27,10 @@ def resolve_precision(name: str, device: torch.device) -> str:
         return "fp32"
     if name == "fp16" and device.type != "cuda":
         raise DataError(f"train.precision fp16 needs a CUDA device (this run is on {device}); use fp32 or bf16")
-    if name == "bf16" and device.type == "cpu" and bf16_kernels_capped():
+    cap = bf16_kernels_capped() if name == "bf16" and device.type == "cpu" else None
+    if cap:
         raise DataError(f"train.precision bf16 on the CPU needs the machine's own kernels, and this process's "
-                        f"are capped at ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']} (the stages set AVX2 "
+                        f"are capped at ONEDNN_MAX_CPU_ISA={cap} (the stages set AVX2 "
                         "so that figures repeat across machines: tsloc.numerics); there PyTorch has no bf16 "
                         "convolutions (a step about 20x slower than fp32's). Run with TSLOC_CPU_KERNELS=native "
                         "(TSLOC_CPU_KERNELS=native dvc exp run -S train.precision=bf16 ...; a cap of your own: "
