@@ -85,3 +85,30 @@ def test_smaller_output_size_keeps_the_boxes():
     assert torch.equal(b_full, b_small)
     seen = _white_box((small[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
     assert np.abs(seen - b_small[0].numpy()).max() < 2.5 / 32
+
+
+def test_occlusion_covers_part_of_the_sign_on_its_share_of_images():
+    from tsloc.crops.augment import occlude
+    n, box = 400, torch.tensor([0.25, 0.3, 0.75, 0.8])
+    x = torch.zeros(n, 3, 64, 64)
+    out = occlude(x.clone(), box.repeat(n, 1), 0.5, torch.Generator().manual_seed(0))
+    covered = (out != 0).any(1)                                  # (N, H, W): painted pixels
+    hit = covered.flatten(1).any(1)
+    assert hit.float().mean() == pytest.approx(0.5, abs=0.08)   # the share asked
+    ys, xs = torch.nonzero(covered.any(0), as_tuple=True)
+    assert xs.min() >= 0.25 * 64 - 1 and xs.max() < 0.75 * 64 + 1 and ys.min() >= 0.3 * 64 - 1 and ys.max() < 0.8 * 64 + 1
+    area = covered.flatten(1).float().mean(1)[hit] / (0.5 * 0.5)  # share of the box covered
+    assert area.min() > 0.15 ** 2 * 0.5 and area.max() < 0.4 ** 2 * 1.5 and area.mean() > 0.05
+    one = out[hit.nonzero()[0, 0]]                               # a flat colour: one value per channel
+    assert one[:, covered[hit.nonzero()[0, 0]]].std(1).max() == 0
+
+
+def test_erase_zero_draws_nothing_so_runs_repeat_as_before():
+    img, box = _painted()
+    images = torch.as_tensor(img)[None].repeat(8, 1, 1, 1)
+    kw = dict(margin=0.45, rotation=10, color=0.3, blur=0.3, recrop=0.3)
+    a, _ = augment(images, box.repeat(8, 1), generator=torch.Generator().manual_seed(3), **kw)
+    g = torch.Generator().manual_seed(3)
+    b, _ = augment(images, box.repeat(8, 1), generator=g, erase=0.0, **kw)
+    c, _ = augment(images, box.repeat(8, 1), generator=torch.Generator().manual_seed(3), erase=1.0, **kw)
+    assert torch.equal(a, b) and not torch.equal(a, c)

@@ -43,6 +43,7 @@ def test_repository_params_are_the_defaults():
     ("train: {lr: 0}", "train.lr must be > 0"),
     ("model: {box_head: grid}", "model.box_head must be one of pooled, spatial, got 'grid'"),
     ("train: {augment: {recrop: 1.5}}", "train.augment.recrop must be in [0, 1]"),
+    ("train: {augment: {erase: -0.1}}", "train.augment.erase must be in [0, 1]"),
     ("train: {colour: 1}", "'train.colour' is an unknown key (known under 'train': lr, epochs"),
     ("train: {lrr: 0.1}", "'train.lrr' is an unknown key, did you mean train.lr?"),
     ("dat: {source: local}", "'dat' is an unknown key, did you mean data?"),

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -299,7 +300,9 @@ def test_exp_run_spatial_head_and_class_weights(repo):
                  "-S", "train.box_weights=none", "-S", "train.start_size=64", "-S", "train.ema_decay=0.99",
                  "-S", "train.eval_every=2", "-S", "train.keep=last"], dst, env)
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "export", "visualize", "scenes_evaluate", "drive_evaluate"}
+    # features too: a spatial head trains on the images, so the stage no longer computes pooled features
+    assert ran == {"features", "train", "evaluate", "export", "visualize", "scenes_evaluate", "drive_evaluate"}
+    assert np.load(dst / "data" / "features" / "pooled.npy").shape[0] == 0
     ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
     assert ckpt["box_head"] == "spatial" and "box.1.weight" in ckpt["state_dict"]  # the 1x1 convolution
     assert 0.0 <= json.loads((dst / "metrics" / "evaluate.json").read_text())["test_shifted"]["mean_iou"] <= 1.0

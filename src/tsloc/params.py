@@ -77,6 +77,7 @@ class AugmentParams:
     rotation: float = 10.0                    # degrees, either way
     color: float = ranged(0.3, ge=0, lt=1)     # brightness, contrast, saturation factors in 1 +- color
     blur: float = ranged(0.3, ge=0, le=1)      # share of images blurred
+    erase: float = ranged(0.0, ge=0, le=1)     # share of images with a patch of the sign covered (occlusion)
 
 
 @dataclass(frozen=True)

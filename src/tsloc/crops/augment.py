@@ -5,8 +5,9 @@ independently for each side (0 to `margin` of the box's width or height), so the
 off-centre and its margin changes; the window may leave the image, where edge pixels are
 replicated. A small rotation turns the sign about its centre (the box is kept: for the round,
 triangular and square signs of BelgiumTSC a few degrees barely change it). One `grid_sample` does
-crop, scale and rotation. Photometric: brightness, contrast, saturation, blur and noise.
-No flips: they change the meaning of signs (left/right turns, bends).
+crop, scale and rotation. Occlusion (`erase`, off by default): one flat-coloured rectangle over part
+of the sign, as stickers, dirt and branches cover GTSRB's hardest tracks. Photometric: brightness,
+contrast, saturation, blur and noise. No flips: they change the meaning of signs (left/right turns, bends).
 
 Device-agnostic: the images may be on a GPU, where every op runs batched. The per-image random
 numbers (windows, angles, colour factors) are drawn on the CPU from the one seeded generator and
@@ -85,14 +86,42 @@ def photometric(x: torch.Tensor, strength: float, blur_p: float, generator: torc
     return x.clamp(0, 1)
 
 
+def occlude(x: torch.Tensor, boxes: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """On a share of float images (N, 3, H, W), one rectangle inside the relative box painted a flat random
+    colour: each side 15-40% of the box's, anywhere in it. Draws on the CPU generator, painted on any
+    device in one batched `where` (no per-image loop)."""
+    n, _, h, w = x.shape
+    size = boxes[:, 2:] - boxes[:, :2]
+    side = (0.15 + 0.25 * torch.rand(n, 2, generator=generator)) * size
+    lo = boxes[:, :2] + torch.rand(n, 2, generator=generator) * (size - side)
+    hi = lo + side
+    pick = torch.rand(n, generator=generator) < share
+    colour = torch.rand(n, 3, 1, 1, generator=generator)
+    lo, hi, pick, colour = (to_device(t, x.device) for t in (lo, hi, pick, colour))
+    xs = (torch.arange(w, device=x.device) + 0.5) / w   # pixel centres, relative
+    ys = (torch.arange(h, device=x.device) + 0.5) / h
+    inside_x = (xs >= lo[:, :1]) & (xs < hi[:, :1])     # (N, W)
+    inside_y = (ys >= lo[:, 1:]) & (ys < hi[:, 1:])     # (N, H)
+    covered = inside_y[:, :, None] & inside_x[:, None, :] & pick[:, None, None]
+    return torch.where(covered[:, None], colour, x)
+
+
 def augment(images: torch.Tensor, boxes: torch.Tensor, *, margin: float, rotation: float, color: float,
-            blur: float, generator: torch.Generator, recrop: float = 1.0,
+            blur: float, generator: torch.Generator, recrop: float = 1.0, erase: float = 0.0,
             size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (N, S, S, 3) store images and relative boxes -> augmented float (N, 3, size, size) in
-    [0, 1] (size S unless given: progressive resizing) and their boxes."""
+    [0, 1] (size S unless given: progressive resizing) and their boxes. `erase` 0 draws no numbers for
+    occlusion: the other settings' draws, and so their runs, stay as they were."""
     size = size or images.shape[1]
     x = to_float(images)
     windows = random_windows(boxes, margin, generator, recrop)
     angles = (2 * torch.rand(len(boxes), generator=generator) - 1) * math.radians(rotation)
     x, boxes = warp(x, boxes, windows, angles, size)
+    if erase > 0:
+        x = occlude(x, boxes, erase, generator)
     return photometric(x, color, blur, generator), boxes
+
+
+def settings(a) -> dict | None:
+    """`augment`'s keyword arguments from the params' `train.augment` group; None when it is off."""
+    return {k: getattr(a, k) for k in ("margin", "rotation", "color", "blur", "recrop", "erase")} if a.enabled else None

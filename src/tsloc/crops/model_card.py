@@ -22,6 +22,9 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
     blocks = train.get("finetune_blocks", 0)
     augment = train.get("augment", False)
     augmented = augment.get("enabled", False) if isinstance(augment, dict) else bool(augment)
+    erase = augment.get("erase", 0) if augmented and isinstance(augment, dict) else 0
+    augmented_text = (f", trained on augmented images{f' ({erase:.0%} with a patch of the sign covered)' if erase else ''}"
+                      if augmented else "")
     lines = [
         f"# Model card: traffic-sign classifier and localiser ({dataset})",
         "",
@@ -29,7 +32,7 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         "",
         "## Model",
         f"- Backbone: torchvision `{ckpt['backbone']}`, ImageNet weights ({ckpt.get('weights', 'imagenet')}), "
-        f"{tuning(ckpt)}{', trained on augmented images' if augmented else ''}; dropout {ckpt['dropout']} and ReLU on the "
+        f"{tuning(ckpt)}{augmented_text}; dropout {ckpt['dropout']} and ReLU on the "
         f"pooled features into the class head (BatchNorm1d + Linear, {ckpt['num_classes']} classes); the box head "
         + ("reads a 4 x 4 grid of the last feature map (1x1 convolution, Linear)." if ckpt.get("box_head") == "spatial"
            else "(BatchNorm1d + Linear) reads the pooled features."),

@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..boxes import paired_iou
 from ..crops import checkpoint
+from ..crops.augment import settings as augment_settings
 from ..crops.batches import Batches, images_source
 from ..crops.export import export
 from ..crops.inference import TorchBackend
@@ -92,7 +93,7 @@ def train_member(data: dict, classes: list[str], r, seed: int, weights: str = "i
                         optimizer="adamw", lr=r.lr, backbone_lr=0.5, weight_decay=1e-4, schedule="cosine",
                         warmup_epochs=1, label_smoothing=0.1, box_loss="l1+giou", loss_balance="fixed",
                         loss_weight=r.loss_weight, class_weights="sqrt", box_weights="none", keep="last", augment=augment)
-    aug = {k: getattr(augment, k) for k in ("margin", "rotation", "color", "blur", "recrop")}
+    aug = augment_settings(augment)
     generator = torch.Generator().manual_seed(seed)
     subsets = {"train": Batches(images_source(data["train"][0], data["train"][2], device, aug, generator),
                                 *data["train"][1:]),

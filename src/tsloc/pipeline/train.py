@@ -11,6 +11,7 @@ import torch
 
 from ..boxes import relative_boxes
 from ..crops import checkpoint
+from ..crops.augment import settings as augment_settings
 from ..crops.batches import Batches, features_source, images_source
 from ..crops.distributed import launch, launched, leave
 from ..crops.loop import fit
@@ -70,10 +71,7 @@ def _train(p, rt) -> dict | None:
                         image_size=p.data.image_size, trainable_blocks=p.model.finetune_blocks,
                         box=p.model.box_head).to(device)
     eval_subsets = ("valid", "test") if t.eval_test_each_epoch else ("valid",)
-    a = t.augment
-    augmentation = {"margin": a.margin, "rotation": a.rotation, "color": a.color, "blur": a.blur,
-                    "recrop": a.recrop}
-    augmentation = augmentation if a.enabled else None
+    augmentation = augment_settings(t.augment)
     generator = torch.Generator().manual_seed(t.seed)  # the permutations: the same on every rank
     # The augmentation's draws: the same generator in one process (as always); one per rank with ranks.
     aug_generator = (torch.Generator().manual_seed((t.seed + 1) * 1_000_003 + world.rank) if world.distributed
