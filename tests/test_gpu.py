@@ -185,7 +185,7 @@ def test_a_training_step_on_cuda_never_waits_for_the_host(monkeypatch):
     images = rng.integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
     boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (64, 4)), dtype=torch.float32))
     labels = torch.as_tensor(rng.integers(0, 5, 64))
-    aug = {"margin": 0.45, "rotation": 10, "color": 0.3, "blur": 0.3, "recrop": 0.3}
+    aug = {"margin": 0.45, "rotation": 10, "color": 0.3, "blur": 0.3, "recrop": 0.3, "erase": 0.3}
     gen = torch.Generator().manual_seed(0)
     data = Batches(images_source(images, boxes, device, aug, gen), labels, boxes)
     torch.manual_seed(0)
