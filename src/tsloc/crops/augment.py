@@ -18,6 +18,7 @@ device from a seed the CPU generator gives.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -26,6 +27,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..data.store import to_float
 from ..device import to_device
+from ..params import AugmentParams
 
 
 def random_windows(boxes: torch.Tensor, max_margin: float, generator: torch.Generator,
@@ -94,15 +96,14 @@ def occlude(x: torch.Tensor, boxes: torch.Tensor, share: float, generator: torch
     size = boxes[:, 2:] - boxes[:, :2]
     side = (0.15 + 0.25 * torch.rand(n, 2, generator=generator)) * size
     lo = boxes[:, :2] + torch.rand(n, 2, generator=generator) * (size - side)
-    hi = lo + side
     pick = torch.rand(n, generator=generator) < share
-    colour = torch.rand(n, 3, 1, 1, generator=generator)
-    lo, hi, pick, colour = (to_device(t, x.device) for t in (lo, hi, pick, colour))
+    colour = to_device(torch.rand(n, 3, 1, 1, generator=generator), x.device)
+    lo, hi = to_device(torch.cat([lo, lo + side * pick[:, None]], 1), x.device).split(2, 1)  # unpicked: empty
     xs = (torch.arange(w, device=x.device) + 0.5) / w   # pixel centres, relative
     ys = (torch.arange(h, device=x.device) + 0.5) / h
     inside_x = (xs >= lo[:, :1]) & (xs < hi[:, :1])     # (N, W)
     inside_y = (ys >= lo[:, 1:]) & (ys < hi[:, 1:])     # (N, H)
-    covered = inside_y[:, :, None] & inside_x[:, None, :] & pick[:, None, None]
+    covered = inside_y[:, :, None] & inside_x[:, None, :]
     return torch.where(covered[:, None], colour, x)
 
 
@@ -123,5 +124,8 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, *, margin: float, rotatio
 
 
 def settings(a) -> dict | None:
-    """`augment`'s keyword arguments from the params' `train.augment` group; None when it is off."""
-    return {k: getattr(a, k) for k in ("margin", "rotation", "color", "blur", "recrop", "erase")} if a.enabled else None
+    """`augment`'s keyword arguments from a `train.augment` group (each field but `enabled`, so a new field
+    reaches it without a list to keep in step); None when it is off."""
+    if not a.enabled:
+        return None
+    return {f.name: getattr(a, f.name) for f in dataclasses.fields(AugmentParams) if f.name != "enabled"}

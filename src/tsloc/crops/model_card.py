@@ -22,9 +22,9 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
     blocks = train.get("finetune_blocks", 0)
     augment = train.get("augment", False)
     augmented = augment.get("enabled", False) if isinstance(augment, dict) else bool(augment)
-    erase = augment.get("erase", 0) if augmented and isinstance(augment, dict) else 0
-    augmented_text = (f", trained on augmented images{f' ({erase:.0%} with a patch of the sign covered)' if erase else ''}"
-                      if augmented else "")
+    erase = augment.get("erase", 0) if isinstance(augment, dict) and augmented else 0  # older files: a bare bool
+    covered = f" ({erase:.0%} with a patch of the sign covered)" if erase else ""
+    augmented_text = f", trained on augmented images{covered}" if augmented else ""
     lines = [
         f"# Model card: traffic-sign classifier and localiser ({dataset})",
         "",
