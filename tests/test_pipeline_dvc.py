@@ -29,17 +29,18 @@ def _run(args, cwd, env=None, check=True):
 
 
 def test_the_default_model_learns(tmp_path):
-    """The Quickstart's `dvc repro` on the synthetic default (1800 images, 62 classes, the notebook
+    """The Quickstart's crop model on the synthetic default (1800 images, 62 classes, the notebook
     recipe): the model must beat chance and the constant box by the margins below. On this data the
     frozen pooled head localises little better than the mean box (0.860 against 0.853 test mean IoU
-    at commit 1bb4f5e), so its margin is small; classification is far above chance (94%)."""
+    at commit 1bb4f5e), so its margin is small; classification is far above chance (94%). `dvc repro
+    evaluate` runs the stages it needs (the whole default pipeline runs in CI's Quickstart block)."""
     copy_worktree(tmp_path)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     _run(["git", "init", "-q", "-b", "main"], tmp_path)
     _run(["git", "add", "-A"], tmp_path)
     _run(["git", "commit", "-qm", "copy"], tmp_path, env)
-    _run([BIN / "dvc", "repro"], tmp_path, env)
+    _run([BIN / "dvc", "repro", "evaluate"], tmp_path, env)
     report = json.loads((tmp_path / "reports" / "evaluate.json").read_text())
     test = report["test"]
     labels = pd.read_csv(tmp_path / "data" / "split.csv").query("subset == 'test'")["class_id"]
@@ -178,8 +179,10 @@ def test_editing_a_module_changes_only_the_stages_that_use_it(repo, module, chan
 
 
 def test_changed_split_seed_reruns_only_split(repo):
+    """A split param reruns split, not ingest (the split stage as the target: what follows it would
+    rerun too, and the next test's plain `dvc exp run` then takes the default split from the run cache)."""
     dst, env, _ = repo
-    proc = _run([BIN / "dvc", "exp", "run", "-S", "split.seed=7"], dst, env)
+    proc = _run([BIN / "dvc", "exp", "run", "-S", "split.seed=7", "split"], dst, env)
     assert "Running stage 'split'" in proc.stdout
     assert "Running stage 'ingest'" not in proc.stdout
     assert json.loads((dst / "reports" / "split.json").read_text())["images"]["train"] > 0
@@ -636,13 +639,13 @@ def _metrics_of(dst, env) -> dict:
 def test_two_queued_experiments_run_at_once_and_equal_their_one_by_one_runs(repo):
     """`dvc queue start -j 2` with one thread per worker (OMP_NUM_THREADS=1, as the README says):
     DVC runs both at once (seen in `dvc queue status`), and each ends with the metrics of the same
-    experiment run alone with the same thread count."""
+    experiment run alone with the same thread count (each up to `evaluate`, the metrics compared)."""
     import time
     dst, env, _ = repo
     one = {**env, "OMP_NUM_THREADS": "1"}
     runs = {"q-lr-low": "train.lr=0.0005", "q-lr-high": "train.lr=0.002"}
     for name, setting in runs.items():
-        _run([BIN / "dvc", "exp", "run", "--queue", "-n", name, "-S", setting], dst, one)
+        _run([BIN / "dvc", "exp", "run", "--queue", "-n", name, "-S", setting, "evaluate"], dst, one)
     # The workers DVC starts keep the stdout and stderr they inherit: not pipes this test would wait on.
     subprocess.run([BIN / "dvc", "queue", "start", "-j", "2"], cwd=dst, env=one, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -658,7 +661,7 @@ def test_two_queued_experiments_run_at_once_and_equal_their_one_by_one_runs(repo
     assert most == 2, seen
     queued = _metrics_of(dst, env)
     for name, setting in runs.items():
-        _run([BIN / "dvc", "exp", "run", "-n", f"alone-{name}", "-S", setting], dst, one)
+        _run([BIN / "dvc", "exp", "run", "-n", f"alone-{name}", "-S", setting, "evaluate"], dst, one)
     alone = _metrics_of(dst, env)
     for name in runs:
         assert queued[name] == alone[f"alone-{name}"], (name, queued[name], alone[f"alone-{name}"])
