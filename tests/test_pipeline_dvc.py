@@ -179,8 +179,8 @@ def test_editing_a_module_changes_only_the_stages_that_use_it(repo, module, chan
 
 
 def test_changed_split_seed_reruns_only_split(repo):
-    """A split param reruns split, not ingest (the split stage as the target: what follows it would
-    rerun too, and the next test's plain `dvc exp run` then takes the default split from the run cache)."""
+    """A split param reruns split, not ingest. Run up to split only: the stages after it are not what is
+    checked, and the next test's plain `dvc exp run` then takes the default split from the run cache."""
     dst, env, _ = repo
     proc = _run([BIN / "dvc", "exp", "run", "-S", "split.seed=7", "split"], dst, env)
     assert "Running stage 'split'" in proc.stdout
