@@ -14,9 +14,10 @@ Then the ratio, how close (b) is to its floor (one backbone forward per image), 
 for inference (a batch, single images) and the peak memory of this process.
 
     python benchmarks/speed.py --device cuda [--size 144 --batch 128 --images 4096] [--compile]
+    python benchmarks/speed.py --device cpu --backbone convnet --size 48 --batch 128 --blocks -1   # the small recipe's
 
 With --device, instead: the training loop's images per second (the best recipe's work: last 8
-blocks fine-tuned, spatial box head, augmentation on the device) and inference images per second,
+blocks fine-tuned, spatial box head, augmentation on the device; `--backbone`, `--blocks`: another network) and inference images per second,
 at fp32 and at train.precision auto, side by side on synthetic images (no data needed).
 """
 from __future__ import annotations
@@ -154,7 +155,7 @@ def timed(step, device: torch.device, repeats: int = 1) -> float:
 
 
 def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2, compiled: bool = False,
-                precisions: list[str] | None = None, blocks: int = 8) -> None:
+                precisions: list[str] | None = None, blocks: int = 8, backbone: str = "mobilenet_v2") -> None:
     """Training and inference throughput on `device` at fp32 and at the precision auto chooses (or at
     each of `precisions`); with `compiled`, fp32 with the step compiled too (train.compile: CUDA graphs
     on a GPU), its compiling in the warm-up epoch."""
@@ -174,12 +175,12 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
     precisions = precisions or ["fp32", resolve_precision("auto", dev)]
     variants = [(p, False) for p in dict.fromkeys(precisions)]
     variants += [("fp32", True)] if compiled else []
-    print(f"# {dev}, {size} px, batch {batch}, {images} images, best recipe's network ("
+    print(f"# {dev}, {size} px, batch {batch}, {images} images, {backbone} ("
           f"{'all' if blocks == -1 else blocks} blocks fine-tuned, spatial head, augmentation)")
     for precision, compile_it in variants:
         rt = Runtime(dev, precision)
         torch.manual_seed(0)
-        model = build_model("mobilenet_v2", "none", NUM_CLASSES, image_size=size, trainable_blocks=blocks,
+        model = build_model(backbone, "none", NUM_CLASSES, image_size=size, trainable_blocks=blocks,
                             box="spatial").to(dev)
         gen = torch.Generator().manual_seed(0)
         train = Batches(images_source(store, boxes, dev, aug, gen), labels, boxes)
@@ -214,7 +215,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.device:
         time_device(args.device, args.size, args.batch, args.images, compiled=args.compile, precisions=args.precision,
-                    blocks=args.blocks)
+                    blocks=args.blocks, backbone=args.backbone)
         return 0
     data, repo = Path(args.data), Path(__file__).resolve().parents[1]
     if not all((data / s).is_dir() for s in SPLITS):

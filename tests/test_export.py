@@ -231,7 +231,7 @@ def test_one_off_export_options(tmp_path):
     assert not (tmp_path / "stub.int8.onnx").exists()
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18"])
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18", "convnet"])
 def test_the_normalisation_folded_into_the_first_convolution_changes_nothing(backbone):
     """Predictor's first convolution takes raw 0..255 RGB (weights scaled, the mean in the bias, the
     input padded with the mean colour): the answers of normalising and then

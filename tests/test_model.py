@@ -32,6 +32,23 @@ def test_resnet18_shapes():
     assert logits.shape == (2, 5) and boxes.shape == (2, 4)
 
 
+def test_convnet_trains_whole_at_small_sizes_and_has_no_imagenet_weights(tmp_path):
+    """The small network for small crops: every block trains (there is nothing pre-trained to keep),
+    48 px leave a 6 x 6 map for the spatial box head, and its weights come from a file or nowhere."""
+    from tsloc.errors import WeightsError
+    net = build_model("convnet", "none", num_classes=5, image_size=48, trainable_blocks=-1, box="spatial")
+    assert net.split_at == 0 and all(p.requires_grad for p in net.parameters())
+    assert net.features(torch.randn(2, 3, 48, 48)).shape == (2, 256, 6, 6)
+    logits, boxes = net.eval()(torch.randn(2, 3, 48, 48))
+    assert logits.shape == (2, 5) and boxes.shape == (2, 4)
+    with pytest.raises(WeightsError, match="convnet has no ImageNet weights.*model.weights=none"):
+        backbone_features("convnet", "imagenet")
+    torch.save(net.backbone.state_dict(), tmp_path / "convnet.pt")
+    loaded, channels = backbone_features("convnet", str(tmp_path / "convnet.pt"))
+    assert channels == 256 and all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                                     net.backbone.state_dict().values()))
+
+
 def test_spatial_box_head_starts_at_the_mean_box_and_needs_the_map():
     net = build_model("mobilenet_v2", "none", num_classes=4, image_size=96, box="spatial").eval()
     start = torch.tensor([0.1, 0.12, 0.9, 0.88])

@@ -63,6 +63,7 @@ def test_repository_params_are_the_defaults():
     ("detect: {min_score: often}", "'detect.min_score' must be auto or a number, got 'often'"),
     ("detect: {min_probability: 1.5}", "detect.min_probability must be in [0, 1], got 1.5"),
     ("split: {folds: 1}", "split.folds must be 0 (off) or at least 2"),
+    ("model: {backbone: convnet}", "model.backbone convnet has no ImageNet weights: set model.weights to none"),
     ("split: {folds: 3, fold: 3}", "got folds=3, fold=3"),
     ("split: {folds: 3, strategy: notebook}", "strategy='notebook'"),
 ])

@@ -60,7 +60,7 @@ def test_weights_files_that_are_bad_or_outside_weights_are_named(tmp_path, monke
     with pytest.raises(WeightsError, match="cut.pt: model.weights is not a readable PyTorch state dict"):
         backbone_features("resnet18", "weights/cut.pt")
     torch.save(models.mobilenet_v2().state_dict(), tmp_path / "weights" / "mnv2.pt")
-    with pytest.raises(WeightsError, match="mnv2.pt: model.weights does not fit torchvision's resnet18"):
+    with pytest.raises(WeightsError, match="mnv2.pt: model.weights does not fit the resnet18 network"):
         backbone_features("resnet18", "weights/mnv2.pt")
 
 

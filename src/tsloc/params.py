@@ -60,9 +60,12 @@ class DataParams:
     image_size: int = ranged(128, ge=32)
 
 
+FROM_SCRATCH = ("convnet",)  # backbones without ImageNet weights (tsloc.backbone): trained whole from random weights
+
+
 @dataclass(frozen=True)
 class ModelParams:
-    backbone: Literal["mobilenet_v2", "resnet18"] = "mobilenet_v2"
+    backbone: Literal["mobilenet_v2", "resnet18", "convnet"] = "mobilenet_v2"  # convnet: small, from scratch (no ImageNet weights)
     weights: str = "imagenet"     # imagenet | none | path to a state dict
     dropout: float = ranged(0.2, ge=0, lt=1)
     finetune_blocks: int = ranged(0, ge=-1, note="-1: all of it, 0: frozen, N: its last N blocks")
@@ -341,6 +344,9 @@ def _check(p: Params) -> None:
         raise ParamsError(f"params.yaml: recipe must be a recipe's name (conf/recipe/<name>.yaml), got {p.recipe!r}")
     if p.data.source == "local" and not p.data.path:
         raise ParamsError("params.yaml: data.source is 'local' but data.path is empty")
+    if p.model.backbone in FROM_SCRATCH and p.model.weights == "imagenet":
+        raise ParamsError(f"params.yaml: model.backbone {p.model.backbone} has no ImageNet weights: set model.weights "
+                          "to none (trained from scratch) or a state dict's file")
     if p.scenes.source == "local" and not p.scenes.path:
         raise ParamsError("params.yaml: scenes.source is 'local' but scenes.path is empty")
     if p.scenes.valid_fraction + p.scenes.test_fraction >= 1:

@@ -82,7 +82,8 @@ WEIGHTS_DIR = Path("weights")  # a folder the features and train stages depend o
 
 
 def load_weights(net: nn.Module, backbone: str, weights: str) -> None:
-    """Load `weights` into torchvision's `backbone` network: imagenet, none, or a state dict's file."""
+    """Load `weights` into the `backbone` network (torchvision's, or tsloc.backbone.convnet): imagenet,
+    none, or a state dict's file."""
     if weights == "imagenet":
         net.load_state_dict(imagenet_state_dict(backbone))
     elif weights != "none":
@@ -101,5 +102,5 @@ def load_weights(net: nn.Module, backbone: str, weights: str) -> None:
         try:
             net.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
         except (RuntimeError, TypeError, AttributeError) as exc:
-            raise WeightsError(f"{path}: model.weights does not fit torchvision's {backbone} "
+            raise WeightsError(f"{path}: model.weights does not fit the {backbone} network "
                                f"({str(exc).splitlines()[0][:200]})") from exc
