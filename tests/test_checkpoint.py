@@ -73,3 +73,16 @@ def test_a_model_that_does_not_fit_the_data_is_named(tmp_path):
         checkpoint.check_fits(ckpt, torch.zeros(2, 96, 96, 3), split, "m.pt")
     with pytest.raises(DataError, match="m.pt: the model knows 62 classes but data/split.csv has class id 70"):
         checkpoint.check_fits(ckpt, torch.zeros(2, 64, 64, 3), pd.DataFrame({"class_id": [70]}), "m.pt")
+
+
+def test_the_card_says_where_the_backbone_weights_came_from():
+    """ImageNet's fine-tuned MobileNetV2 and the small network trained from scratch read differently."""
+    from tsloc.describe import backbone_text
+    assert backbone_text({"backbone": "mobilenet_v2", "weights": "imagenet", "train": {"finetune_blocks": 8}}) == \
+        "torchvision `mobilenet_v2`, ImageNet weights (imagenet), its last 8 blocks fine-tuned"
+    assert backbone_text({"backbone": "mobilenet_v2", "train": {}}) == \
+        "torchvision `mobilenet_v2`, ImageNet weights (imagenet), frozen"  # files from before `weights` was saved
+    assert backbone_text({"backbone": "convnet", "weights": "none", "train": {"finetune_blocks": -1}}) == \
+        "`convnet` (tsloc.backbone) from random weights, trained entirely"
+    assert backbone_text({"backbone": "resnet18", "weights": "weights/r18.pt", "train": {"finetune_blocks": -1}}) == \
+        "torchvision `resnet18`, weights from weights/r18.pt, fine-tuned entirely"

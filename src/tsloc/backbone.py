@@ -22,8 +22,8 @@ def convnet(width: int = 32) -> nn.Sequential:
     """Seven 3x3 convolutions (each with BatchNorm and ReLU) in four stages of width, 2x, 4x and 8x
     width channels, halved in size between stages: a VGG-style network of 0.6 M weights for small
     crops at their own size (48 px: a 6 x 6 last map). Trained from scratch on GTSRB's 31-84 px
-    crops it names held-out tracks better than ImageNet's MobileNetV2 fine-tuned at 144 px, in a
-    third of the time (docs/experiments.md)."""
+    crops it names held-out tracks better than ImageNet's MobileNetV2 fine-tuned at 144 px, in less
+    time (docs/experiments.md: the `small` recipe)."""
     def conv(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
     w = width

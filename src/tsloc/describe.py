@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .params import FROM_SCRATCH
 from .paths import EVALUATE_METRICS, INGEST_REPORT
 
 
@@ -25,10 +26,16 @@ def dataset_name(fmt: str) -> str:
     return DATASETS.get(fmt, fmt)
 
 
-def tuning(ckpt: dict) -> str:
-    """How much of the backbone was trained."""
+def backbone_text(ckpt: dict) -> str:
+    """The backbone, where its weights came from and how much of it was trained."""
+    name, weights = ckpt["backbone"], ckpt.get("weights", "imagenet")
     blocks = ckpt.get("train", {}).get("finetune_blocks", 0)
-    return "frozen" if blocks == 0 else "fine-tuned entirely" if blocks < 0 else f"its last {blocks} blocks fine-tuned"
+    origin = f"`{name}` (tsloc.backbone)" if name in FROM_SCRATCH else f"torchvision `{name}`"
+    if weights == "none":
+        return f"{origin} from random weights, " + ("trained entirely" if blocks < 0 else f"its last {blocks} blocks trained" if blocks else "untrained")
+    start = "ImageNet weights (imagenet)" if weights == "imagenet" else f"weights from {weights}"
+    tuned = "frozen" if blocks == 0 else "fine-tuned entirely" if blocks < 0 else f"its last {blocks} blocks fine-tuned"
+    return f"{origin}, {start}, {tuned}"
 
 
 def one_line(ckpt: dict, ingest: str | Path = INGEST_REPORT, metrics: str | Path = EVALUATE_METRICS) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..describe import dataset_name, tuning
+from ..describe import backbone_text, dataset_name
 
 
 def _pct(v: float) -> str:
@@ -31,8 +31,7 @@ def model_card(ckpt: dict, ingest: dict, split: dict, metrics: dict, table: pd.D
         "Written by the `evaluate` stage; figures are this model's, on the data named below.",
         "",
         "## Model",
-        f"- Backbone: torchvision `{ckpt['backbone']}`, ImageNet weights ({ckpt.get('weights', 'imagenet')}), "
-        f"{tuning(ckpt)}{augmented_text}; dropout {ckpt['dropout']} and ReLU on the "
+        f"- Backbone: {backbone_text(ckpt)}{augmented_text}; dropout {ckpt['dropout']} and ReLU on the "
         f"pooled features into the class head (BatchNorm1d + Linear, {ckpt['num_classes']} classes); the box head "
         + ("reads a 4 x 4 grid of the last feature map (1x1 convolution, Linear)." if ckpt.get("box_head") == "spatial"
            else "(BatchNorm1d + Linear) reads the pooled features."),
