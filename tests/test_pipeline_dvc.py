@@ -438,7 +438,7 @@ def test_exp_run_recipe_small_trains_the_small_network_from_scratch(repo):
     GTSRB's signs is measured on the real data: docs/experiments.md."""
     import torch
     dst, env, _ = repo
-    proc = _run([BIN / "dvc", "exp", "run", "-n", "small", "-S", "recipe=small", "export"], dst, env)
+    proc = _run([BIN / "dvc", "exp", "run", "-n", "small", "-S", "recipe=small", "evaluate", "export"], dst, env)
     assert "Running stage 'train'" in proc.stdout and "Running stage 'detector_train'" not in proc.stdout
     params = yaml.safe_load((dst / "params.yaml").read_text())
     ckpt = torch.load(dst / "models" / "model.pt", weights_only=True)
