@@ -35,17 +35,11 @@ def backbone_features(backbone: str, weights: str) -> tuple[nn.Sequential, int]:
     """The backbone up to its last feature map (N, C, h, w), with `weights`: imagenet, none, or a file."""
     if backbone not in CHANNELS:
         raise WeightsError(f"unknown backbone {backbone!r}; choose one of {sorted(CHANNELS)}")
-    if backbone in FROM_SCRATCH:
-        if weights == "imagenet":
-            raise WeightsError(f"{backbone} has no ImageNet weights: train it from scratch with -S model.weights=none")
-        net = convnet()
-        load_weights(net, backbone, weights)
-        return net, CHANNELS[backbone]
-    net = models.get_model(backbone, weights=None)
+    net = convnet() if backbone in FROM_SCRATCH else models.get_model(backbone, weights=None)
     load_weights(net, backbone, weights)
     # A flat sequence of blocks, so that fine-tuning can unfreeze the last N of them (the pooling
     # that followed them has no weights: models saved with it load unchanged).
-    blocks = [*net.features] if backbone == "mobilenet_v2" else list(net.children())[:-2]
+    blocks = [*net.features] if backbone == "mobilenet_v2" else [*net] if backbone in FROM_SCRATCH else list(net.children())[:-2]
     return nn.Sequential(*blocks), CHANNELS[backbone]
 
 

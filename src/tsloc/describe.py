@@ -32,10 +32,10 @@ def backbone_text(ckpt: dict) -> str:
     blocks = ckpt.get("train", {}).get("finetune_blocks", 0)
     origin = f"`{name}` (tsloc.backbone)" if name in FROM_SCRATCH else f"torchvision `{name}`"
     if weights == "none":
-        return f"{origin} from random weights, " + ("trained entirely" if blocks < 0 else f"its last {blocks} blocks trained" if blocks else "untrained")
-    start = "ImageNet weights (imagenet)" if weights == "imagenet" else f"weights from {weights}"
-    tuned = "frozen" if blocks == 0 else "fine-tuned entirely" if blocks < 0 else f"its last {blocks} blocks fine-tuned"
-    return f"{origin}, {start}, {tuned}"
+        start, verb, idle = " from random weights", "trained", "untrained"
+    else:
+        start, verb, idle = f", {'ImageNet weights (imagenet)' if weights == 'imagenet' else f'weights from {weights}'}", "fine-tuned", "frozen"
+    return f"{origin}{start}, " + (idle if blocks == 0 else f"{verb} entirely" if blocks < 0 else f"its last {blocks} blocks {verb}")
 
 
 def one_line(ckpt: dict, ingest: str | Path = INGEST_REPORT, metrics: str | Path = EVALUATE_METRICS) -> str:

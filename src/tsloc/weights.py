@@ -39,6 +39,8 @@ def _packaged_file(name: str) -> Path | None:
 def imagenet_state_dict(backbone: str, hub_dir: str | None = None, allow_download: bool = True) -> dict:
     """ImageNet weights: torchvision's hub cache, then the offline package (checked, copied into the
     cache under torchvision's file name), then torchvision's download."""
+    if backbone not in IMAGENET:  # tsloc.backbone.convnet: nothing pre-trained exists
+        raise WeightsError(f"{backbone} has no ImageNet weights: train it from scratch with -S model.weights=none")
     weights = IMAGENET[backbone]
     name = os.path.basename(weights.url)
     cache = Path(hub_dir or torch.hub.get_dir()) / "checkpoints"
