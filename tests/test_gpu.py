@@ -232,34 +232,22 @@ def test_a_compiled_step_on_cuda_trains_like_the_eager_one():
 
 
 # --- The pipeline itself on CUDA: every stage of dvc.yaml, run as DVC runs them (their `cmd`, in order; no
-# DVC needed on the GPU machine), on tiny data, with the recipe of the default and the best recipe's
-# training path (images on the device, augmentation, fine-tuned blocks); the outputs then load on the CPU.
+# DVC needed on the GPU machine), on tiny data, with the recipe of the default (frozen features), the best
+# recipe's training path (images on the device, augmentation, fine-tuned blocks) and the small recipe's
+# network from scratch (convnet); the outputs then load on the CPU.
 
-TINY = {("data", "synthetic", "size"): 250, ("data", "image_size"): 64, ("train", "epochs"): 2,
-        ("scenes", "synthetic", "frames"): 40, ("detector", "epochs"): 2, ("detector_export", "calibration_frames"): 8,
-        ("refiner", "steps"): 8, ("refiner", "image_size"): 64, ("refiner", "device"): "cuda",
-        ("train", "device"): "cuda", ("detector", "device"): "cuda"}
-
-
-def _merged(base: dict, over: dict) -> dict:
-    """A recipe file (`# @package _global_`) over the base config, as Hydra merges them."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+TINY = {"data.synthetic.size": 250, "data.image_size": 64, "train.epochs": 2, "scenes.synthetic.frames": 40,
+        "detector.epochs": 2, "detector_export.calibration_frames": 8, "refiner.steps": 8, "refiner.image_size": 64,
+        "refiner.device": "cuda", "train.device": "cuda", "detector.device": "cuda"}
 
 
-def _params(dst, recipe: str | None) -> None:
-    import yaml
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    if recipe:
-        params = _merged(params, yaml.safe_load((dst / "conf" / "recipe" / f"{recipe}.yaml").read_text()))
-    for keys, value in TINY.items():
-        node = params
-        for key in keys[:-1]:
-            node = node[key]
-        node[keys[-1]] = value
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def _params(dst, recipe: str | None, **more) -> None:
+    """params.yaml in `dst` as `dvc exp run -S recipe=RECIPE -S key=value ...` composes it (Hydra, through
+    DVC's own function), with TINY's and `more`'s values."""
+    from conftest import compose
+    overrides = {**TINY, **more}
+    compose(dst / "params.yaml", dst / "conf", [*([f"recipe={recipe}"] if recipe else []),
+                                                *(f"{k}={v}" for k, v in overrides.items())])
 
 
 def _stages(dst, only=None) -> None:
@@ -281,7 +269,7 @@ def _stages(dst, only=None) -> None:
 
 
 @cuda
-@pytest.mark.parametrize("recipe", [None, "best"])
+@pytest.mark.parametrize("recipe", [None, "best", "small"])
 def test_every_stage_runs_on_cuda_and_its_outputs_load_on_the_cpu(tmp_path, recipe):
     import json
 
@@ -293,7 +281,7 @@ def test_every_stage_runs_on_cuda_and_its_outputs_load_on_the_cpu(tmp_path, reci
     _stages(tmp_path)
     train = json.loads((tmp_path / "reports" / "train.json").read_text())
     detector = json.loads((tmp_path / "reports" / "detector_train.json").read_text())
-    device = TINY["train", "device"]
+    device = TINY["train.device"]
     assert train["device"].startswith(device) and detector["device"].startswith(device), (train, detector)
     # What the GPU wrote loads and answers on the CPU: the checkpoint, its ONNX exports, the detector.
     model, ckpt = checkpoint.load(tmp_path / "models" / "model.pt")
@@ -314,11 +302,7 @@ def test_train_in_two_nccl_ranks_on_cuda(tmp_path):
 
     from conftest import copy_worktree
     copy_worktree(tmp_path)
-    _params(tmp_path, "best")
-    import yaml
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["train"]["processes"] = 2
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _params(tmp_path, "best", **{"train.processes": 2})
     _stages(tmp_path, only={"ingest", "split", "features", "train"})
     train = json.loads((tmp_path / "reports" / "train.json").read_text())
     assert train["processes"] == 2 and train["device"].startswith("cuda"), train
