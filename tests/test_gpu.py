@@ -241,11 +241,11 @@ TINY = {"data.synthetic.size": 250, "data.image_size": 64, "train.epochs": 2, "s
         "refiner.device": "cuda", "train.device": "cuda", "detector.device": "cuda"}
 
 
-def _params(dst, recipe: str | None, **more) -> None:
+def _params(dst, recipe: str | None, more: dict | None = None) -> None:
     """params.yaml in `dst` as `dvc exp run -S recipe=RECIPE -S key=value ...` composes it (Hydra, through
     DVC's own function), with TINY's and `more`'s values."""
     from conftest import compose
-    overrides = {**TINY, **more}
+    overrides = {**TINY, **(more or {})}
     compose(dst / "params.yaml", dst / "conf", [*([f"recipe={recipe}"] if recipe else []),
                                                 *(f"{k}={v}" for k, v in overrides.items())])
 
@@ -302,7 +302,7 @@ def test_train_in_two_nccl_ranks_on_cuda(tmp_path):
 
     from conftest import copy_worktree
     copy_worktree(tmp_path)
-    _params(tmp_path, "best", **{"train.processes": 2})
+    _params(tmp_path, "best", {"train.processes": 2})
     _stages(tmp_path, only={"ingest", "split", "features", "train"})
     train = json.loads((tmp_path / "reports" / "train.json").read_text())
     assert train["processes"] == 2 and train["device"].startswith("cuda"), train

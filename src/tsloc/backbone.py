@@ -39,7 +39,12 @@ def backbone_features(backbone: str, weights: str) -> tuple[nn.Sequential, int]:
     load_weights(net, backbone, weights)
     # A flat sequence of blocks, so that fine-tuning can unfreeze the last N of them (the pooling
     # that followed them has no weights: models saved with it load unchanged).
-    blocks = [*net.features] if backbone == "mobilenet_v2" else [*net] if backbone in FROM_SCRATCH else list(net.children())[:-2]
+    if backbone == "mobilenet_v2":
+        blocks = [*net.features]
+    elif backbone in FROM_SCRATCH:
+        blocks = [*net]  # convnet is its blocks already
+    else:
+        blocks = list(net.children())[:-2]
     return nn.Sequential(*blocks), CHANNELS[backbone]
 
 

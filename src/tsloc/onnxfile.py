@@ -27,6 +27,20 @@ def read_meta(path: str | Path, sess=None) -> dict:
     return json.loads(props[META_KEY])
 
 
+TRACE_KEY = "pkg.torch.onnx.stack_trace"  # torch.onnx.export(dynamo=True)'s note on each node: file paths
+
+
+def _drop_traces(graph) -> None:
+    """Remove TRACE_KEY from every node of `graph`, its subgraphs' too (If, Loop)."""
+    for node in graph.node:
+        kept = [p for p in node.metadata_props if p.key != TRACE_KEY]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _drop_traces(sub)
+
+
 def set_meta(path: Path, meta: dict, doc: str | None = None) -> None:
     """Write the file's description under `META_KEY` (and its doc string, when given), without the
     exporter's per-node stack traces: they name this checkout's absolute paths, so the same model
@@ -34,26 +48,11 @@ def set_meta(path: Path, meta: dict, doc: str | None = None) -> None:
     import onnx
     model = onnx.load(str(path))
     del model.metadata_props[:]
-    _drop_node_notes(model.graph, TRACE_KEY)
+    _drop_traces(model.graph)
     onnx.helper.set_model_props(model, {META_KEY: json.dumps(meta)})
     if doc is not None:
         model.doc_string = doc
     onnx.save(model, str(path))
-
-
-TRACE_KEY = "pkg.torch.onnx.stack_trace"  # torch.onnx.export(dynamo=True)'s note on each node: file paths
-
-
-def _drop_node_notes(graph, key: str) -> None:
-    """Remove the metadata entry `key` from every node of `graph`, its subgraphs' too (If, Loop)."""
-    for node in graph.node:
-        kept = [p for p in node.metadata_props if p.key != key]
-        if len(kept) < len(node.metadata_props):
-            del node.metadata_props[:]
-            node.metadata_props.extend(kept)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _drop_node_notes(sub, key)
 
 
 def auto_device() -> str:
