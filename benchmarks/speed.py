@@ -159,34 +159,19 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
     """Training and inference throughput on `device` at fp32 and at the precision auto chooses (or at
     each of `precisions`); with `compiled`, fp32 with the step compiled too (train.compile: CUDA graphs
     on a GPU), its compiling in the warm-up epoch."""
-    from tsloc.boxes import make_valid
-    from tsloc.crops.batches import Batches, images_source
-    from tsloc.crops.loop import compile_step, evaluate, make_optimizer, train_one_epoch
-    from tsloc.crops.losses import Objective
-    from tsloc.params import TrainParams
+    from tsloc.crops.loop import compile_step, evaluate, train_one_epoch
     from tsloc.device import select_device
     from tsloc.crops.runtime import Runtime, resolve_precision
     dev = select_device(device)
-    rng = np.random.default_rng(0)
-    store = rng.integers(0, 256, (images, size, size, 3), dtype=np.uint8)
-    labels = torch.as_tensor(rng.integers(0, NUM_CLASSES, images))
-    boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (images, 4)), dtype=torch.float32))
-    aug = {"margin": 0.45, "rotation": 10, "color": 0.3, "blur": 0.3, "recrop": 0.3}
     precisions = precisions or ["fp32", resolve_precision("auto", dev)]
     variants = [(p, False) for p in dict.fromkeys(precisions)]
     variants += [("fp32", True)] if compiled else []
+    data = _random_images(size, images)
     print(f"# {dev}, {size} px, batch {batch}, {images} images, {backbone} ("
           f"{'all' if blocks == -1 else blocks} blocks fine-tuned, spatial head, augmentation)")
     for precision, compile_it in variants:
         rt = Runtime(dev, precision)
-        torch.manual_seed(0)
-        model = build_model(backbone, "none", NUM_CLASSES, image_size=size, trainable_blocks=blocks,
-                            box="spatial").to(dev)
-        gen = torch.Generator().manual_seed(0)
-        train = Batches(images_source(store, boxes, dev, aug, gen), labels, boxes)
-        plain = Batches(images_source(store, boxes, dev), labels, boxes)
-        net = Objective(model, torch.ones(NUM_CLASSES), image_size=size, box_loss="l1+giou", balance="fixed").to(dev)
-        optimizer, _ = make_optimizer(net, TrainParams(lr=1e-3, optimizer="adamw", epochs=epochs), images // batch)
+        net, train, plain, optimizer, gen = _training_setup(dev, data, batch, epochs, blocks, backbone)
         scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
         step = compile_step(net, rt) if compile_it else net
         train_s = timed(lambda: train_one_epoch(step, net, train, batch, optimizer, rt, scaler=scaler,
@@ -194,6 +179,85 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
         infer_s = timed(lambda: evaluate(net, plain, batch, rt), dev)
         print(f"{precision}{', compiled' if compile_it else ''}: training {epochs * images / train_s:.0f} images/s, "
               f"inference {images / infer_s:.0f} images/s")
+
+
+def _random_images(size: int, images: int) -> tuple:
+    """`images` random uint8 images at `size` px, their labels and boxes: (store, labels, boxes)."""
+    from tsloc.boxes import make_valid
+    rng = np.random.default_rng(0)
+    store = rng.integers(0, 256, (images, size, size, 3), dtype=np.uint8)
+    labels = torch.as_tensor(rng.integers(0, NUM_CLASSES, images))
+    boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (images, 4)), dtype=torch.float32))
+    return store, labels, boxes
+
+
+def _training_setup(dev: torch.device, data: tuple, batch: int, epochs: int, blocks: int, backbone: str):
+    """The best recipe's training on `data` (_random_images): (objective, augmented batches, plain
+    batches, optimiser, generator), the same for every variant timed or profiled."""
+    from tsloc.crops.batches import Batches, images_source
+    from tsloc.crops.loop import make_optimizer
+    from tsloc.crops.losses import Objective
+    from tsloc.params import TrainParams
+    store, labels, boxes = data
+    images, size = store.shape[:2]
+    aug = {"margin": 0.45, "rotation": 10, "color": 0.3, "blur": 0.3, "recrop": 0.3}
+    torch.manual_seed(0)
+    model = build_model(backbone, "none", NUM_CLASSES, image_size=size, trainable_blocks=blocks, box="spatial").to(dev)
+    gen = torch.Generator().manual_seed(0)
+    train = Batches(images_source(store, boxes, dev, aug, gen), labels, boxes)
+    plain = Batches(images_source(store, boxes, dev), labels, boxes)
+    net = Objective(model, torch.ones(NUM_CLASSES), image_size=size, box_loss="l1+giou", balance="fixed").to(dev)
+    optimizer, _ = make_optimizer(net, TrainParams(lr=1e-3, optimizer="adamw", epochs=epochs), images // batch)
+    return net, train, plain, optimizer, gen
+
+
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")  # the host waits
+
+
+def profile_device(device: str, size: int, batch: int, steps: int, blocks: int = 8,
+                   backbone: str = "mobilenet_v2", rows: int = 15) -> dict:
+    """What bounds one fp32 training step (eager): `steps` steps under torch.profiler after a warm-up
+    epoch, summed per step: wall time, the device's kernel time (its busy share: far under 100%, the
+    GPU waits for Python and launches), kernel launches and host-device synchronisations (a sync stalls
+    the queue); then the operators that take the most time (on CUDA: device time; else CPU time).
+    The GPU issue's step at batch 32 was launch-bound: this says by what, without another GPU call."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from tsloc.crops.loop import train_one_epoch
+    from tsloc.crops.runtime import Runtime
+    from tsloc.device import select_device
+    dev = select_device(device)
+    cuda = dev.type == "cuda"
+    rt = Runtime(dev, "fp32")
+    net, train, _, optimizer, gen = _training_setup(dev, _random_images(size, steps * batch), batch, 2, blocks, backbone)
+    run = lambda: train_one_epoch(net, net, train, batch, optimizer, rt, generator=gen)  # noqa: E731
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    run()  # the warm-up epoch (cuDNN's choices, the allocator's first blocks)
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        run()
+        sync()
+        wall = time.perf_counter() - started
+    events = prof.key_averages()
+    time_of = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa: E731
+    kernel_us = sum(time_of(e) for e in events if e.device_type == DeviceType.CUDA)
+    launches = sum(e.count for e in events if e.key in LAUNCHES)
+    syncs = {e.key: e.count for e in events if e.key in SYNCS}  # on CUDA; the last one is this function's
+    summary = {"steps": steps, "ms_per_step": 1000 * wall / steps, "device_ms_per_step": kernel_us / 1000 / steps,
+               "launches_per_step": launches / steps, "syncs": syncs}
+    on_gpu = (f", device busy {100 * summary['device_ms_per_step'] / summary['ms_per_step']:.0f}%, "
+              f"{summary['launches_per_step']:.0f} kernel launches a step; the host waited for the device: "
+              f"{syncs or 'never'}") if cuda else ""
+    print(f"# profile: {dev}, {size} px, batch {batch}, fp32 eager, {steps} steps under the profiler: "
+          f"{summary['ms_per_step']:.1f} ms a step{on_gpu}")
+    sort = ("self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total") \
+        if cuda else "self_cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=rows))
+    return summary
 
 
 def main() -> int:
@@ -212,7 +276,14 @@ def main() -> int:
                     help="with --device: these precisions, in turn (default: fp32 and what auto picks there)")
     ap.add_argument("--blocks", type=int, default=8,
                     help="with --device: the backbone's last blocks fine-tuned (model.finetune_blocks; -1: all)")
+    ap.add_argument("--profile", type=int, metavar="STEPS",
+                    help="with --device: also STEPS fp32 training steps under torch.profiler: what bounds a step")
     args = ap.parse_args()
+    if args.device and args.profile:
+        try:
+            profile_device(args.device, args.size, args.batch, args.profile, blocks=args.blocks, backbone=args.backbone)
+        except Exception as exc:  # noqa: BLE001 - the profiler (CUPTI) may be missing; the timings below still count
+            print(f"# profile failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     if args.device:
         time_device(args.device, args.size, args.batch, args.images, compiled=args.compile, precisions=args.precision,
                     blocks=args.blocks, backbone=args.backbone)
