@@ -163,6 +163,51 @@ def test_cuda_fit_with_auto_precision_learns():
     assert rt.precision == "fp32" and all(np.isfinite(r["train"]["loss"]) for r in history)
 
 
+@cuda
+def test_an_interrupted_fit_on_cuda_continues_from_its_saved_state(tmp_path, capsys):
+    """The best recipe's training on the GPU (images and augmentation there, fused AdamW, cosine, a moving
+    average, dropout) stopped in its third epoch: the state saved from CUDA tensors is read back onto the
+    GPU, only the missing epoch runs, and it ends as the uninterrupted run (every random stream restored,
+    the GPU's dropout stream too; within the GPU kernels' non-deterministic sums)."""
+    from tsloc.resume import Resume
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
+    boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (40, 4)), dtype=torch.float32))
+    labels = torch.as_tensor(rng.integers(0, 3, 40))
+    device = torch.device("cuda")
+    aug = {"margin": 0.3, "rotation": 5, "color": 0.2, "blur": 0.3, "recrop": 0.3}
+
+    def run(resume, stop_after=None):
+        torch.manual_seed(0)
+        net = build_model("mobilenet_v2", "none", num_classes=3, image_size=64, trainable_blocks=2,
+                          box="spatial").to(device)
+        aug_gen = torch.Generator().manual_seed(1)
+        data = {"train": Batches(images_source(images[:30], boxes[:30], device, aug, aug_gen), labels[:30], boxes[:30]),
+                "valid": Batches(images_source(images[30:], boxes[30:], device), labels[30:], boxes[30:])}
+        history = []
+
+        def log(epoch, row, _):
+            history.append((epoch, row))
+            if epoch == stop_after:
+                raise KeyboardInterrupt  # before this epoch's state is written
+        best = fit(net, data, TrainParams(epochs=3, batch_size=8, seed=4, lr=0.01, optimizer="adamw",
+                                          schedule="cosine", warmup_epochs=1, eval_every=2, ema_decay=0.9,
+                                          box_loss="l1+giou", loss_balance="fixed"),
+                   image_size=64, rt=Runtime(device, "fp32"), log=log, aug_generator=aug_gen, resume=resume)
+        return best, history
+
+    whole, hist_whole = run(None)
+    resume = Resume(tmp_path / "state.pt", "key")
+    with pytest.raises(KeyboardInterrupt):
+        run(resume, stop_after=3)
+    assert resume.epochs_done() == 2
+    best, hist = run(Resume(resume.path, "key"))
+    assert "continuing after epoch 2 of 3" in capsys.readouterr().err
+    assert [e for e, _ in hist] == [3]
+    assert hist[0][1]["train"]["loss"] == pytest.approx(hist_whole[2][1]["train"]["loss"], rel=1e-3)
+    assert best["epoch"] == whole["epoch"] and best["loss"] == pytest.approx(whole["loss"], rel=1e-3)
+
+
 def test_a_step_s_small_tensors_stay_themselves_on_the_cpu():
     """tsloc.device.to_device pins and copies asynchronously only towards a GPU: on the CPU a step's tensors
     are the very same objects as before (CPU results unchanged, benchmarks/training_numerics.py)."""

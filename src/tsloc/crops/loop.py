@@ -194,8 +194,9 @@ def fit(model: SignNet, subsets: dict[str, Batches], train: TrainParams, *, imag
     `log(epoch, row)` receives every epoch's figures (rank 0 only). `generator` draws the
     permutations (the same on every rank), `aug_generator` the augmentation (one per rank; by
     default `generator` itself). `resume`: the state is written there after every epoch (by rank 0),
-    and a run that finds its own state there continues after that epoch; on a CPU it ends exactly
-    where an uninterrupted run ends."""
+    and a run that finds its own state there continues after that epoch with every random stream where
+    it was (the GPU's too); on a CPU it ends exactly where an uninterrupted run ends (on a GPU, within its
+    kernels' non-deterministic sums)."""
     rt = rt or Runtime(_device(model))
     world = rt.world
     eval_subsets = ("valid", "test") if train.eval_test_each_epoch else ("valid",)
@@ -235,6 +236,8 @@ def fit(model: SignNet, subsets: dict[str, Batches], train: TrainParams, *, imag
         mine = state["ranks"][world.rank]
         aug_generator.set_state(mine["aug"])
         torch.set_rng_state(mine["torch_rng"])
+        if mine.get("cuda_rng") is not None:  # dropout's stream on the GPU
+            torch.cuda.set_rng_state(mine["cuda_rng"], rt.device)
         best, start = state["best"], state["epoch"] + 1
         if world.main:
             tqdm.write(f"{resume.path}: continuing after epoch {state['epoch']} of {train.epochs}", file=sys.stderr)
@@ -266,7 +269,8 @@ def fit(model: SignNet, subsets: dict[str, Batches], train: TrainParams, *, imag
                 best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(averaged or model.state_dict()),
                         "loss_weight": objective.loss_weight.item()}
         if resume:
-            ranks = world.gather({"aug": aug_generator.get_state(), "torch_rng": torch.get_rng_state()})
+            ranks = world.gather({"aug": aug_generator.get_state(), "torch_rng": torch.get_rng_state(),
+                                  "cuda_rng": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None})
             if world.main:
                 resume.save({
                     "epoch": epoch, "objective": objective.state_dict(),
