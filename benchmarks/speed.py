@@ -171,14 +171,20 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
           f"{'all' if blocks == -1 else blocks} blocks fine-tuned, spatial head, augmentation)")
     for precision, compile_it in variants:
         rt = Runtime(dev, precision)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
         net, train, plain, optimizer, gen = _training_setup(dev, data, batch, epochs, blocks, backbone)
         scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
         step = compile_step(net, rt) if compile_it else net
         train_s = timed(lambda: train_one_epoch(step, net, train, batch, optimizer, rt, scaler=scaler,
                                                 generator=gen), dev, epochs)
         infer_s = timed(lambda: evaluate(net, plain, batch, rt), dev)
+        peak = (f", GPU memory {torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MiB at most (the image store's "
+                f"{data[0].nbytes / 2**20:.0f} in it)") if dev.type == "cuda" else ""
         print(f"{precision}{', compiled' if compile_it else ''}: training {epochs * images / train_s:.0f} images/s, "
-              f"inference {images / infer_s:.0f} images/s")
+              f"inference {images / infer_s:.0f} images/s{peak}")
+        del net, train, plain, optimizer, step  # freed before the next variant's peak is measured
 
 
 def _random_images(size: int, images: int) -> tuple:

@@ -208,6 +208,13 @@ def test_an_interrupted_fit_on_cuda_continues_from_its_saved_state(tmp_path, cap
     assert best["epoch"] == whole["epoch"] and best["loss"] == pytest.approx(whole["loss"], rel=1e-3)
 
 
+def test_a_stage_report_names_gpu_memory_only_on_a_gpu():
+    """reports/train.json and detector_train.json gain `gpu_memory_mib` on CUDA; on the CPU nothing (their
+    CPU reports stay what they were)."""
+    from tsloc.device import peak_memory
+    assert peak_memory("cpu") == {} and peak_memory(torch.device("cpu")) == {} and peak_memory("meta") == {}
+
+
 def test_a_step_s_small_tensors_stay_themselves_on_the_cpu():
     """tsloc.device.to_device pins and copies asynchronously only towards a GPU: on the CPU a step's tensors
     are the very same objects as before (CPU results unchanged, benchmarks/training_numerics.py)."""
@@ -342,6 +349,7 @@ def test_every_stage_runs_on_cuda_and_its_outputs_load_on_the_cpu(tmp_path, reci
     detector = json.loads((tmp_path / "reports" / "detector_train.json").read_text())
     device = TINY["train.device"]
     assert train["device"].startswith(device) and detector["device"].startswith(device), (train, detector)
+    assert train["gpu_memory_mib"] > 0 and detector["gpu_memory_mib"] > 0, (train, detector)  # docs/scaling.md's figures
     # What the GPU wrote loads and answers on the CPU: the checkpoint, its ONNX exports, the detector.
     model, ckpt = checkpoint.load(tmp_path / "models" / "model.pt")
     assert all(v.device.type == "cpu" for v in model.state_dict().values())

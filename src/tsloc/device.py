@@ -32,3 +32,12 @@ def to_device(t: torch.Tensor, device) -> torch.Tensor:
     if device.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def peak_memory(device) -> dict:
+    """The most GPU memory this process's tensors took (PyTorch's allocator, MiB), for a stage's report on
+    a GPU (docs/scaling.md); nothing on the CPU, whose reports stay what they were."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {}
+    return {"gpu_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20)}

@@ -9,7 +9,7 @@ import torch
 
 from ..data.frames import FrameFiles, boxes_and_sizes, load_scene_table, subset_frames
 from ..data.images import open_rgb
-from ..device import select_device
+from ..device import peak_memory, select_device
 from ..io import write_json
 from ..paths import DETECTOR, DETECTOR_LIVE, DETECTOR_METRICS, DETECTOR_REPORT, DETECTOR_RESUME, SCENE_SPLIT
 from ..resume import Resume, resume_key
@@ -45,7 +45,7 @@ def run(params_file: str = "params.yaml") -> dict:
     report = {"valid": {"frames": len(valid_paths), "ap50": scores["ap50"], "ap": scores["ap"]},
               "last_epoch": last, "train_minutes": round(minutes, 2), "train_frames": len(train_paths),
               "device": str(device), "threads": torch.get_num_threads(),
-              "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "resumed_after_epoch": done}
+              "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "resumed_after_epoch": done, **peak_memory(device)}
     write_json(DETECTOR_REPORT, report)
     write_json(DETECTOR_METRICS, {"valid": {"ap50": scores["ap50"], "ap": scores["ap"]}, "train_minutes": report["train_minutes"]})
     record_keys("detector_train", p)

@@ -18,6 +18,7 @@ from ..crops.loop import fit
 from ..crops.model import build_model
 from ..crops.runtime import runtime
 from ..data.table import load_classes
+from ..device import peak_memory
 from ..errors import DataError
 from ..io import write_json
 from ..params import uses_cached_features
@@ -120,6 +121,7 @@ def _train(p, rt) -> dict | None:
               "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "resumed_after_epoch": done}
     if world.distributed or rt.precision != "fp32":  # new keys only where they say something
         report.update(processes=world.size, precision=rt.precision)
+    report.update(peak_memory(device))
     write_json(TRAIN_REPORT, report)
     write_json(TRAIN_METRICS, {"train_minutes": report["train_minutes"]})
     record_keys("train", p)
