@@ -4,6 +4,7 @@ per epoch, with the process's peak resident memory.
 
     python ../shared/data/gtsdb/restore.py ../gtsdb
     python benchmarks/detector_training.py --scenes ../gtsdb [--epochs 2] [--recipe-epochs 12] [--workers 0 2]
+    python benchmarks/detector_training.py --scenes ../gtsdb --device cuda --workers 8 --profile 40   # what bounds a step
 
 Every epoch cuts the same number of windows (one per sign plus the background share), so an epoch's
 time times the recipe's epochs is the training's time; `--epochs` says how many epochs are measured
@@ -36,6 +37,20 @@ from tsloc.scenes.loop import fit_detector, mine_negatives
 from tsloc.scenes.ingest import read
 
 
+def profile(frames, boxes, sizes, d, device, count: int) -> None:
+    """One epoch of the detector's training on the first `count` frames under torch.profiler, after one as a
+    warm-up (profiling.profile_pass): the GPU issue saw the detector's training keep a GPU 8-10% busy."""
+    from profiling import profile_pass
+    frames, boxes, sizes = FrameFiles(frames.paths[:count], frames.decode), boxes[:count], sizes[:count]
+    model = det.build_detector(d.weights, **det.architecture(d), seed=d.seed)
+    rows = []
+    run = lambda: fit_detector(model, frames, boxes, sizes, d, device=device, log=lambda e, row: rows.append(row))  # noqa: E731
+    run()
+    steps = -(-rows[-1]["windows"] // d.batch_size)
+    profile_pass(run, device, steps, f"the detector, {device}, windows of {d.window} px, batch {d.batch_size}, "
+                                     f"{d.workers} threads cutting them")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", required=True, help="a scene data set (a GTSDB package or a manifest of frames)")
@@ -44,6 +59,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, nargs="+", default=[0],
                     help="threads cutting windows, one training per value (default: 0, auto's count on the CPU)")
+    ap.add_argument("--profile", type=int, metavar="FRAMES",
+                    help="instead: one epoch on the first FRAMES frames under torch.profiler (after one as a warm-up), "
+                         "with the first --workers count: what bounds a step")
     args = ap.parse_args()
     table = read("auto", Path(args.scenes)).table
     paths = list(dict.fromkeys(table["frame"]))
@@ -54,6 +72,9 @@ def main() -> None:
           f"{torch.__version__}, {torch.get_num_threads()} threads; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs")
     frames = FrameFiles(paths, open_rgb)
+    if args.profile:
+        profile(frames, boxes, sizes, dataclasses.replace(base, epochs=1, workers=args.workers[0]), device, args.profile)
+        return
     speed = {}
     for workers in args.workers:
         d = dataclasses.replace(base, workers=workers)

@@ -217,53 +217,21 @@ def _training_setup(dev: torch.device, data: tuple, batch: int, epochs: int, blo
     return net, train, plain, optimizer, gen
 
 
-LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
-SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")  # the host waits
-
-
 def profile_device(device: str, size: int, batch: int, steps: int, blocks: int = 8,
-                   backbone: str = "mobilenet_v2", rows: int = 15) -> dict:
-    """What bounds one fp32 training step (eager): `steps` steps under torch.profiler after a warm-up
-    epoch, summed per step: wall time, the device's kernel time (its busy share: far under 100%, the
-    GPU waits for Python and launches), kernel launches and host-device synchronisations (a sync stalls
-    the queue); then the operators that take the most time (on CUDA: device time; else CPU time).
-    The GPU issue's step at batch 32 was launch-bound: this says by what, without another GPU call."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
+                   backbone: str = "mobilenet_v2") -> dict:
+    """What bounds one fp32 training step (eager) of the best recipe: `steps` steps under torch.profiler
+    after a warm-up epoch (profiling.profile_pass). The GPU issue's step at batch 32 was launch-bound:
+    this says by what, without another GPU call."""
+    from profiling import profile_pass
     from tsloc.crops.loop import train_one_epoch
     from tsloc.crops.runtime import Runtime
     from tsloc.device import select_device
     dev = select_device(device)
-    cuda = dev.type == "cuda"
     rt = Runtime(dev, "fp32")
     net, train, _, optimizer, gen = _training_setup(dev, _random_images(size, steps * batch), batch, 2, blocks, backbone)
     run = lambda: train_one_epoch(net, net, train, batch, optimizer, rt, generator=gen)  # noqa: E731
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     run()  # the warm-up epoch (cuDNN's choices, the allocator's first blocks)
-    sync()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
-        started = time.perf_counter()
-        run()
-        sync()
-        wall = time.perf_counter() - started
-    events = prof.key_averages()
-    time_of = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa: E731
-    kernel_us = sum(time_of(e) for e in events if e.device_type == DeviceType.CUDA)
-    launches = sum(e.count for e in events if e.key in LAUNCHES)
-    syncs = {e.key: e.count for e in events if e.key in SYNCS}  # on CUDA; the last one is this function's
-    summary = {"steps": steps, "ms_per_step": 1000 * wall / steps, "device_ms_per_step": kernel_us / 1000 / steps,
-               "launches_per_step": launches / steps, "syncs": syncs}
-    on_gpu = (f", device busy {100 * summary['device_ms_per_step'] / summary['ms_per_step']:.0f}%, "
-              f"{summary['launches_per_step']:.0f} kernel launches a step; the host waited for the device: "
-              f"{syncs or 'never'}") if cuda else ""
-    print(f"# profile: {dev}, {size} px, batch {batch}, fp32 eager, {steps} steps under the profiler: "
-          f"{summary['ms_per_step']:.1f} ms a step{on_gpu}")
-    sort = ("self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total") \
-        if cuda else "self_cpu_time_total"
-    print(events.table(sort_by=sort, row_limit=rows))
-    return summary
+    return profile_pass(run, dev, steps, f"{dev}, {size} px, batch {batch}, fp32 eager")
 
 
 def main() -> int:
