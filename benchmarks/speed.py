@@ -210,8 +210,8 @@ def _training_setup(dev: torch.device, data: tuple, batch: int, epochs: int, blo
     torch.manual_seed(0)
     model = build_model(backbone, "none", NUM_CLASSES, image_size=size, trainable_blocks=blocks, box="spatial").to(dev)
     gen = torch.Generator().manual_seed(0)
-    train = Batches(images_source(store, boxes, dev, aug, gen), labels, boxes)
-    plain = Batches(images_source(store, boxes, dev), labels, boxes)
+    source = images_source(store, boxes, dev, aug, gen)  # one copy of the store: augmented only when training
+    train, plain = Batches(source, labels, boxes), Batches(source, labels, boxes)
     net = Objective(model, torch.ones(NUM_CLASSES), image_size=size, box_loss="l1+giou", balance="fixed").to(dev)
     optimizer, _ = make_optimizer(net, TrainParams(lr=1e-3, optimizer="adamw", epochs=epochs), images // batch)
     return net, train, plain, optimizer, gen
