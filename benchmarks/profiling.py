@@ -27,8 +27,9 @@ def profile_pass(run, device: torch.device, steps: int, title: str, rows: int = 
         sync()
         wall = time.perf_counter() - started
     events = prof.key_averages()
-    time_of = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa: E731
-    kernel_us = sum(time_of(e) for e in events if e.device_type == DeviceType.CUDA)
+    # the device's time: `self_device_time_total` since torch 2.4, `self_cuda_time_total` before
+    device_time = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    kernel_us = sum(getattr(e, device_time) for e in events if e.device_type == DeviceType.CUDA)
     launches = sum(e.count for e in events if e.key in LAUNCHES)
     syncs = {e.key: e.count for e in events if e.key in SYNCS}  # on CUDA; the last one is this function's
     summary = {"steps": steps, "ms_per_step": 1000 * wall / steps, "device_ms_per_step": kernel_us / 1000 / steps,
@@ -37,7 +38,5 @@ def profile_pass(run, device: torch.device, steps: int, title: str, rows: int = 
               f"{summary['launches_per_step']:.0f} kernel launches a step; the host waited for the device: "
               f"{syncs or 'never'}") if cuda else ""
     print(f"# profile: {title}, {steps} steps under the profiler: {summary['ms_per_step']:.1f} ms a step{on_gpu}")
-    sort = ("self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total") \
-        if cuda else "self_cpu_time_total"
-    print(events.table(sort_by=sort, row_limit=rows))
+    print(events.table(sort_by=device_time if cuda else "self_cpu_time_total", row_limit=rows))
     return summary

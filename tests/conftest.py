@@ -31,6 +31,8 @@ def run_cli(*argv, cwd: Path | None = None):
     finally:
         os.chdir(old)
     return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def worktree_files() -> list[str]:
     """What `git ls-files --cached --others --exclude-standard` lists: through git, else through dulwich,
     DVC's own Git library (the lent GPU machines may have no git program; .ci/gpu makes the repository)."""

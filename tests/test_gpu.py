@@ -163,6 +163,14 @@ def test_cuda_fit_with_auto_precision_learns():
     assert rt.precision == "fp32" and all(np.isfinite(r["train"]["loss"]) for r in history)
 
 
+def _random_crops(n: int, classes: int):
+    """`n` random uint8 crops of 64 px with valid relative boxes and labels: (images, boxes, labels)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+    boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (n, 4)), dtype=torch.float32))
+    return images, boxes, torch.as_tensor(rng.integers(0, classes, n))
+
+
 @cuda
 def test_an_interrupted_fit_on_cuda_continues_from_its_saved_state(tmp_path, capsys):
     """The best recipe's training on the GPU (images and augmentation there, fused AdamW, cosine, a moving
@@ -170,10 +178,7 @@ def test_an_interrupted_fit_on_cuda_continues_from_its_saved_state(tmp_path, cap
     GPU, only the missing epoch runs, and it ends as the uninterrupted run (every random stream restored,
     the GPU's dropout stream too; within the GPU kernels' non-deterministic sums)."""
     from tsloc.resume import Resume
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
-    boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (40, 4)), dtype=torch.float32))
-    labels = torch.as_tensor(rng.integers(0, 3, 40))
+    images, boxes, labels = _random_crops(40, classes=3)
     device = torch.device("cuda")
     aug = {"margin": 0.3, "rotation": 5, "color": 0.2, "blur": 0.3, "recrop": 0.3}
 
@@ -233,10 +238,7 @@ def test_a_training_step_on_cuda_never_waits_for_the_host(monkeypatch):
     from tsloc.crops import loop
     from tsloc.crops.losses import Objective
     device = torch.device("cuda")
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
-    boxes = make_valid(torch.as_tensor(rng.uniform(0.1, 0.9, (64, 4)), dtype=torch.float32))
-    labels = torch.as_tensor(rng.integers(0, 5, 64))
+    images, boxes, labels = _random_crops(64, classes=5)
     aug = {"margin": 0.45, "rotation": 10, "color": 0.3, "blur": 0.3, "recrop": 0.3, "erase": 0.3}
     gen = torch.Generator().manual_seed(0)
     data = Batches(images_source(images, boxes, device, aug, gen), labels, boxes)

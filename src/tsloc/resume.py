@@ -58,6 +58,21 @@ class Resume:
         write_torch(self.path, {"key": self.key, **state})
 
 
+def torch_streams(device) -> dict:
+    """PyTorch's global random streams as a resume state keeps them: the CPU's, and on a GPU the device's
+    (dropout draws there), so that resumed epochs draw what an uninterrupted run would have."""
+    device = torch.device(device)
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def restore_torch_streams(state: dict, device) -> None:
+    """Put back what `torch_streams` kept (a state saved before the GPU's stream was kept has none)."""
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], torch.device(device))
+
+
 def resume_key(config: dict, read=(), stamped=()) -> str:
     """What a saved training state belongs to: the params the training reads (`config`), the bytes of
     the small inputs (`read`) and the size and time of the large ones (`stamped`: hashing gigabytes at

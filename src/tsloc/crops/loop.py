@@ -14,7 +14,7 @@ from ..boxes import make_valid, paired_iou
 from ..device import to_device
 from ..errors import DataError
 from ..params import TrainParams
-from ..resume import Resume, fault_point
+from ..resume import Resume, fault_point, restore_torch_streams, torch_streams
 from ..schedule import warmup_cosine
 from .batches import Batches, epoch_sizes
 from .distributed import World
@@ -235,9 +235,7 @@ def fit(model: SignNet, subsets: dict[str, Batches], train: TrainParams, *, imag
         generator.set_state(state["generator"])
         mine = state["ranks"][world.rank]
         aug_generator.set_state(mine["aug"])
-        torch.set_rng_state(mine["torch_rng"])
-        if mine.get("cuda_rng") is not None:  # dropout's stream on the GPU
-            torch.cuda.set_rng_state(mine["cuda_rng"], rt.device)
+        restore_torch_streams(mine, rt.device)
         best, start = state["best"], state["epoch"] + 1
         if world.main:
             tqdm.write(f"{resume.path}: continuing after epoch {state['epoch']} of {train.epochs}", file=sys.stderr)
@@ -269,8 +267,7 @@ def fit(model: SignNet, subsets: dict[str, Batches], train: TrainParams, *, imag
                 best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(averaged or model.state_dict()),
                         "loss_weight": objective.loss_weight.item()}
         if resume:
-            ranks = world.gather({"aug": aug_generator.get_state(), "torch_rng": torch.get_rng_state(),
-                                  "cuda_rng": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None})
+            ranks = world.gather({"aug": aug_generator.get_state(), **torch_streams(rt.device)})
             if world.main:
                 resume.save({
                     "epoch": epoch, "objective": objective.state_dict(),

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..data.frames import ahead
 from ..device import to_device
 from ..params import AUTO
-from ..resume import Resume
+from ..resume import Resume, restore_torch_streams, torch_streams
 from ..schedule import warmup_cosine
 from .evaluation import LOOSE_IOU, box_iou, evaluate as coco_evaluate
 from .model import TorchDetector
@@ -94,7 +94,7 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_torch_streams(state, device)
         start, row = state["epoch"] + 1, state["row"]
         negatives = [b.numpy() for b in state["negatives"]] if state.get("negatives") is not None else None
         tqdm.write(f"{resume.path}: continuing after epoch {state['epoch']} of {d.epochs}", file=sys.stderr)
@@ -129,7 +129,7 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
             log(epoch, row)
         if resume:
             resume.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "row": row,
+                         "scheduler": schedule.state_dict(), **torch_streams(device), "row": row,
                          "negatives": None if negatives is None else [torch.from_numpy(b) for b in negatives]})
     return row
 
