@@ -16,6 +16,13 @@ training frames and scores AP).
     one JSON line per frame), frames per second;
 (c) memory as frames stream: the process's peak resident memory after (b) on `--count` frames, and
     after the same files ten times over (a bounded stream: the peak does not grow with the count).
+
+`--device cuda`: the PyTorch files (detector.pt, its refiner.pt, model.pt as the namer) on the GPU, as
+scenes_evaluate runs them there (the ONNX detectors stay on the CPU). `--parts`: where a frame's time
+goes in the PyTorch detector's end to end run, in ms a frame: the detector (network and decoding), the
+refiner and the namer each split into cutting their crops (on the CPU) and their network; on a GPU the
+network's share is small when the CPU's work bounds it (the GPU issue saw scenes_evaluate at 2.9
+frames/s on an H200).
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tsloc.serving.backend import load_backend, load_detector
+from tsloc.serving.backend import Refined, load_backend, load_detector
 from tsloc.data.frames import decode_frames
 from tsloc.serving.detect import detect_files
 from tsloc.paths import DETECTOR, DETECTOR_INT8, DETECTOR_ONNX, MODEL, ONNX, first_existing
@@ -51,6 +58,8 @@ def main() -> None:
     ap.add_argument("--min-score", type=float, default=0.3, help="the detector's operating point (default: 0.3)")
     ap.add_argument("--models", default=str(MODEL.parent), help="the folder of the model files (default: models)")
     ap.add_argument("--export", action="store_true", help="first write detector.onnx and detector.int8.onnx there")
+    ap.add_argument("--device", default="cpu", help="where the PyTorch files run (cpu, cuda; default cpu)")
+    ap.add_argument("--parts", action="store_true", help="also where a frame's time goes (the PyTorch detector)")
     args = ap.parse_args()
     scratch = tempfile.TemporaryDirectory()
     if args.frames:
@@ -68,8 +77,10 @@ def main() -> None:
         export_detector(*det.load(folder / DETECTOR.name), folder / DETECTOR_ONNX.name)
         quantize_int8(folder / DETECTOR_ONNX.name, folder / DETECTOR_INT8.name, frames[:8], float_convs=3,
                       batch_size=None, input_name="frame", symbolic_shapes=False)
-    namer = load_backend(first_existing(folder / ONNX.name, folder / MODEL.name))
-    detectors = {"pytorch eager": load_detector(folder / DETECTOR.name)}
+    on_cpu = args.device == "cpu"
+    namer = load_backend(first_existing(folder / ONNX.name, folder / MODEL.name) if on_cpu else folder / MODEL.name,
+                         args.device)
+    detectors = {f"pytorch {args.device}": load_detector(folder / DETECTOR.name, args.device)}
     for label, name in (("onnxruntime fp32", DETECTOR_ONNX.name), ("onnxruntime int8", DETECTOR_INT8.name)):
         if (folder / name).exists():
             detectors[label] = load_detector(folder / name)
@@ -98,7 +109,49 @@ def main() -> None:
     detect_files(finder, files * 10, min_score=args.min_score, min_probability=0.5, out=io.StringIO())
     print(f"(c) {fastest}: peak resident memory {before:.0f} MB after the runs above on {len(files)} frames, "
           f"{peak_mb():.0f} MB after {10 * len(files)} more")
+    if args.parts:
+        parts(detectors[f"pytorch {args.device}"], namer, frames, args.min_score)
     sys.stdout.flush()
+
+
+class Timed:
+    """A model whose calls' seconds are summed: its answers are NumPy arrays, so a GPU's work is done when
+    it returns."""
+
+    def __init__(self, model):
+        self.model, self.meta, self.name, self.seconds = model, model.meta, model.name, 0.0
+
+    def __call__(self, *args):
+        started = time.perf_counter()
+        out = self.model(*args)
+        self.seconds += time.perf_counter() - started
+        return out
+
+
+def parts(detector, namer, frames: list, min_score: float) -> None:
+    """Where a frame's time goes in Finder(detector, namer), in ms a frame (after a frame as a warm-up)."""
+    refiner = None
+    if isinstance(detector, Refined):
+        detector.detector, detector.refiner = Timed(detector.detector), Timed(detector.refiner)
+        refiner = detector.refiner
+    finding, naming = Timed(detector), Timed(namer)
+    finder = Finder(finding, naming)
+    finder(frames[0], min_score)
+    for t in (finding, naming, *((detector.detector, refiner) if refiner else ())):
+        t.seconds = 0.0
+    started = time.perf_counter()
+    found = sum(len(finder(f, min_score)) for f in frames)
+    whole = time.perf_counter() - started
+    ms = lambda seconds: 1000 * seconds / len(frames)  # noqa: E731
+    net = detector.detector.seconds if refiner else finding.seconds
+    rows = {"detector (network, decoding)": net}
+    if refiner:
+        rows |= {"refiner: cutting crops": finding.seconds - net - refiner.seconds, "refiner: network": refiner.seconds}
+    rows |= {"namer: cutting crops, the rest": whole - finding.seconds - naming.seconds, "namer: network": naming.seconds}
+    print(f"(d) where a frame's time goes ({detector.name}; namer {namer.name}; {found / len(frames):.1f} detections "
+          f"a frame at min score {min_score}): {ms(whole):.1f} ms a frame")
+    for label, seconds in rows.items():
+        print(f"    {label:30} {ms(seconds):8.1f} ms  {100 * seconds / whole:5.1f}%")
 
 
 if __name__ == "__main__":

@@ -184,6 +184,36 @@ def test_a_refiner_replaces_the_detector_s_boxes_and_keeps_its_scores(tmp_path):
     assert len(refined(np.zeros((100, 200, 3), np.uint8), 0.95)[0]) == 0
 
 
+def test_on_a_gpu_a_crop_model_runs_few_batch_sizes_and_answers_each_image_as_alone(tmp_path):
+    """GpuBatches (what load_backend gives on a GPU): the counts of a frame's detections, 0 to 130, run at
+    8 batch sizes (powers of two to 64, then multiples of 64), and each image's answer is its own: the
+    stub crop model's answers, wrapped or not, are the same; an empty batch is not padded."""
+    from tsloc.serving.backend import GpuBatches, bucket
+
+    class Seen:  # answers each image by its own pixels, and notes the batch sizes it ran
+        meta, name, sizes = {"class_names": ["a", "b"]}, "seen", []
+
+        def __call__(self, images):
+            self.sizes.append(len(images))
+            mean = images.reshape(len(images), 48).mean(1, dtype=np.float64)
+            return np.stack([mean, -mean], 1), np.stack([mean] * 4, 1)
+
+    seen = GpuBatches(Seen())
+    rng = np.random.default_rng(0)
+    for n in range(131):
+        images = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+        probs, boxes = seen(images)
+        assert probs.shape == (n, 2) and boxes.shape == (n, 4)
+        assert np.array_equal(probs[:, 0], images.reshape(n, 48).mean(1, dtype=np.float64))
+    assert sorted(set(Seen.sizes)) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 192] and bucket(65) == 128 and bucket(64) == 64
+    stub = load_backend(stub_model(tmp_path / "m.pt"))
+    images = rng.integers(0, 256, (5, *[stub.meta["image_size"]] * 2, 3), dtype=np.uint8)
+    wrapped = GpuBatches(stub)
+    assert wrapped.meta == stub.meta and wrapped.name == stub.name
+    for mine, alone in zip(wrapped(images), stub(images)):
+        assert mine.shape == alone.shape and np.allclose(mine, alone, atol=1e-6)
+
+
 def test_load_detector_puts_the_refiner_beside_it_behind_it(tmp_path):
     """models/detector*.onnx with models/refiner.onnx, a ready pair's gtsdb.detector.onnx with gtsdb.refiner.onnx,
     a .pt detector with refiner.pt; refine=False (the export stage's parity), a lone detector and one whose

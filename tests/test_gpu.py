@@ -358,6 +358,10 @@ def test_every_stage_runs_on_cuda_and_its_outputs_load_on_the_cpu(tmp_path, reci
     images = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     answers = [load_backend(tmp_path / "models" / name, "cpu")(images) for name in ("model.pt", "model.onnx")]
     assert np.allclose(answers[0][0], answers[1][0], atol=1e-3)
+    on_gpu = load_backend(tmp_path / "models" / "model.pt", "cuda")  # its batches padded to few sizes: GpuBatches
+    assert type(on_gpu).__name__ == "GpuBatches"
+    for n in (1, 3, 4):
+        assert np.allclose(on_gpu(images[:n])[0], answers[0][0][:n], atol=1e-3)
     det = load_detector(tmp_path / "models" / "detector.pt", "cpu")
     boxes, scores = det(np.zeros((96, 128, 3), np.uint8))
     assert boxes.shape[1:] == (4,) and len(boxes) == len(scores)

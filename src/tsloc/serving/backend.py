@@ -32,15 +32,47 @@ def pick_device(device: str, files) -> object:
 
 def load_backend(path: str | Path, device="cpu", source=None):
     """The backend for a model file, chosen from its suffix (`source`: a file object to read a `.pt`
-    from instead of `path`, as compare does for a Git revision)."""
+    from instead of `path`, as compare does for a Git revision); on a GPU its batches come in few
+    sizes (`GpuBatches`)."""
     suffix = Path(str(path)).suffix.lower()
     if suffix == ".onnx":
-        return OnnxBackend(path, device)
-    if suffix in (".pt", ".pth") or source is not None:
+        backend = OnnxBackend(path, device)
+    elif suffix in (".pt", ".pth") or source is not None:
         from ..crops.checkpoint import load
         from ..crops.inference import TorchBackend
-        return TorchBackend(*load(path, source), device)
-    raise ModelFileError(f"{path}: not a model file tsloc reads (a .pt checkpoint or a .onnx export)")
+        backend = TorchBackend(*load(path, source), device)
+    else:
+        raise ModelFileError(f"{path}: not a model file tsloc reads (a .pt checkpoint or a .onnx export)")
+    return GpuBatches(backend) if str(device).startswith("cuda") else backend
+
+
+BUCKET = 64  # batch sizes on a GPU: the powers of two up to this, then its multiples
+
+
+def bucket(n: int) -> int:
+    """The batch size a GPU runs `n` images at (`GpuBatches`): 1, 2, 4 ... BUCKET, then multiples of BUCKET."""
+    return 1 << max(n - 1, 0).bit_length() if n <= BUCKET else -(-n // BUCKET) * BUCKET
+
+
+class GpuBatches:
+    """A crop model on a GPU, each call's images made up with blank ones to a size of `bucket`'s.
+    A frame's detections come in any count, and a batch size the GPU has not run yet costs cuDNN a
+    plan for each convolution: about a millisecond of host time each in PyTorch (its cold start,
+    measured in pytorch/pytorch#187212), an algorithm search in ONNX Runtime's CUDA provider; the
+    namer and the refiner have about 50 each. On the CPU batches stay as they are (the padding
+    would be computed there, and its answers are what they were). An image's answer does not depend
+    on the others in the batch: the blank ones' are dropped."""
+
+    def __init__(self, backend):
+        self.backend, self.meta, self.name = backend, backend.meta, backend.name
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(images)
+        if not n or bucket(n) == n:
+            return self.backend(images)
+        batch = np.zeros((bucket(n), *np.shape(images)[1:]), np.uint8)
+        batch[:n] = images
+        return tuple(out[:n] for out in self.backend(batch))
 
 
 def load_detector(path: str | Path, device="cpu", refine: bool = True):
