@@ -379,3 +379,46 @@ def test_train_in_two_nccl_ranks_on_cuda(tmp_path):
     _stages(tmp_path, only={"ingest", "split", "features", "train"})
     train = json.loads((tmp_path / "reports" / "train.json").read_text())
     assert train["processes"] == 2 and train["device"].startswith("cuda"), train
+
+
+@cuda
+def test_the_server_on_cuda_answers_as_the_api_does_on_the_cpu(tmp_path):
+    """`tsloc serve --device cuda`: /v1/predict for requests batched together and /v1/detect (the detector and
+    its namer on the GPU, the namer's batches made up to few sizes) answer as tsloc.load does on the CPU."""
+    import io
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    import tsloc
+    from conftest import stub_model
+    from tsloc.scenes import model as det
+    from tsloc.serving.serve import ServeConfig, create_app
+    model = stub_model(tmp_path / "m.pt")
+    det.save(tmp_path / "d.pt", det.build_detector("none", fpn_channels=32, head_convs=1, seed=0),
+             {"fpn_channels": 32, "head_convs": 1, "frozen_blocks": 4})
+    pngs = []
+    for k in range(6):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (80, 120 + 8 * k, 3), dtype=np.uint8)).save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    on_cpu = tsloc.load(model, detector=tmp_path / "d.pt", device="cpu")
+    config = ServeConfig(model=str(model), detector=str(tmp_path / "d.pt"), device="cuda", min_score=0.0,
+                         detect_min_probability=0.0, max_wait_ms=50)
+    post = lambda client, path, png: client.post(path, content=png, headers={"content-type": "image/png"})  # noqa: E731
+    with TestClient(create_app(config)) as client:
+        with ThreadPoolExecutor(6) as pool:
+            named = list(pool.map(lambda png: post(client, "/v1/predict", png), pngs))
+        found = post(client, "/v1/detect", pngs[0])
+        assert "cuda" in json.dumps(client.get("/v1/model").json()), client.get("/v1/model").json()
+    for png, answer in zip(pngs, named):
+        expected = on_cpu.predict(png)
+        assert answer.status_code == 200 and answer.json()["class_id"] == expected["class_id"]
+        assert np.allclose(answer.json()["box"], expected["box"], atol=0.5)
+    expected = on_cpu.detect(pngs[0], min_score=0.0, min_probability=0.0)["detections"]
+    got = found.json()["detections"]
+    assert found.status_code == 200 and abs(len(got) - len(expected)) <= 1  # a score at the threshold may flip
+    if expected and got:
+        assert np.allclose(got[0]["box"], expected[0]["box"], atol=1.0) and got[0]["class_id"] == expected[0]["class_id"]
