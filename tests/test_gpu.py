@@ -220,6 +220,20 @@ def test_a_stage_report_names_gpu_memory_only_on_a_gpu():
     assert peak_memory("cpu") == {} and peak_memory(torch.device("cpu")) == {} and peak_memory("meta") == {}
 
 
+def test_validation_runs_in_large_batches_on_a_gpu_and_at_the_training_batch_on_the_cpu(monkeypatch):
+    """fit's validation passes: on a GPU at least GPU_EVAL_BATCH images a step (the best recipe's 32 leaves the
+    GPU waiting for launches), on the CPU at the training batch (its sums, so its figures, unchanged)."""
+    from tsloc.crops import loop
+    assert loop.eval_batch(torch.device("cuda"), 32) == loop.GPU_EVAL_BATCH == 256
+    assert loop.eval_batch(torch.device("cuda", 1), 1024) == 1024 and loop.eval_batch(torch.device("cpu"), 32) == 32
+    seen, evaluate = [], loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda objective, data, batch, rt: seen.append(batch)
+                        or evaluate(objective, data, batch, rt))
+    net = SignNet(torch.nn.Sequential(torch.nn.Identity()), 32, num_classes=3, dropout=0.0)
+    fit(net, _features(), TrainParams(epochs=2, batch_size=8, seed=0), image_size=48, rt=Runtime(torch.device("cpu")))
+    assert seen == [8, 8]
+
+
 def test_a_step_s_small_tensors_stay_themselves_on_the_cpu():
     """tsloc.device.to_device pins and copies asynchronously only towards a GPU: on the CPU a step's tensors
     are the very same objects as before (CPU results unchanged, benchmarks/training_numerics.py)."""

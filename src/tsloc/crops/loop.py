@@ -51,6 +51,16 @@ def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+GPU_EVAL_BATCH = 256  # the validation passes' batch on a GPU at least (no gradients: the forward's memory alone)
+
+
+def eval_batch(device: torch.device, batch_size: int) -> int:
+    """The batch `fit` evaluates at: on a GPU at least GPU_EVAL_BATCH (the training batch, 32 in the best
+    recipe, leaves an evaluation step bound by launches, not by the device); on the CPU the training
+    batch, so that the CPU's sums, and so its figures, stay what they were."""
+    return batch_size if device.type == "cpu" else max(batch_size, GPU_EVAL_BATCH)
+
+
 def train_one_epoch(net, objective: Objective, data: Batches, batch_size: int, optimizer, rt: Runtime,
                     scheduler=None, scaler=None, generator=None, progress: str | None = None,
                     size: int | None = None, after_step=None) -> dict:
@@ -256,7 +266,7 @@ def fit(model: SignNet, subsets: dict[str, Batches], train: TrainParams, *, imag
         averaged = ema.module.state_dict() if ema else None
         with loaded(model, averaged):
             for name in eval_subsets if evaluated else ():
-                row[name] = evaluate(objective, subsets[name], b, rt)
+                row[name] = evaluate(objective, subsets[name], eval_batch(rt.device, b), rt)
         if log and world.main:
             log(epoch, row, objective)
         watched = "valid" if "valid" in eval_subsets else "train"
