@@ -160,7 +160,7 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
     each of `precisions`); with `compiled`, fp32 with the step compiled too (train.compile: CUDA graphs
     on a GPU), its compiling in the warm-up epoch."""
     from tsloc.crops.loop import compile_step, evaluate, train_one_epoch
-    from tsloc.device import select_device
+    from tsloc.device import autotuned, select_device
     from tsloc.crops.runtime import Runtime, resolve_precision
     dev = select_device(device)
     precisions = precisions or ["fp32", resolve_precision("auto", dev)]
@@ -177,9 +177,10 @@ def time_device(device: str, size: int, batch: int, images: int, epochs: int = 2
         net, train, plain, optimizer, gen = _training_setup(dev, data, batch, epochs, blocks, backbone)
         scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
         step = compile_step(net, rt) if compile_it else net
-        train_s = timed(lambda: train_one_epoch(step, net, train, batch, optimizer, rt, scaler=scaler,
-                                                generator=gen), dev, epochs)
-        infer_s = timed(lambda: evaluate(net, plain, batch, rt), dev)
+        with autotuned(dev):  # as fit trains: on a GPU TF32 and cuDNN's autotuner
+            train_s = timed(lambda: train_one_epoch(step, net, train, batch, optimizer, rt, scaler=scaler,
+                                                    generator=gen), dev, epochs)
+            infer_s = timed(lambda: evaluate(net, plain, batch, rt), dev)
         peak = (f", GPU memory {torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MiB at most (the image store's "
                 f"{data[0].nbytes / 2**20:.0f} in it)") if dev.type == "cuda" else ""
         print(f"{precision}{', compiled' if compile_it else ''}: training {epochs * images / train_s:.0f} images/s, "
@@ -225,13 +226,14 @@ def profile_device(device: str, size: int, batch: int, steps: int, blocks: int =
     from profiling import profile_pass
     from tsloc.crops.loop import train_one_epoch
     from tsloc.crops.runtime import Runtime
-    from tsloc.device import select_device
+    from tsloc.device import autotuned, select_device
     dev = select_device(device)
     rt = Runtime(dev, "fp32")
     net, train, _, optimizer, gen = _training_setup(dev, _random_images(size, steps * batch), batch, 2, blocks, backbone)
     run = lambda: train_one_epoch(net, net, train, batch, optimizer, rt, generator=gen)  # noqa: E731
-    run()  # the warm-up epoch (cuDNN's choices, the allocator's first blocks)
-    return profile_pass(run, dev, steps, f"{dev}, {size} px, batch {batch}, fp32 eager")
+    with autotuned(dev):  # as fit trains
+        run()  # the warm-up epoch (cuDNN's choices, the allocator's first blocks)
+        return profile_pass(run, dev, steps, f"{dev}, {size} px, batch {batch}, fp32 eager")
 
 
 def main() -> int:

@@ -234,6 +234,26 @@ def test_validation_runs_in_large_batches_on_a_gpu_and_at_the_training_batch_on_
     assert seen == [8, 8]
 
 
+def test_a_training_autotunes_the_gpu_s_kernels_and_puts_the_flags_back():
+    """tsloc.device.autotuned, around fit's and the detector's training steps: on a GPU TF32 and cuDNN's
+    autotuner while they run, the flags as they were afterwards (even after an error: inference on frames of
+    any size must not time kernels for every new one); on the CPU nothing changes."""
+    from tsloc.device import autotuned
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32
+    try:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = False, False, False
+        with autotuned("cpu"):
+            assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (False, False, False)
+        with pytest.raises(RuntimeError, match="a step failed"):
+            with autotuned(torch.device("cuda", 0)):
+                assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (True, True, True)
+                raise RuntimeError("a step failed")
+        assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (False, False, False)
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
 def test_a_step_s_small_tensors_stay_themselves_on_the_cpu():
     """tsloc.device.to_device pins and copies asynchronously only towards a GPU: on the CPU a step's tensors
     are the very same objects as before (CPU results unchanged, benchmarks/training_numerics.py)."""

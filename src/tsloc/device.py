@@ -2,6 +2,8 @@
 runtime, so that the stages that only run a network (features, evaluate) depend on no distributed code."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from .errors import DataError
@@ -21,6 +23,25 @@ def select_device(name: str) -> torch.device:
         if device.index is not None and device.index >= count:
             raise DataError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device
+
+
+@contextmanager
+def autotuned(device):
+    """On a GPU, for a training's steps (the same shapes step after step): TF32 tensor cores for fp32 matrix
+    products and convolutions (Ampere and later), and cuDNN's autotuner, which times each convolution's
+    kernels once per input shape and keeps the fastest (torchvision's references turn it on the same way);
+    put back as they were afterwards, so that inference on shapes that vary (frames of any size) does not
+    time kernels for every new one. Nothing on the CPU."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.benchmark = cudnn.allow_tf32 = matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
 def to_device(t: torch.Tensor, device) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ..boxes import make_valid, paired_iou
-from ..device import to_device
+from ..device import autotuned, to_device
 from ..errors import DataError
 from ..params import TrainParams
 from ..resume import Resume, fault_point, restore_torch_streams, torch_streams
@@ -249,40 +249,41 @@ def fit(model: SignNet, subsets: dict[str, Batches], train: TrainParams, *, imag
         best, start = state["best"], state["epoch"] + 1
         if world.main:
             tqdm.write(f"{resume.path}: continuing after epoch {state['epoch']} of {train.epochs}", file=sys.stderr)
-    for epoch in tqdm(range(start, train.epochs + 1), desc="epochs", unit="epoch", initial=start - 1,
-                      total=train.epochs, disable=not world.main):
-        if world.distributed:
-            fault_point("TSLOC_KILL_RANK", f"{world.rank}:{epoch}")
-        size = sizes[epoch - 1] if sizes else None
-        row = {"train": train_one_epoch(net, objective, subsets["train"], b, optimizer, rt, scheduler, scaler,
-                                        generator, f"epoch {epoch} train" if progress and world.main else None,
-                                        size, ema.update_parameters if ema else None)}
-        if size:
-            row["train"]["input_size"] = size
-        # Each rank's BatchNorm statistics saw its own shares (on the CPU, without SyncBatchNorm):
-        # their mean over the ranks is what every rank evaluates and rank 0 keeps.
-        world.average([*model.buffers(), *(ema.module.buffers() if ema else ())])
-        evaluated = epoch % train.eval_every == 0 or epoch == train.epochs
-        averaged = ema.module.state_dict() if ema else None
-        with loaded(model, averaged):
-            for name in eval_subsets if evaluated else ():
-                row[name] = evaluate(objective, subsets[name], eval_batch(rt.device, b), rt)
-        if log and world.main:
-            log(epoch, row, objective)
-        watched = "valid" if "valid" in eval_subsets else "train"
-        if watched in row:  # evaluated this epoch (the last always is)
-            watch = row[watched]["loss"]
-            keep_this = watch < best["loss"] if train.keep == "best" else epoch == train.epochs  # copy only what is kept
-            if keep_this:
-                best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(averaged or model.state_dict()),
-                        "loss_weight": objective.loss_weight.item()}
-        if resume:
-            ranks = world.gather({"aug": aug_generator.get_state(), **torch_streams(rt.device)})
-            if world.main:
-                resume.save({
-                    "epoch": epoch, "objective": objective.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
-                    "ema": ema.state_dict() if ema else None, "scaler": scaler.state_dict() if scaler else None,
-                    "generator": generator.get_state(), "ranks": ranks, "best": best})
-                fault_point("TSLOC_KILL_AFTER_EPOCH", str(epoch))
+    with autotuned(rt.device):  # on a GPU: TF32 and cuDNN's autotuner for the steps' fixed shapes
+        for epoch in tqdm(range(start, train.epochs + 1), desc="epochs", unit="epoch", initial=start - 1,
+                          total=train.epochs, disable=not world.main):
+            if world.distributed:
+                fault_point("TSLOC_KILL_RANK", f"{world.rank}:{epoch}")
+            size = sizes[epoch - 1] if sizes else None
+            row = {"train": train_one_epoch(net, objective, subsets["train"], b, optimizer, rt, scheduler, scaler,
+                                            generator, f"epoch {epoch} train" if progress and world.main else None,
+                                            size, ema.update_parameters if ema else None)}
+            if size:
+                row["train"]["input_size"] = size
+            # Each rank's BatchNorm statistics saw its own shares (on the CPU, without SyncBatchNorm):
+            # their mean over the ranks is what every rank evaluates and rank 0 keeps.
+            world.average([*model.buffers(), *(ema.module.buffers() if ema else ())])
+            evaluated = epoch % train.eval_every == 0 or epoch == train.epochs
+            averaged = ema.module.state_dict() if ema else None
+            with loaded(model, averaged):
+                for name in eval_subsets if evaluated else ():
+                    row[name] = evaluate(objective, subsets[name], eval_batch(rt.device, b), rt)
+            if log and world.main:
+                log(epoch, row, objective)
+            watched = "valid" if "valid" in eval_subsets else "train"
+            if watched in row:  # evaluated this epoch (the last always is)
+                watch = row[watched]["loss"]
+                keep_this = watch < best["loss"] if train.keep == "best" else epoch == train.epochs  # copy only what is kept
+                if keep_this:
+                    best = {"loss": watch, "epoch": epoch, "state": copy.deepcopy(averaged or model.state_dict()),
+                            "loss_weight": objective.loss_weight.item()}
+            if resume:
+                ranks = world.gather({"aug": aug_generator.get_state(), **torch_streams(rt.device)})
+                if world.main:
+                    resume.save({
+                        "epoch": epoch, "objective": objective.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+                        "ema": ema.state_dict() if ema else None, "scaler": scaler.state_dict() if scaler else None,
+                        "generator": generator.get_state(), "ranks": ranks, "best": best})
+                    fault_point("TSLOC_KILL_AFTER_EPOCH", str(epoch))
     return best

@@ -20,9 +20,10 @@ def resolve_precision(name: str, device: torch.device) -> str:
     H200 (`benchmarks/speed.py --device cuda --size 144`, reported in the GPU issue at `5494dc9`) bf16
     trained slower than fp32 at batch 32 (1,390 against 1,411 images/s) and 256 (9,094 against
     10,700), and inferred slower at every batch but 1024: the step is bound by launches, not by
-    arithmetic. fp32 on CUDA runs its matrix products and convolutions in TF32 (`runtime`). bf16 and
-    fp16 stay available for larger networks or batches; on a CPU with bf16 instructions (AVX-512 BF16,
-    AMX) bf16 trains about 1.3x faster than fp32, with the machine's own kernels only (below)."""
+    arithmetic. fp32 on CUDA runs its matrix products and convolutions in TF32 (`fit`:
+    tsloc.device.autotuned). bf16 and fp16 stay available for larger networks or batches; on a
+    CPU with bf16 instructions (AVX-512 BF16, AMX) bf16 trains about 1.3x faster than fp32, with the
+    machine's own kernels only (below)."""
     if name == "auto":
         return "fp32"
     if name == "fp16" and device.type != "cuda":
@@ -55,9 +56,6 @@ def runtime(device: str, precision: str, processes: int = 1) -> Runtime:
     """Device, precision and distribution, chosen in one place: under torchrun each rank joins the
     process group (gloo on the CPU, NCCL on CUDA) and takes the GPU of its local rank."""
     chosen = select_device(device)
-    if chosen.type == "cuda":  # TF32 tensor cores for fp32 matrix products and convolutions (Ampere and later)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     world = join(chosen, processes)
     if chosen.type == "cuda" and world.distributed:
         chosen = torch.device("cuda", world.local_rank)

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.frames import ahead
-from ..device import to_device
+from ..device import autotuned, to_device
 from ..params import AUTO
 from ..resume import Resume, restore_torch_streams, torch_streams
 from ..schedule import warmup_cosine
@@ -108,20 +108,21 @@ def fit_detector(model, frames: Sequence, boxes: list[np.ndarray], sizes: list[t
         plan = window_plan(boxes, sizes, d.window, d.background_share, d.scale_jitter, rng, negatives, d.hard_negatives)
         sums, n = {}, 0
         cut = batches(plan, frames, boxes, d, rng, workers)
-        for batch in tqdm(ahead(cut, 1) if workers else cut, total=math.ceil(len(plan) / d.batch_size),
-                          desc=f"epoch {epoch}", unit="batch", leave=False):  # the next batch cut during this step
-            images = [to_device(image, device) for image, _ in batch]  # pinned, not waited for, on a GPU
-            targets = [{"boxes": to_device(b, device), "labels": torch.zeros(len(b), dtype=torch.int64, device=device)}
-                       for _, b in batch]
-            losses = model(images, targets)
-            loss = sum(losses.values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            for k, v in losses.items():  # summed where they are, in float64: no wait for the device in a step
-                sums[k] = sums.get(k, 0.0) + v.detach().double() * len(images)
-            n += len(images)
+        with autotuned(device):  # on a GPU: TF32 and cuDNN's autotuner for the windows' one size
+            for batch in tqdm(ahead(cut, 1) if workers else cut, total=math.ceil(len(plan) / d.batch_size),
+                              desc=f"epoch {epoch}", unit="batch", leave=False):  # the next batch cut during this step
+                images = [to_device(image, device) for image, _ in batch]  # pinned, not waited for, on a GPU
+                targets = [{"boxes": to_device(b, device), "labels": torch.zeros(len(b), dtype=torch.int64, device=device)}
+                           for _, b in batch]
+                losses = model(images, targets)
+                loss = sum(losses.values())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                for k, v in losses.items():  # summed where they are, in float64: no wait for the device in a step
+                    sums[k] = sums.get(k, 0.0) + v.detach().double() * len(images)
+                n += len(images)
         sums = {k: float(v) for k, v in sums.items()}
         row = {k: v / max(n, 1) for k, v in sums.items()} | {"loss": sum(sums.values()) / max(n, 1), "windows": n,
                                                                "hard_negatives": sum(map(len, negatives or []))}
