@@ -99,6 +99,23 @@ def test_cuda_out_of_memory_says_what_to_lower(tmp_path, monkeypatch, command, a
     assert advice in proc.stderr
 
 
+@pytest.mark.parametrize("stage, advice", [("detector_train", "-S detector.batch_size=4), or the CPU (-S detector.device=cpu)"),
+                                           ("refiner_train", "-S refiner.batch_size=16), or the CPU (-S refiner.device=cpu)"),
+                                           ("scenes_evaluate", "the CPU (-S detector.device=cpu)"),
+                                           ("evaluate", "the CPU (train.device: cpu)")])
+def test_a_stage_out_of_gpu_memory_names_its_own_params(stage, advice, capsys):
+    """Each stage that runs on a GPU names the params of its own device and batch (the detector's and the
+    refiner's are not train.*); a stage without its own advice gets the general one."""
+    import torch
+
+    from tsloc.guard import stage_main
+    def oom(params_file):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert stage_main(stage, oom, []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tsloc {stage}: error: out of GPU memory (CUDA out of memory.") and advice in err, err
+
+
 @pytest.mark.slow  # a new interpreter, with a real pipe
 def test_predict_into_a_reader_that_leaves_is_quiet(tmp_path):
     """`tsloc predict FOLDER | head -1`: the reader closes the pipe early; predict stops, exit 0, no traceback."""

@@ -15,10 +15,17 @@ from collections.abc import Callable
 
 from .errors import EXIT_USER_ERROR, INTERRUPTED, LOST_RANK, UserError
 
-# What to lower when the GPU runs out of memory, per command.
+# What to lower when the GPU runs out of memory, per command (a stage: the params of its own device).
 OUT_OF_MEMORY = {"train": "a smaller train.batch_size (dvc exp run -S train.batch_size=16), or a smaller data.image_size",
                  "features": "the CPU (-S train.device=cpu): features runs once",
-                 "predict": "a smaller --batch-size (e.g. --batch-size 8)"}
+                 "detector_train": "a smaller detector.batch_size or detector.window (dvc exp run -S "
+                                   "detector.batch_size=4), or the CPU (-S detector.device=cpu)",
+                 "refiner_train": "a smaller refiner.batch_size (dvc exp run -S refiner.batch_size=16), or the CPU "
+                                  "(-S refiner.device=cpu)",
+                 "scenes_evaluate": "the CPU (-S detector.device=cpu): whole frames, one at a time",
+                 "predict": "a smaller --batch-size (e.g. --batch-size 8)",
+                 "detect": "the CPU (--device cpu): whole frames, one at a time",
+                 "serve": "a smaller --max-batch (e.g. --max-batch 8), or the CPU (--device cpu)"}
 # torch.distributed's errors, told apart by type without importing torch here.
 DISTRIBUTED_ERRORS = ("DistBackendError", "DistNetworkError", "DistError", "DistStoreError")
 
