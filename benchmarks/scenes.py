@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tsloc.serving.backend import Refined, load_backend, load_detector
+from tsloc.serving.backend import Refined, load_backend, load_detector, pick_device
 from tsloc.data.frames import decode_frames
 from tsloc.serving.detect import detect_files
 from tsloc.paths import DETECTOR, DETECTOR_INT8, DETECTOR_ONNX, MODEL, ONNX, first_existing
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--min-score", type=float, default=0.3, help="the detector's operating point (default: 0.3)")
     ap.add_argument("--models", default=str(MODEL.parent), help="the folder of the model files (default: models)")
     ap.add_argument("--export", action="store_true", help="first write detector.onnx and detector.int8.onnx there")
-    ap.add_argument("--device", default="cpu", help="where the PyTorch files run (cpu, cuda; default cpu)")
+    ap.add_argument("--device", default="cpu", help="where the PyTorch files run (cpu, cuda, auto; default cpu)")
     ap.add_argument("--parts", action="store_true", help="also where a frame's time goes (the PyTorch detector)")
     args = ap.parse_args()
     scratch = tempfile.TemporaryDirectory()
@@ -77,10 +77,12 @@ def main() -> None:
         export_detector(*det.load(folder / DETECTOR.name), folder / DETECTOR_ONNX.name)
         quantize_int8(folder / DETECTOR_ONNX.name, folder / DETECTOR_INT8.name, frames[:8], float_convs=3,
                       batch_size=None, input_name="frame", symbolic_shapes=False)
-    on_cpu = args.device == "cpu"
+    device = pick_device(args.device, [folder / DETECTOR.name])  # as `tsloc detect --device` resolves it
+    on_cpu = str(device) == "cpu"
     namer = load_backend(first_existing(folder / ONNX.name, folder / MODEL.name) if on_cpu else folder / MODEL.name,
-                         args.device)
-    detectors = {f"pytorch {args.device}": load_detector(folder / DETECTOR.name, args.device)}
+                         device)
+    torch_detector = f"pytorch {device}"
+    detectors = {torch_detector: load_detector(folder / DETECTOR.name, device)}
     for label, name in (("onnxruntime fp32", DETECTOR_ONNX.name), ("onnxruntime int8", DETECTOR_INT8.name)):
         if (folder / name).exists():
             detectors[label] = load_detector(folder / name)
@@ -110,7 +112,7 @@ def main() -> None:
     print(f"(c) {fastest}: peak resident memory {before:.0f} MB after the runs above on {len(files)} frames, "
           f"{peak_mb():.0f} MB after {10 * len(files)} more")
     if args.parts:
-        parts(detectors[f"pytorch {args.device}"], namer, frames, args.min_score)
+        parts(detectors[torch_detector], namer, frames, args.min_score)
     sys.stdout.flush()
 
 

@@ -65,6 +65,16 @@ def copy_worktree(dst: Path) -> None:
 HEADER = "Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"
 
 
+def png_bytes(w=60, h=40, seed=0) -> bytes:
+    """A random RGB image, w x h, as PNG bytes (a request's body, an upload)."""
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def write_ppm(path: Path, width: int, height: int, seed: int = 0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)

@@ -419,25 +419,19 @@ def test_train_in_two_nccl_ranks_on_cuda(tmp_path):
 def test_the_server_on_cuda_answers_as_the_api_does_on_the_cpu(tmp_path):
     """`tsloc serve --device cuda`: /v1/predict for requests batched together and /v1/detect (the detector and
     its namer on the GPU, the namer's batches made up to few sizes) answer as tsloc.load does on the CPU."""
-    import io
     import json
     from concurrent.futures import ThreadPoolExecutor
 
     from fastapi.testclient import TestClient
-    from PIL import Image
 
     import tsloc
-    from conftest import stub_model
+    from conftest import png_bytes, stub_model
     from tsloc.scenes import model as det
     from tsloc.serving.serve import ServeConfig, create_app
     model = stub_model(tmp_path / "m.pt")
     det.save(tmp_path / "d.pt", det.build_detector("none", fpn_channels=32, head_convs=1, seed=0),
              {"fpn_channels": 32, "head_convs": 1, "frozen_blocks": 4})
-    pngs = []
-    for k in range(6):
-        buf = io.BytesIO()
-        Image.fromarray(np.random.default_rng(k).integers(0, 256, (80, 120 + 8 * k, 3), dtype=np.uint8)).save(buf, "PNG")
-        pngs.append(buf.getvalue())
+    pngs = [png_bytes(120 + 8 * k, 80, seed=k) for k in range(6)]
     on_cpu = tsloc.load(model, detector=tmp_path / "d.pt", device="cpu")
     config = ServeConfig(model=str(model), detector=str(tmp_path / "d.pt"), device="cuda", min_score=0.0,
                          detect_min_probability=0.0, max_wait_ms=50)

@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli, stub_model
+from conftest import png_bytes, run_cli, stub_model
 from tsloc.errors import DataError
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from tsloc.serving.serve import Batcher, ServeConfig, create_app  # noqa: E402
-
-
-def _png(w=60, h=40, seed=0) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def test_load_answers_paths_bytes_pil_and_arrays_alike(model_file, tmp_path):
     in pixels of the image given; the path only where a path was given."""
     import tsloc
     model = tsloc.load(model_file, device="cpu")
-    data = _png(60, 40)
+    data = png_bytes(60, 40)
     (tmp_path / "a.png").write_bytes(data)
     pil = Image.open(io.BytesIO(data))
     answers = model.predict([tmp_path / "a.png", data, pil, np.asarray(pil)])
@@ -61,13 +55,13 @@ def test_the_api_names_every_bad_path_and_can_skip_past_it(model_file, tmp_path)
     model = tsloc.load(model_file, device="cpu")
     assert repr(model) == "tsloc.Model('m.pt', 62 classes, pytorch)"
     good, broken = tmp_path / "good.png", tmp_path / "broken.png"
-    good.write_bytes(_png())
+    good.write_bytes(png_bytes())
     broken.write_bytes(b"not a png")
     with pytest.raises(DataError, match=f"{broken}: unreadable image"):
         model.predict([good, broken])
     with pytest.raises(DataError, match=f"{tmp_path / 'gone.png'}: no such file"):
         model.predict(tmp_path / "gone.png")
-    answers = model.predict([good, broken, _png(), b""], errors="skip")
+    answers = model.predict([good, broken, png_bytes(), b""], errors="skip")
     assert [a.get("error", "").split(":")[0] for a in answers] == ["", str(broken), "", "image 3"]
     assert answers[0]["class_id"] == answers[2]["class_id"] == 3 and answers[1]["path"] == str(broken)
 
@@ -75,11 +69,11 @@ def test_the_api_names_every_bad_path_and_can_skip_past_it(model_file, tmp_path)
 def test_min_probability_gives_a_null_class_and_keeps_the_top_k(model_file, tmp_path):
     import tsloc
     model = tsloc.load(model_file, device="cpu")
-    sure = model.predict(_png())
-    unsure = model.predict(_png(), min_probability=min(1.0, sure["probability"] + 1e-3))
+    sure = model.predict(png_bytes())
+    unsure = model.predict(png_bytes(), min_probability=min(1.0, sure["probability"] + 1e-3))
     assert sure["class_id"] == 3 and unsure["class_id"] is None and unsure["class_name"] is None
     assert unsure["top_k"] == sure["top_k"] and unsure["probability"] == sure["probability"]
-    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "a.png").write_bytes(png_bytes())
     proc = run_cli("predict", tmp_path / "a.png", "--model", model_file, "--device", "cpu", "--min-probability", "1")
     assert proc.returncode == 0 and json.loads(proc.stdout)["class_name"] is None
     proc = run_cli("predict", tmp_path / "a.png", "--model", model_file, "--min-probability", "1.5")
@@ -134,11 +128,11 @@ def test_batcher_never_exceeds_max_batch():
 
 def test_the_server_answers_as_the_api_does_and_batches(model_file):
     import tsloc
-    expected = tsloc.load(model_file, device="cpu").predict(_png(70, 50))
+    expected = tsloc.load(model_file, device="cpu").predict(png_bytes(70, 50))
     with TestClient(create_app(ServeConfig(model=str(model_file), device="cpu", max_wait_ms=50))) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
-        form = client.post("/v1/predict", files={"file": ("sign.png", _png(70, 50), "image/png")})
-        raw = client.post("/v1/predict", content=_png(70, 50), headers={"content-type": "image/png"})
+        form = client.post("/v1/predict", files={"file": ("sign.png", png_bytes(70, 50), "image/png")})
+        raw = client.post("/v1/predict", content=png_bytes(70, 50), headers={"content-type": "image/png"})
         assert form.status_code == raw.status_code == 200
         assert form.json() == expected | {"path": "sign.png"} and raw.json() == expected | {"path": None}
         info = client.get("/v1/model").json()
@@ -154,7 +148,7 @@ def test_the_server_answers_as_the_api_does_and_batches(model_file):
 
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda k: client.post("/v1/predict", content=_png(30 + k, 30),
+            answers = list(pool.map(lambda k: client.post("/v1/predict", content=png_bytes(30 + k, 30),
                                                           headers={"content-type": "image/png"}), range(16)))
         assert all(a.status_code == 200 and a.json()["class_id"] == 3 for a in answers)
         assert [a.json()["box"][2] <= 30 + k for k, a in enumerate(answers)] == [True] * 16
@@ -174,7 +168,7 @@ def _bomb() -> bytes:
 @pytest.mark.parametrize("body, ctype, status, message", [
     (b"", "image/png", 400, "the request body: empty"),
     (b"hello, not an image", "image/png", 400, "the request body: unreadable image (not in an image format"),
-    (_png()[:200], "image/png", 400, "the request body: unreadable image"),
+    (png_bytes()[:200], "image/png", 400, "the request body: unreadable image"),
     (None, "image/png", 400, "image too large to decode"),
     (b"x" * 5000, "image/png", 413, "over 4096"),
     (b"hello, not an image", "text/plain", 400, "the request body: unreadable image"),
@@ -188,7 +182,7 @@ def test_bad_requests_are_one_line_of_json_and_the_server_goes_on(model_file, ca
         with caplog.at_level(logging.INFO, logger="tsloc.serving.serve"):
             headers = {"content-type": ctype} if ctype else {}
             bad = client.post("/v1/predict", content=body, headers=headers)
-            good = client.post("/v1/predict", content=_png(20, 20), headers={"content-type": "image/png"})
+            good = client.post("/v1/predict", content=png_bytes(20, 20), headers={"content-type": "image/png"})
     assert bad.status_code == status and set(bad.json()) == {"error"}, bad.text
     assert message in bad.json()["error"] and "\n" not in bad.json()["error"]
     assert good.status_code == 200 and good.json()["class_id"] == 3
@@ -201,13 +195,13 @@ def test_an_image_is_known_by_its_bytes_whatever_its_content_type(model_file, he
     """What `requests.post(url, data=bytes)` sends (no content type), octet-stream, or a wrong type:
     the bytes are a PNG, so the answer is the image's."""
     with TestClient(create_app(ServeConfig(model=str(model_file), device="cpu"))) as client:
-        r = client.post("/v1/predict", content=_png(), headers=headers)
+        r = client.post("/v1/predict", content=png_bytes(), headers=headers)
     assert r.status_code == 200 and r.json()["class_id"] == 3, r.text
 
 
 def test_query_parameters_set_a_requests_own_options_and_unknown_ones_are_refused(model_file):
     with TestClient(create_app(ServeConfig(model=str(model_file), device="cpu", top_k=5))) as client:
-        post = lambda query: client.post(f"/v1/predict{query}", content=_png())  # noqa: E731
+        post = lambda query: client.post(f"/v1/predict{query}", content=png_bytes())  # noqa: E731
         assert len(post("").json()["top_k"]) == 5
         assert len(post("?top_k=2").json()["top_k"]) == 2
         assert post("?min_probability=1").json()["class_id"] is None  # the stub's 3 is not that sure
@@ -234,13 +228,13 @@ def test_a_chunked_body_over_the_limit_and_bad_forms_are_refused(model_file):
     with TestClient(create_app(ServeConfig(model=str(model_file), device="cpu", max_bytes=4096))) as client:
         chunked = client.post("/v1/predict", content=(b"x" * 1024 for _ in range(8)), headers={"content-type": "image/png"})
         assert chunked.status_code == 413 and "over 4096" in chunked.json()["error"]
-        no_file = client.post("/v1/predict", files={"image": ("a.png", _png(20, 20), "image/png")})
+        no_file = client.post("/v1/predict", files={"image": ("a.png", png_bytes(20, 20), "image/png")})
         assert no_file.status_code == 400 and "no file field named 'file'" in no_file.json()["error"]
         big_form = client.post("/v1/predict", files={"file": ("a.png", b"x" * 5000, "image/png")})
         assert big_form.status_code == 413
         named = client.post("/v1/predict", files={"file": ("broken.png", b"broken", "image/png")})
         assert named.status_code == 400 and named.json()["error"].startswith("broken.png: unreadable image")
-        assert client.post("/v1/detect", content=_png(), headers={"content-type": "image/png"}).status_code == 404
+        assert client.post("/v1/detect", content=png_bytes(), headers={"content-type": "image/png"}).status_code == 404
 
 
 def test_detect_endpoint_answers_detects_record(model_file, tmp_path):
@@ -248,7 +242,7 @@ def test_detect_endpoint_answers_detects_record(model_file, tmp_path):
     import tsloc
     det.save(tmp_path / "d.pt", det.build_detector("none", fpn_channels=32, head_convs=1),
              {"fpn_channels": 32, "head_convs": 1, "frozen_blocks": 4})
-    frame = _png(120, 80, seed=4)
+    frame = png_bytes(120, 80, seed=4)
     expected = tsloc.load(model_file, detector=tmp_path / "d.pt", device="cpu").detect(frame, min_score=0.0,
                                                                                        min_probability=0.0)
     config = ServeConfig(model=str(model_file), detector=str(tmp_path / "d.pt"), device="cpu", min_score=0.0,

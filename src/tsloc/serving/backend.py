@@ -68,9 +68,10 @@ class GpuBatches:
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(images)
-        if not n or bucket(n) == n:
+        size = bucket(n)
+        if not n or size == n:
             return self.backend(images)
-        batch = np.zeros((bucket(n), *np.shape(images)[1:]), np.uint8)
+        batch = np.zeros((size, *np.shape(images)[1:]), np.uint8)
         batch[:n] = images
         return tuple(out[:n] for out in self.backend(batch))
 
